@@ -1,0 +1,327 @@
+"""The ``release.toml`` configuration, validated once into frozen dataclasses.
+
+After :func:`load_config` no code reads raw TOML dicts: every key has been
+checked for type and allowed values, and every relative path has been resolved
+against the folder of the config file.  A wrong key or value raises
+:class:`ConfigError` whose message names the key, the bad value and what is
+allowed; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+BUILTIN_LABELS = "builtin:enhance-pet"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SITE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+KNOWN_LICENSES = (
+    "CC-BY-4.0",
+    "CC-BY-NC-4.0",
+    "CC-BY-SA-4.0",
+    "CC-BY-NC-SA-4.0",
+    "CC-BY-NC-ND-4.0",
+    "CC0-1.0",
+)
+
+
+class ConfigError(ValueError):
+    """The configuration file is wrong; the message names key, value and what is allowed."""
+
+
+class Runner(str, Enum):
+    THREADS = "threads"
+    PROCESSES = "processes"
+    DASK = "dask"
+
+
+class MissingHeadPolicy(str, Enum):
+    HOLD = "hold"
+    RELEASE = "release"
+
+
+@dataclass(frozen=True)
+class ReleaseSettings:
+    name: str
+    version: str
+    output_dir: Path
+    state_dir: Path
+    labels: str  # BUILTIN_LABELS or an absolute path to a labels.json
+
+    @property
+    def zip_name(self) -> str:
+        return f"{self.name}-{self.version}.zip"
+
+    @property
+    def zip_path(self) -> Path:
+        return self.output_dir / self.zip_name
+
+
+@dataclass(frozen=True)
+class DefacingSettings:
+    height_voxels: int = 16
+    margin_mm: float = 5.0
+    clear_labels: bool = True
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    runner: Runner = Runner.THREADS
+    workers: int = 2
+    dask_address: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    build_cron: str = "0 2 * * 1"
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    id: str
+    dicom_dir: Path
+    segmentations_dir: Path
+    lesions_dir: Path | None
+    license: str
+    deface: bool
+    indication: str
+    clinical_sheet: Path | None
+    pseudonym_pattern: str
+    deface_missing_head: MissingHeadPolicy
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    release: ReleaseSettings
+    defacing: DefacingSettings
+    execution: ExecutionSettings
+    schedule: ScheduleSettings
+    sites: tuple[SiteConfig, ...]
+
+    def site(self, site_id: str) -> SiteConfig:
+        """Return the site called ``site_id``; raise :class:`ConfigError` naming the known ids."""
+        for site in self.sites:
+            if site.id == site_id:
+                return site
+        known = ", ".join(s.id for s in self.sites)
+        raise ConfigError(f"{self.path}: no [[site]] with id {site_id!r}; the sites are: {known}")
+
+
+# ---------------------------------------------------------------------------
+# validation helpers
+
+
+class _Table:
+    """A TOML table being consumed key by key, so unknown keys can be reported."""
+
+    def __init__(self, raw: Any, where: str, source: Path) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: [{where}] must be a table, got {raw!r}")
+        self.raw = dict(raw)
+        self.where = where
+        self.source = source
+        self.seen: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.where}.{key}"
+
+    def _fail(self, key: str, value: Any, allowed: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self._key(key)} = {value!r} is not allowed; expected {allowed}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any, allowed: str) -> Any:
+        self.seen.add(key)
+        if key not in self.raw:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self.source}: {self._key(key)} is missing; expected {allowed}")
+            return default
+        value = self.raw[key]
+        # bool is an int in Python: refuse True where a number is meant, and vice versa
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self._fail(key, value, allowed)
+        if not isinstance(value, kind):
+            raise self._fail(key, value, allowed)
+        return value
+
+    def string(self, key: str, default: Any = None, *, allowed: str = "a string") -> Any:
+        return self.get(key, str, _REQUIRED if default is None else default, allowed)
+
+    def choice(self, key: str, enum: type[Enum], default: Enum) -> Any:
+        allowed = " | ".join(repr(m.value) for m in enum)  # type: ignore[attr-defined]
+        value = self.get(key, str, default.value, f"one of {allowed}")
+        try:
+            return enum(value)
+        except ValueError:
+            raise self._fail(key, value, f"one of {allowed}") from None
+
+    def path(self, key: str, base: Path, *, required: bool) -> Path | None:
+        value = self.get(key, str, _REQUIRED if required else "", "a path (relative to the config file)")
+        if value == "":
+            if required:
+                raise self._fail(key, value, "a non-empty path")
+            return None
+        p = Path(value).expanduser()
+        return (p if p.is_absolute() else base / p).resolve()
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.raw) - self.seen)
+        if unknown:
+            known = ", ".join(sorted(self.seen))
+            raise ConfigError(
+                f"{self.source}: unknown key {self.where}.{unknown[0]} = {self.raw[unknown[0]]!r}; "
+                f"the keys of [{self.where}] are: {known}"
+            )
+
+
+_REQUIRED = object()
+
+
+def _check_cron(expr: str, source: Path) -> None:
+    fields = expr.split()
+    if len(fields) != 5 or not all(re.fullmatch(r"[0-9*/,\-A-Za-z]+", f) for f in fields):
+        raise ConfigError(
+            f"{source}: schedule.build_cron = {expr!r} is not allowed; expected a 5-field cron "
+            "expression such as '0 2 * * 1'"
+        )
+
+
+def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
+    """Validate a parsed TOML document into a :class:`Config`.
+
+    Parameters
+    ----------
+    raw
+        The parsed TOML document.
+    source
+        The config file; relative paths are resolved against its folder.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown key, a missing required key, or a value of the wrong
+        type or outside the allowed set.
+    """
+    source = Path(source).resolve()
+    base = source.parent
+    top = _Table(raw, "top level", source)
+
+    rel = _Table(top.get("release", dict, _REQUIRED, "a [release] table"), "release", source)
+    name = rel.string("name")
+    if not _NAME_RE.match(name):
+        raise rel._fail("name", name, "letters, digits, '.', '_' or '-' (it names a folder and the zip)")
+    version = rel.string("version")
+    if not _NAME_RE.match(version):
+        raise rel._fail("version", version, "letters, digits, '.', '_' or '-' such as '1.0.0'")
+    output_dir = rel.path("output_dir", base, required=False) or (base / "dist").resolve()
+    state_dir = rel.path("state_dir", base, required=False) or (base / ".petct").resolve()
+    labels = rel.string("labels", BUILTIN_LABELS, allowed=f"{BUILTIN_LABELS!r} or a path to a labels.json")
+    if labels != BUILTIN_LABELS:
+        p = Path(labels).expanduser()
+        labels = str((p if p.is_absolute() else base / p).resolve())
+        if not Path(labels).is_file():
+            raise rel._fail("labels", labels, f"{BUILTIN_LABELS!r} or an existing labels.json file")
+    rel.finish()
+    release = ReleaseSettings(name, version, output_dir, state_dir, labels)
+
+    dt = _Table(top.get("defacing", dict, {}, "a [defacing] table"), "defacing", source)
+    height = dt.get("height_voxels", int, 16, "a whole number of PET voxels from 1 to 200")
+    if not 1 <= height <= 200:
+        raise dt._fail("height_voxels", height, "a whole number of PET voxels from 1 to 200")
+    margin = dt.get("margin_mm", (int, float), 5.0, "a number of millimetres from 0 to 100")
+    if not 0 <= margin <= 100:
+        raise dt._fail("margin_mm", margin, "a number of millimetres from 0 to 100")
+    clear = dt.get("clear_labels", bool, True, "true or false")
+    dt.finish()
+    defacing = DefacingSettings(int(height), float(margin), clear)
+
+    ex = _Table(top.get("execution", dict, {}, "an [execution] table"), "execution", source)
+    runner = ex.choice("runner", Runner, Runner.THREADS)
+    workers = ex.get("workers", int, 2, "a whole number of workers from 1 to 1024")
+    if not 1 <= workers <= 1024:
+        raise ex._fail("workers", workers, "a whole number of workers from 1 to 1024")
+    dask_address = ex.get("dask_address", str, "", "'' or an address such as 'tcp://host:8786'")
+    if dask_address and not re.match(r"^(tcp|tls|inproc|ucx)://", dask_address):
+        raise ex._fail("dask_address", dask_address, "'' or an address such as 'tcp://host:8786'")
+    if dask_address and runner is not Runner.DASK:
+        raise ex._fail("dask_address", dask_address, "'' unless execution.runner = 'dask'")
+    ex.finish()
+    execution = ExecutionSettings(runner, workers, dask_address)
+
+    sc = _Table(top.get("schedule", dict, {}, "a [schedule] table"), "schedule", source)
+    cron = sc.get("build_cron", str, "0 2 * * 1", "a 5-field cron expression")
+    _check_cron(cron, source)
+    sc.finish()
+    schedule = ScheduleSettings(cron)
+
+    raw_sites = top.get("site", list, _REQUIRED, "one or more [[site]] tables")
+    top.finish()
+    if not raw_sites:
+        raise ConfigError(f"{source}: site = [] is not allowed; expected one or more [[site]] tables")
+    sites: list[SiteConfig] = []
+    for i, raw_site in enumerate(raw_sites):
+        st = _Table(raw_site, f"site[{i}]", source)
+        site_id = st.string("id")
+        if not _SITE_ID_RE.match(site_id):
+            raise st._fail("id", site_id, "lower-case letters, digits, '_' or '-' (a public label)")
+        st.where = f"site.{site_id}"
+        dicom_dir = st.path("dicom_dir", base, required=True)
+        seg_dir = st.path("segmentations_dir", base, required=True)
+        lesions_dir = st.path("lesions_dir", base, required=False)
+        license_ = st.string("license", allowed=f"one of {', '.join(KNOWN_LICENSES)}")
+        if license_ not in KNOWN_LICENSES:
+            raise st._fail("license", license_, f"one of {', '.join(KNOWN_LICENSES)}")
+        deface = st.get("deface", bool, _REQUIRED, "true or false")
+        indication = st.get("indication", str, "", "a short text such as 'lung cancer'")
+        sheet = st.path("clinical_sheet", base, required=False)
+        if sheet is not None and sheet.suffix.lower() not in (".csv", ".xlsx"):
+            raise st._fail("clinical_sheet", str(sheet), "a .csv or .xlsx file")
+        pattern = st.get("pseudonym_pattern", str, "", "'' or a regular expression")
+        if pattern:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise st._fail("pseudonym_pattern", pattern, f"a valid regular expression ({exc})") from None
+        missing_head = st.choice("deface_missing_head", MissingHeadPolicy, MissingHeadPolicy.HOLD)
+        st.finish()
+        if any(s.id == site_id for s in sites):
+            raise ConfigError(f"{source}: site.id = {site_id!r} is used twice; site ids must be unique")
+        sites.append(
+            SiteConfig(
+                id=site_id,
+                dicom_dir=dicom_dir,  # type: ignore[arg-type]
+                segmentations_dir=seg_dir,  # type: ignore[arg-type]
+                lesions_dir=lesions_dir,
+                license=license_,
+                deface=deface,
+                indication=indication,
+                clinical_sheet=sheet,
+                pseudonym_pattern=pattern,
+                deface_missing_head=missing_head,
+            )
+        )
+    return Config(source, release, defacing, execution, schedule, tuple(sites))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``release.toml``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, is not valid TOML, or fails validation.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return config_from_dict(raw, path)

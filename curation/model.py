@@ -1,0 +1,254 @@
+"""The small, JSON-serialisable records that stages pass to one another.
+
+Stages take paths and these frozen dataclasses and return them; volumes never
+travel between stages (they live in NIfTI files under ``state_dir``).  Every
+record round-trips through :func:`to_jsonable` / :func:`from_jsonable`, which is
+how the state files, the audit log and Prefect task results store them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+import typing
+from enum import Enum
+from typing import Any, TypeVar
+
+from curation.errors import RejectReason
+
+T = TypeVar("T")
+
+#: The seven release categories, in release order.
+CATEGORIES: tuple[str, ...] = (
+    "Body-Composition",
+    "Cardiac",
+    "Muscles",
+    "Organs",
+    "Peripheral-Bones",
+    "Ribs",
+    "Vertebrae",
+)
+
+#: MOOSE model names accepted as aliases of the release categories.
+CATEGORY_ALIASES: dict[str, str] = {
+    "clin_ct_body_composition": "Body-Composition",
+    "clin_ct_cardiac": "Cardiac",
+    "clin_ct_muscles": "Muscles",
+    "clin_ct_organs": "Organs",
+    "clin_ct_peripheral_bones": "Peripheral-Bones",
+    "clin_ct_ribs": "Ribs",
+    "clin_ct_vertebrae": "Vertebrae",
+}
+
+
+class Modality(str, Enum):
+    CT = "CT"
+    PT = "PT"
+
+
+def study_key(study_instance_uid: str) -> str:
+    """The name a study's state goes under: a digest, so no UID is ever a file name."""
+    return hashlib.sha256(study_instance_uid.encode("ascii", "replace")).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------------
+# ingest
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedFile:
+    """A file under ``dicom_dir`` that is not usable DICOM."""
+
+    path: str
+    why: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesRecord:
+    """One series as the index saw it (header-only reads)."""
+
+    SeriesInstanceUID: str
+    Modality: str
+    SOPClassUID: str
+    SeriesDescription: str
+    SeriesNumber: int | None
+    ImageType: tuple[str, ...]
+    FrameOfReferenceUID: str
+    CorrectedImage: tuple[str, ...]
+    Units: str
+    files: tuple[str, ...]  # absolute paths, sorted by name (never by position: see geometry)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRecord:
+    """One study of a site: what ingest works on."""
+
+    site: str
+    StudyInstanceUID: str
+    PatientID: str
+    StudyDate: str
+    series: tuple[SeriesRecord, ...]
+    fingerprint: str  # sha256 over the sorted sha256 of every file of the study (content key)
+
+    @property
+    def key(self) -> str:
+        return study_key(self.StudyInstanceUID)
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteIndex:
+    """The result of walking one site's ``dicom_dir`` once."""
+
+    site: str
+    dicom_dir: str
+    files_seen: int
+    skipped: tuple[SkippedFile, ...]
+    studies: tuple[StudyRecord, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class IgnoredSeries:
+    """A series of a study that is not one of the two selected, and why."""
+
+    SeriesInstanceUID: str
+    Modality: str
+    SeriesDescription: str
+    why: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    """A NIfTI file written by a stage."""
+
+    path: str
+    sha256: str
+    shape: tuple[int, ...]
+    dtype: str
+    affine: tuple[tuple[float, ...], ...]  # 4x4, NIfTI (RAS+) world coordinates in mm
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """A study that was not made into a case (or a case held back), with its reason."""
+
+    site: str
+    StudyInstanceUID: str
+    reason: RejectReason
+    message: str
+    stage: str  # "ingest" or "build"
+    fingerprint: str
+
+    @property
+    def key(self) -> str:
+        return study_key(self.StudyInstanceUID)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedCase:
+    """A study that passed ingest: two checked NIfTI volumes and their metadata."""
+
+    site: str
+    StudyInstanceUID: str
+    PatientID: str
+    StudyDate: str
+    fingerprint: str
+    ct_series: str  # SeriesInstanceUID
+    pt_series: str
+    ct: ImageFile
+    pt: ImageFile
+    ct_metadata: dict[str, Any]
+    pt_metadata: dict[str, Any]
+    ignored: tuple[IgnoredSeries, ...]
+    private_review: tuple[str, ...]  # private attributes (tag keyword) listed for review, never values
+
+    @property
+    def key(self) -> str:
+        return study_key(self.StudyInstanceUID)
+
+
+# ---------------------------------------------------------------------------
+# build
+
+
+@dataclasses.dataclass(frozen=True)
+class DefaceCylinder:
+    """The defaced volume of one case, in NIfTI world coordinates (mm)."""
+
+    z_lo: float
+    z_hi: float
+    axis_x: float
+    axis_y: float
+    radius: float
+    landmarks: str  # "segmentation" | "ct-fallback"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedCase:
+    """A case ready to be laid out in a release: defaced images and label maps."""
+
+    site: str
+    StudyInstanceUID: str
+    fingerprint: str  # over the converted case and every segmentation/lesion input
+    ct: ImageFile
+    pt: ImageFile
+    labels: dict[str, ImageFile]  # category -> uint8 label map on the CT grid
+    cylinder: DefaceCylinder | None
+    defaced: bool
+    head_missing_released: bool  # deface_missing_head = "release" was used
+    dropped_labels: dict[str, list[str]]  # category -> source label names dropped
+    lesion_voxels_removed: int
+
+    @property
+    def key(self) -> str:
+        return study_key(self.StudyInstanceUID)
+
+
+# ---------------------------------------------------------------------------
+# JSON round trip
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Turn a record (nested dataclasses, tuples, enums) into plain JSON types."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def from_jsonable(cls: type[T], data: Any) -> T:
+    """Rebuild a record of type ``cls`` from :func:`to_jsonable` output."""
+    return _build(cls, data)
+
+
+def _build(tp: Any, data: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _build(hints[f.name], data[f.name]) for f in dataclasses.fields(tp)})
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            return None
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(arms[0], data)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v) for v in data)
+        return tuple(_build(a, v) for a, v in zip(args, data, strict=True))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        return [_build(arg, v) for v in data]
+    if origin is dict:
+        _, val = typing.get_args(tp)
+        return {k: _build(val, v) for k, v in data.items()}
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return tp(data)
+    if tp is float and isinstance(data, int):
+        return float(data)
+    return data
