@@ -1,0 +1,144 @@
+"""release.toml validation: every wrong key or value names the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from curation.config import (
+    BUILTIN_LABELS,
+    ConfigError,
+    MissingHeadPolicy,
+    Runner,
+    load_config,
+)
+
+GOOD = """
+[release]
+name = "enhance-pet-1_6k"
+version = "1.0.0"
+output_dir = "dist"
+state_dir = ".petct"
+labels = "builtin:enhance-pet"
+
+[defacing]
+height_voxels = 16
+margin_mm = 5.0
+clear_labels = true
+
+[execution]
+runner = "threads"
+workers = 2
+dask_address = ""
+
+[schedule]
+build_cron = "0 2 * * 1"
+
+[[site]]
+id = "leipzig"
+dicom_dir = "drops/leipzig"
+segmentations_dir = "seg/leipzig"
+lesions_dir = ""
+license = "CC-BY-4.0"
+deface = true
+indication = "lung cancer"
+clinical_sheet = ""
+pseudonym_pattern = "^LEI-[0-9]{4}$"
+deface_missing_head = "hold"
+
+[[site]]
+id = "vienna"
+dicom_dir = "/data/vienna"
+segmentations_dir = "seg/vienna"
+lesions_dir = "lesions/vienna"
+license = "CC-BY-NC-4.0"
+deface = false
+indication = "melanoma"
+clinical_sheet = "clinical/vienna.csv"
+deface_missing_head = "release"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "release.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_good_config_resolves_paths_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.release.name == "enhance-pet-1_6k"
+    assert config.release.zip_path == tmp_path / "dist" / "enhance-pet-1_6k-1.0.0.zip"
+    assert config.release.state_dir == tmp_path / ".petct"
+    assert config.release.labels == BUILTIN_LABELS
+    assert config.execution.runner is Runner.THREADS
+    assert [s.id for s in config.sites] == ["leipzig", "vienna"]
+    leipzig, vienna = config.sites
+    assert leipzig.dicom_dir == tmp_path / "drops" / "leipzig"
+    assert leipzig.lesions_dir is None and leipzig.clinical_sheet is None
+    assert vienna.dicom_dir == Path("/data/vienna")
+    assert vienna.lesions_dir == tmp_path / "lesions" / "vienna"
+    assert vienna.clinical_sheet == tmp_path / "clinical" / "vienna.csv"
+    assert vienna.pseudonym_pattern == ""
+    assert vienna.deface_missing_head is MissingHeadPolicy.RELEASE
+    assert config.site("vienna") is vienna
+
+
+def test_defaults_apply_for_optional_tables(tmp_path: Path) -> None:
+    text = GOOD.split("[defacing]")[0] + "[[site]]" + GOOD.split("[[site]]")[1]
+    config = load_config(write(tmp_path, text))
+    assert config.defacing.height_voxels == 16
+    assert config.defacing.margin_mm == 5.0
+    assert config.execution.workers == 2
+    assert config.schedule.build_cron == "0 2 * * 1"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ('runner = "threads"', 'runner = "mpi"', r"execution\.runner = 'mpi'.*'threads' \| 'processes' \| 'dask'"),
+        ("workers = 2", "workers = 0", r"execution\.workers = 0 .*from 1 to 1024"),
+        ("workers = 2", "workers = true", r"execution\.workers = True"),
+        ("height_voxels = 16", "height_voxels = 16.5", r"defacing\.height_voxels = 16\.5"),
+        ("margin_mm = 5.0", "margin_mm = -1.0", r"defacing\.margin_mm = -1\.0"),
+        ('license = "CC-BY-4.0"', 'license = "GPL"', r"site\.leipzig\.license = 'GPL'.*CC-BY-4\.0"),
+        ('id = "leipzig"', 'id = "Leipzig Uni"', r"site\[0\]\.id = 'Leipzig Uni'"),
+        ("deface = true", 'deface = "yes"', r"site\.leipzig\.deface = 'yes'.*true or false"),
+        ('deface_missing_head = "hold"', 'deface_missing_head = "skip"', r"deface_missing_head = 'skip'.*'hold' \| 'release'"),
+        ('pseudonym_pattern = "^LEI-[0-9]{4}$"', 'pseudonym_pattern = "LEI-("', r"pseudonym_pattern = 'LEI-\('.*regular expression"),
+        ('build_cron = "0 2 * * 1"', 'build_cron = "every monday"', r"schedule\.build_cron = 'every monday'"),
+        ('name = "enhance-pet-1_6k"', 'name = "a/b"', r"release\.name = 'a/b'"),
+        ('dask_address = ""', 'dask_address = "tcp://h:8786"', r"dask_address.*unless execution\.runner = 'dask'"),
+        ('labels = "builtin:enhance-pet"', 'labels = "missing.json"', r"release\.labels = '.*missing\.json'"),
+        ('clinical_sheet = ""', 'clinical_sheet = "sheet.pdf"', r"clinical_sheet = '.*sheet\.pdf'.*\.csv or \.xlsx"),
+        ("clear_labels = true", "clear_labels = true\ncolour = 3", r"unknown key defacing\.colour = 3"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(tmp_path: Path, old: str, new: str, match: str) -> None:
+    assert old in GOOD
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, GOOD.replace(old, new, 1)))
+
+
+def test_missing_required_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"site\.leipzig\.dicom_dir is missing"):
+        load_config(write(tmp_path, GOOD.replace('dicom_dir = "drops/leipzig"\n', "", 1)))
+
+
+def test_duplicate_site_ids_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'leipzig' is used twice"):
+        load_config(write(tmp_path, GOOD.replace('id = "vienna"', 'id = "leipzig"')))
+
+
+def test_unknown_site_lookup_lists_known_ids(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    with pytest.raises(ConfigError, match=r"no \[\[site\]\] with id 'paris'.*leipzig, vienna"):
+        config.site("paris")
+
+
+def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read the configuration file"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=r"not valid TOML"):
+        load_config(write(tmp_path, "[release\nname="))
