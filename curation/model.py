@@ -198,6 +198,8 @@ class PreparedCase:
     head_missing_released: bool  # deface_missing_head = "release" was used
     dropped_labels: dict[str, list[str]]  # category -> source label names dropped
     lesion_voxels_removed: int
+    # category -> voxels set to 0 because their source label is not in the release
+    dropped_voxels: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:

@@ -1,0 +1,378 @@
+"""Reading a site's segmentations and lesion masks onto the converted CT's grid.
+
+A site delivers ``<segmentations_dir>/<StudyInstanceUID>/<name>.nii.gz`` with
+one multi-class label map per release category.  ``<name>`` is the release
+category (``Organs``) or its MOOSE model name (``clin_ct_organs``).
+
+**Which values a file carries** follows from its name:
+
+* a file named with a MOOSE model name carries MOOSE values; they are mapped to
+  release values *by label name* through the source label table, and labels
+  the release does not carry (MOOSE Organs 19 ``trachea``) are set to 0 and
+  recorded;
+* a file named with the release category carries release values already; they
+  are kept as they are, and a value the release does not define is an error.
+
+**The grid**: a map must lie on the CT's voxel grid, i.e. have the same voxel
+centres in world space within :data:`GRID_TOLERANCE_MM`.  A map stored in
+another axis order (flipped or permuted axes) is the same grid: it is
+reoriented losslessly to the CT's axis order.  Anything else (other spacing,
+shift, rotation or extent) is rejected; nothing is ever resampled.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+from curation.errors import (
+    SegmentationGridMismatchError,
+    SegmentationInvalidError,
+    SegmentationMissingError,
+)
+from curation.labels import ReleaseLabels, SourceLabelTable
+from curation.model import CATEGORIES, CATEGORY_ALIASES
+
+logger = logging.getLogger(__name__)
+
+#: Voxel centres of a label map and of the CT must agree to this (mm).
+GRID_TOLERANCE_MM = 1e-3
+
+_SUFFIX = ".nii.gz"
+
+
+@dataclass(frozen=True)
+class CategoryMap:
+    """One category's label map on the CT grid, in release values.
+
+    Attributes
+    ----------
+    array
+        uint8, the CT's shape and axis order.
+    dropped
+        Names of source labels present in the file that the release does not
+        carry (their voxels were set to 0).
+    dropped_voxels
+        How many voxels were set to 0 for them.
+    """
+
+    array: np.ndarray
+    dropped: tuple[str, ...]
+    dropped_voxels: int
+
+
+# ---------------------------------------------------------------------------
+# finding the files
+
+
+def category_of_stem(stem: str) -> str | None:
+    """The release category a file stem names (category or MOOSE alias), else None."""
+    if stem in CATEGORIES:
+        return stem
+    return CATEGORY_ALIASES.get(stem)
+
+
+def is_release_named(path: Path) -> bool:
+    """True when ``path`` is named by a release category (so it carries release values)."""
+    return path.name.removesuffix(_SUFFIX) in CATEGORIES
+
+
+def find_category_files(segmentations_dir: Path, study_uid: str) -> dict[str, Path]:
+    """Find the seven category files of one study.
+
+    Parameters
+    ----------
+    segmentations_dir
+        The site's ``segmentations_dir``.
+    study_uid
+        The StudyInstanceUID (the name of the study's folder).
+
+    Returns
+    -------
+    dict
+        Release category -> file, in release order.
+
+    Raises
+    ------
+    SegmentationMissingError
+        When the study's folder is missing or lacks a category.
+    SegmentationInvalidError
+        When a category is delivered twice (under its release and MOOSE name).
+    """
+    folder = Path(segmentations_dir) / study_uid
+    if not folder.is_dir():
+        raise SegmentationMissingError(
+            f"study {study_uid}: no segmentation folder {folder}; expected one "
+            f"{_SUFFIX} file per category ({', '.join(CATEGORIES)})"
+        )
+    found: dict[str, Path] = {}
+    others: list[str] = []
+    for path in sorted(folder.iterdir()):
+        category = category_of_stem(path.name.removesuffix(_SUFFIX)) if path.name.endswith(_SUFFIX) else None
+        if category is None or not path.is_file():
+            others.append(path.name)
+            continue
+        if category in found:
+            raise SegmentationInvalidError(
+                f"study {study_uid}: category {category} is delivered twice, as {found[category].name} "
+                f"and {path.name} in {folder}; keep one"
+            )
+        found[category] = path
+    missing = [c for c in CATEGORIES if c not in found]
+    if missing:
+        note = f"; other files there: {', '.join(others)}" if others else ""
+        raise SegmentationMissingError(
+            f"study {study_uid}: missing segmentation categories {', '.join(missing)} in {folder} "
+            f"(file names: the category or its MOOSE model name, {_SUFFIX}){note}"
+        )
+    return {c: found[c] for c in CATEGORIES}
+
+
+# ---------------------------------------------------------------------------
+# reading onto the CT grid
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    try:
+        img = nib.load(path)
+    except (ImageFileError, OSError, EOFError, zlib.error, ValueError) as exc:
+        raise SegmentationInvalidError(f"{path}: not a readable NIfTI file ({exc})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise SegmentationInvalidError(f"{path}: expected NIfTI, got {type(img).__name__}")
+    return img
+
+
+def _integer_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The voxel values as an integer array, refusing non-integer values or scaling."""
+    try:
+        if nib.is_proxy(img.dataobj):
+            proxy = img.dataobj
+            slope, inter = float(proxy.slope), float(proxy.inter)
+            raw = np.asarray(proxy.get_unscaled())
+            data = raw if (slope, inter) == (1.0, 0.0) else raw * slope + inter
+        else:
+            data = np.asarray(img.dataobj)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise SegmentationInvalidError(f"{path}: cannot read the voxel data ({exc})") from None
+    if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
+        data = data.reshape(data.shape[:3])
+    if data.ndim != 3:
+        raise SegmentationInvalidError(f"{path}: expected a 3-D label map, got shape {data.shape}")
+    if data.dtype.kind in "iub":
+        return data
+    if data.dtype.kind != "f":
+        raise SegmentationInvalidError(f"{path}: voxel type {data.dtype} is not a label type")
+    rounded = np.rint(data)
+    bad = ~np.isfinite(data) | (rounded != data)
+    if bad.any():
+        example = float(data[bad].flat[0])
+        raise SegmentationInvalidError(
+            f"{path}: {int(np.count_nonzero(bad))} voxels are not whole numbers (e.g. {example!r}); "
+            "a label map holds integer labels"
+        )
+    if rounded.size and (rounded.min() < np.iinfo(np.int32).min or rounded.max() > np.iinfo(np.int32).max):
+        raise SegmentationInvalidError(f"{path}: label values outside the 32-bit integer range")
+    return rounded.astype(np.int32)
+
+
+def _corners(shape: tuple[int, ...]) -> np.ndarray:
+    """Homogeneous voxel coordinates of the 8 corner voxel centres, shape (4, 8)."""
+    idx = np.array(np.meshgrid(*[(0, n - 1) for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    return np.vstack([idx, np.ones((1, idx.shape[1]))])
+
+
+def to_ct_grid(data: np.ndarray, affine: np.ndarray, ct: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """Reorient ``data`` (with ``affine``) to the CT's axis order, checking it is the CT's grid.
+
+    Parameters
+    ----------
+    data, affine
+        A 3-D volume and its voxel-to-world (RAS+ mm) affine.
+    ct
+        The converted CT whose grid the volume must lie on.
+    path
+        The volume's file, named in errors.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``data`` with axes permuted/flipped to the CT's order (a view where possible).
+
+    Raises
+    ------
+    SegmentationGridMismatchError
+        When, after the lossless reorientation, the shape differs or any
+        corner voxel centre is more than :data:`GRID_TOLERANCE_MM` from the CT's.
+    """
+    ct_affine = np.asarray(ct.affine, dtype=float)
+    ct_shape = tuple(int(n) for n in ct.shape[:3])
+    transform = ornt_transform(io_orientation(affine), io_orientation(ct_affine))
+    moved = apply_orientation(data, transform)
+    moved_affine = affine @ inv_ornt_aff(transform, data.shape)
+    if moved.shape != ct_shape:
+        raise SegmentationGridMismatchError(
+            f"{path}: shape {data.shape} (as {moved.shape} in the CT's axis order) is not the CT's "
+            f"{ct_shape}; the map must be on the CT grid (it is never resampled)"
+        )
+    corners = _corners(ct_shape)
+    distance = np.linalg.norm((moved_affine @ corners - ct_affine @ corners)[:3], axis=0)
+    worst = float(distance.max())
+    if not worst <= GRID_TOLERANCE_MM:
+        ct_zooms = np.sqrt((ct_affine[:3, :3] ** 2).sum(axis=0))
+        zooms = np.sqrt((moved_affine[:3, :3] ** 2).sum(axis=0))
+        raise SegmentationGridMismatchError(
+            f"{path}: not on the CT grid: voxel centres differ by up to {worst:.4g} mm at the corners "
+            f"(tolerance {GRID_TOLERANCE_MM} mm); spacing {np.round(zooms, 4).tolist()} vs the CT's "
+            f"{np.round(ct_zooms, 4).tolist()} mm; the map is never resampled"
+        )
+    return moved
+
+
+def _lookup(category: str, *, source: SourceLabelTable, release: ReleaseLabels, release_values: bool):
+    """Build the value lookup of one category.
+
+    Returns ``(lut, known, dropped_names)``: ``lut[v]`` is the release value of
+    source value ``v`` (0 for dropped labels), ``known[v]`` says whether ``v``
+    is a defined source value, ``dropped_names[v]`` the name of a dropped one.
+    """
+    lut = np.zeros(256, dtype=np.uint8)
+    known = np.zeros(256, dtype=bool)
+    known[0] = True
+    dropped: dict[int, str] = {}
+    if release_values:
+        for value in release.categories[category]:
+            lut[value] = value
+            known[value] = True
+        return lut, known, dropped
+    wanted = release.values_by_name(category)
+    for value, name in source.names(category).items():
+        known[value] = True
+        if name in wanted:
+            lut[value] = wanted[name]
+        else:
+            dropped[value] = name
+    return lut, known, dropped
+
+
+def load_category(
+    path: Path,
+    ct: nib.Nifti1Image,
+    category: str,
+    *,
+    source: SourceLabelTable,
+    release: ReleaseLabels,
+    source_is_release_values: bool,
+) -> CategoryMap:
+    """Read one category's label map onto the CT grid, in release values.
+
+    Parameters
+    ----------
+    path
+        The category file.
+    ct
+        The converted CT (its grid and axis order are the target).
+    category
+        The release category the file holds.
+    source, release
+        The source label table and the release label set.
+    source_is_release_values
+        True for a file named by its release category (values are release
+        values already), False for a MOOSE-named file (mapped by name).
+
+    Returns
+    -------
+    CategoryMap
+
+    Raises
+    ------
+    SegmentationInvalidError
+        Unreadable file, non-integer data, or a value the applicable table
+        does not define (the message names the file and the values).
+    SegmentationGridMismatchError
+        When the map is not on the CT grid (see :func:`to_ct_grid`).
+    """
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
+    img = _load(path)
+    data = _integer_data(img, path)
+    lut, known, dropped_names = _lookup(
+        category, source=source, release=release, release_values=source_is_release_values
+    )
+    table = "release labels" if source_is_release_values else f"source label table ({source.source})"
+    if data.dtype != np.uint8:
+        lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+        if lo < 0 or hi > 255:
+            outside = np.unique(data[(data < 0) | (data > 255)])
+            raise SegmentationInvalidError(
+                f"{path}: values {_show(outside)} are not defined for {category} in the {table}"
+            )
+        data = data.astype(np.uint8)
+    top = int(data.max()) if data.size else 0
+    # one cheap max() proves most maps clean (source tables are mostly 1..N);
+    # only otherwise is every voxel looked up
+    if not known[: top + 1].all():
+        unknown = ~known[data]
+        if unknown.any():
+            raise SegmentationInvalidError(
+                f"{path}: values {_show(np.unique(data[unknown]))} are not defined for {category} in the {table}"
+            )
+        del unknown
+    data = to_ct_grid(data, np.asarray(img.affine, dtype=float), ct, path)
+    # only the few dropped values are counted, one comparison each
+    counts = {v: int(np.count_nonzero(data == v)) for v in sorted(dropped_names) if v <= top}
+    dropped = tuple(dropped_names[v] for v, n in counts.items() if n)
+    dropped_voxels = sum(counts.values())
+    if dropped:
+        logger.info("%s: dropped labels the release does not carry: %s (%d voxels)", path, dropped, dropped_voxels)
+    array = lut[data]  # keeps the file's memory order (NIfTI is Fortran order): no transposing copy
+    return CategoryMap(array=array, dropped=dropped, dropped_voxels=dropped_voxels)
+
+
+def load_lesion_mask(path: Path | None, ct: nib.Nifti1Image) -> np.ndarray | None:
+    """Read a study's binary lesion mask onto the CT grid.
+
+    Parameters
+    ----------
+    path
+        ``<lesions_dir>/<StudyInstanceUID>.nii.gz``, or None when the site has
+        no ``lesions_dir``.  A missing file means the study has no lesions.
+    ct
+        The converted CT.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        A boolean mask in the CT's shape and axis order, or None when there is
+        no mask.
+
+    Raises
+    ------
+    SegmentationInvalidError
+        Unreadable file or a value other than 0 and 1.
+    SegmentationGridMismatchError
+        When the mask is not on the CT grid.
+    """
+    if path is None or not Path(path).is_file():
+        return None
+    path = Path(path)
+    img = _load(path)
+    data = _integer_data(img, path)
+    bad = (data != 0) & (data != 1)
+    if bad.any():
+        raise SegmentationInvalidError(
+            f"{path}: a lesion mask holds only 0 and 1; found values {_show(np.unique(data[bad]))}"
+        )
+    return to_ct_grid(data.astype(bool), np.asarray(img.affine, dtype=float), ct, path)
+
+
+def _show(values: np.ndarray, limit: int = 10) -> str:
+    shown = [int(v) for v in values[:limit]]
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return f"{shown}{more}"

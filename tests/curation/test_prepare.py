@@ -1,0 +1,266 @@
+"""prepare_case on a really ingested phantom study: labels, lesions, defacing, idempotency."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from anonymization.deface import cylinder_mask
+from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
+from curation.dicomindex import index_site
+from curation.ingest import ingest_study
+from curation.labels import load_release_labels, load_source_table
+from curation.model import CATEGORIES, ConvertedCase, PreparedCase, Rejection
+from curation.prepare import prepare_case
+from curation.state import StatePaths, read_prepared
+from curation.synthetic import write_lesion, write_segmentations
+
+RELEASE = load_release_labels("builtin:enhance-pet")
+MOOSE = load_source_table()
+DEFACING = DefacingSettings(height_voxels=16, margin_mm=5.0, clear_labels=True)
+
+
+def make_site(root: Path, *, deface: bool, lesions: bool = True,
+              missing_head: MissingHeadPolicy = MissingHeadPolicy.HOLD) -> SiteConfig:
+    return SiteConfig(
+        id="leipzig",
+        dicom_dir=root / "drop",
+        segmentations_dir=root / "seg",
+        lesions_dir=root / "lesions" if lesions else None,
+        license="CC-BY-4.0",
+        deface=deface,
+        indication="lung cancer",
+        clinical_sheet=None,
+        pseudonym_pattern="",
+        deface_missing_head=missing_head,
+    )
+
+
+@pytest.fixture(scope="module")
+def ingested(small_study, tmp_path_factory) -> ConvertedCase:
+    """The small phantom study through the real index and ingest (shared, read-only)."""
+    root = tmp_path_factory.mktemp("prepare_ingest")
+    site = dataclasses.replace(make_site(root, deface=True), dicom_dir=small_study.root)
+    index = index_site(site.id, small_study.root)
+    (record,) = [s for s in index.studies if s.StudyInstanceUID == small_study.StudyInstanceUID]
+    case = ingest_study(record, site, StatePaths(root / "state"))
+    assert isinstance(case, ConvertedCase), case
+    return case
+
+
+def prepare(case: ConvertedCase, site: SiteConfig, root: Path, **changes) -> PreparedCase | Rejection:
+    return prepare_case(
+        case, site, StatePaths(root / "state"),
+        defacing=changes.get("defacing", DEFACING), release_labels=RELEASE, source_table=MOOSE,
+    )
+
+
+def data(path: str) -> np.ndarray:
+    return np.asanyarray(nib.load(path).dataobj)
+
+
+def expected_labels(phantom, category: str, *, lesion: bool) -> np.ndarray:
+    """The phantom's own release map, with the lesion cut out when the site delivers one."""
+    out = phantom.labels[category].copy()
+    if lesion:
+        out[phantom.lesion] = 0
+    return out
+
+
+def test_defaced_site(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:
+    site = make_site(tmp_path, deface=True)
+    write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID)
+    write_lesion(small_phantom, site.lesions_dir, ingested.StudyInstanceUID)
+    prepared = prepare(ingested, site, tmp_path)
+    assert isinstance(prepared, PreparedCase), prepared
+
+    # the cylinder is recorded, in the returned record and in prepared.json
+    cyl = prepared.cylinder
+    assert prepared.defaced and cyl is not None and cyl.landmarks == "segmentation"
+    assert not prepared.head_missing_released
+    record = StatePaths(tmp_path / "state").prepared_dir(ingested.key) / "prepared.json"
+    assert read_prepared(record) == prepared
+
+    # CT and PET: inside the cylinder -1000 HU / 0, outside bit-identical to the converted volumes
+    ct_in = cylinder_mask(cyl, ingested.ct.shape, np.array(ingested.ct.affine))
+    pt_in = cylinder_mask(cyl, ingested.pt.shape, np.array(ingested.pt.affine))
+    assert ct_in.sum() > 1000 and pt_in.sum() > 100
+    ct, ct0 = data(prepared.ct.path), data(ingested.ct.path)
+    pt, pt0 = data(prepared.pt.path), data(ingested.pt.path)
+    assert ct.dtype == np.int16 and pt.dtype == np.float32
+    assert np.all(ct[ct_in] == -1000) and np.array_equal(ct[~ct_in], ct0[~ct_in])
+    assert np.all(pt[pt_in] == 0) and np.array_equal(pt[~pt_in], pt0[~pt_in])
+    assert np.any(ct0[ct_in] != -1000) and np.any(pt0[pt_in] != 0)  # something really was removed
+    # the face landmarks of the phantom are gone
+    assert np.all(ct[small_phantom.landmarks["nose"]] == -1000)
+    assert np.all(ct[small_phantom.landmarks["eyes"]] == -1000)
+
+    # labels: the phantom's maps minus the lesion, cleared inside the cylinder
+    removed = 0
+    for category in CATEGORIES:
+        got = data(prepared.labels[category].path)
+        want = expected_labels(small_phantom, category, lesion=True)
+        want[ct_in] = 0
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want, err_msg=category)
+        removed += int(np.count_nonzero(small_phantom.labels[category][small_phantom.lesion]))
+    assert removed > 0 and prepared.lesion_voxels_removed == removed
+    brain = RELEASE.value_of("Organs", "brain")
+    assert np.any(small_phantom.labels["Organs"][ct_in] == brain)  # the brain in the slab was cleared
+    assert prepared.dropped_labels == {} and prepared.dropped_voxels == {}
+
+    # clean, identical headers; every map carries the CT's affine
+    for image in (prepared.ct, prepared.pt, *prepared.labels.values()):
+        hdr = nib.load(image.path).header
+        for field in ("descrip", "aux_file", "intent_name", "db_name"):
+            assert hdr[field].item() == b"", (image.path, field)
+        assert len(hdr.extensions) == 0
+        assert (int(hdr["sform_code"]), int(hdr["qform_code"])) == (1, 1)
+    for image in prepared.labels.values():
+        np.testing.assert_array_equal(nib.load(image.path).affine, nib.load(prepared.ct.path).affine)
+    np.testing.assert_allclose(nib.load(prepared.ct.path).affine, np.array(ingested.ct.affine), atol=1e-4)
+    # built exactly like the converted volumes' headers
+    assert nib.load(prepared.ct.path).header.binaryblock == nib.load(ingested.ct.path).header.binaryblock
+    assert nib.load(prepared.pt.path).header.binaryblock == nib.load(ingested.pt.path).header.binaryblock
+
+    # the same inputs elsewhere give the same bytes
+    again = prepare(ingested, site, tmp_path / "other")
+    assert isinstance(again, PreparedCase)
+    assert again.ct.sha256 == prepared.ct.sha256 and again.pt.sha256 == prepared.pt.sha256
+    assert {c: f.sha256 for c, f in again.labels.items()} == {c: f.sha256 for c, f in prepared.labels.items()}
+
+
+def test_undefaced_site_moose_names_permuted(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:
+    site = make_site(tmp_path, deface=False, lesions=False)
+    write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID,
+                        axis_order="permuted", moose_names=True)
+    prepared = prepare(ingested, site, tmp_path)
+    assert isinstance(prepared, PreparedCase), prepared
+    # images are not rewritten: the converted files are referenced
+    assert prepared.ct == ingested.ct and prepared.pt == ingested.pt
+    assert not prepared.defaced and prepared.cylinder is None
+    out_dir = StatePaths(tmp_path / "state").prepared_dir(ingested.key)
+    assert not (out_dir / "CT.nii.gz").exists() and not (out_dir / "PT.nii.gz").exists()
+    # MOOSE values mapped back by name, axes put back in the CT's order, trachea dropped and counted
+    for category in CATEGORIES:
+        np.testing.assert_array_equal(
+            data(prepared.labels[category].path), expected_labels(small_phantom, category, lesion=False),
+            err_msg=category,
+        )
+    trachea = int(small_phantom.extra_labels["trachea"].sum())
+    assert trachea > 0
+    assert prepared.dropped_labels == {"Organs": ["trachea"]}
+    assert prepared.dropped_voxels == {"Organs": trachea}
+    assert prepared.lesion_voxels_removed == 0
+
+
+def test_flipped_maps_give_the_native_bytes(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:
+    results = {}
+    for order in ("native", "flipped"):
+        site = make_site(tmp_path / order, deface=False)
+        write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID, axis_order=order)
+        write_lesion(small_phantom, site.lesions_dir, ingested.StudyInstanceUID, axis_order=order)
+        prepared = prepare(ingested, site, tmp_path / order)
+        assert isinstance(prepared, PreparedCase), prepared
+        results[order] = {c: f.sha256 for c, f in prepared.labels.items()}
+        assert prepared.lesion_voxels_removed > 0
+    assert results["native"] == results["flipped"]
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+
+
+def test_idempotent_and_redone_when_a_segmentation_changes(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:
+    site = make_site(tmp_path, deface=True)
+    files = write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID)
+    write_lesion(small_phantom, site.lesions_dir, ingested.StudyInstanceUID)
+    first = prepare(ingested, site, tmp_path)
+    assert isinstance(first, PreparedCase)
+    out_dir = StatePaths(tmp_path / "state").prepared_dir(ingested.key)
+    before = mtimes(out_dir)
+    assert set(before) == {"prepared.json", "CT.nii.gz", "PT.nii.gz", *(f"{c}.nii.gz" for c in CATEGORIES)}
+
+    second = prepare(ingested, site, tmp_path)
+    assert second == first
+    assert mtimes(out_dir) == before  # no file was written again
+
+    # new content in one segmentation file (the liver relabelled as spleen): everything is redone
+    organs = next(p for p in files if p.name == "Organs.nii.gz")
+    img = nib.load(organs)
+    arr = np.asanyarray(img.dataobj).copy()
+    liver, spleen = RELEASE.value_of("Organs", "liver"), RELEASE.value_of("Organs", "spleen")
+    assert np.any(arr == liver)
+    arr[arr == liver] = spleen
+    nib.save(nib.Nifti1Image(arr, img.affine), organs)
+    third = prepare(ingested, site, tmp_path)
+    assert isinstance(third, PreparedCase)
+    assert third.fingerprint != first.fingerprint
+    assert third.labels["Organs"].sha256 != first.labels["Organs"].sha256
+    assert not np.any(data(third.labels["Organs"].path) == liver)
+    after = mtimes(out_dir)
+    assert all(after[name] != before[name] for name in before)
+
+    # other defacing settings change the fingerprint too; an undefaced site ignores them
+    wider = dataclasses.replace(DEFACING, margin_mm=9.0)
+    fourth = prepare(ingested, site, tmp_path, defacing=wider)
+    assert isinstance(fourth, PreparedCase) and fourth.cylinder.radius == pytest.approx(third.cylinder.radius + 4.0)
+
+
+def test_segmentation_problems_are_rejections(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:
+    site = make_site(tmp_path, deface=True)
+    files = write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID)
+    assert isinstance(prepare(ingested, site, tmp_path), PreparedCase)
+    record = StatePaths(tmp_path / "state").prepared_dir(ingested.key) / "prepared.json"
+    assert record.is_file()
+
+    # half a voxel off the CT grid
+    ribs = next(p for p in files if p.name == "Ribs.nii.gz")
+    img = nib.load(ribs)
+    shifted = img.affine.copy()
+    shifted[:3, 3] += 0.5 * shifted[:3, 0]
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), shifted), ribs)
+    got = prepare(ingested, site, tmp_path)
+    assert isinstance(got, Rejection)
+    assert (got.reason.value, got.stage, got.StudyInstanceUID) == (
+        "segmentation-grid-mismatch", "build", ingested.StudyInstanceUID,
+    )
+    assert "Ribs.nii.gz" in got.message and "3.25 mm" in got.message
+    assert not record.exists()  # the stale record of the earlier inputs is gone
+
+    ribs.unlink()
+    got = prepare(ingested, site, tmp_path)
+    assert isinstance(got, Rejection) and got.reason.value == "segmentation-missing"
+    assert "missing segmentation categories Ribs" in got.message
+
+
+def test_case_of_another_site_is_a_caller_error(ingested: ConvertedCase, tmp_path: Path) -> None:
+    site = dataclasses.replace(make_site(tmp_path, deface=False), id="vienna")
+    with pytest.raises(ValueError, match="belongs to site 'leipzig', not 'vienna'"):
+        prepare(ingested, site, tmp_path)
+
+
+@pytest.mark.parametrize("policy", [MissingHeadPolicy.HOLD, MissingHeadPolicy.RELEASE])
+def test_head_not_found(small_phantom, ingested: ConvertedCase, tmp_path: Path, policy: MissingHeadPolicy) -> None:
+    site = make_site(tmp_path, deface=True, lesions=False, missing_head=policy)
+    write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID)
+    # a skull that ends below the brain: no head the cylinder could cover
+    path = site.segmentations_dir / ingested.StudyInstanceUID / "Peripheral-Bones.nii.gz"
+    img = nib.load(path)
+    bones = np.asanyarray(img.dataobj).copy()
+    skull = RELEASE.value_of("Peripheral-Bones", "skull")
+    bones[bones == skull] = 0
+    bones[30:34, 30:34, 5:8] = skull  # a few voxels far below the head
+    nib.save(nib.Nifti1Image(bones, img.affine), path)
+    got = prepare(ingested, site, tmp_path)
+    if policy is MissingHeadPolicy.HOLD:
+        assert isinstance(got, Rejection)
+        assert (got.reason.value, got.stage) == ("head-not-found", "build")
+    else:
+        assert isinstance(got, PreparedCase)
+        assert got.head_missing_released and not got.defaced and got.cylinder is None
+        assert got.ct == ingested.ct and got.pt == ingested.pt

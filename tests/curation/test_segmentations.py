@@ -1,0 +1,259 @@
+"""Segmentations onto the CT grid: lossless reorientation, grid checks, mapping by name, lesions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from curation.errors import (
+    SegmentationGridMismatchError,
+    SegmentationInvalidError,
+    SegmentationMissingError,
+)
+from curation.labels import load_release_labels, load_source_table
+from curation.model import CATEGORIES, CATEGORY_ALIASES
+from curation.segmentations import (
+    find_category_files,
+    is_release_named,
+    load_category,
+    load_lesion_mask,
+)
+
+SHAPE = (12, 10, 7)
+# a dicom2nifti-like CT affine: x and y reversed (LPS data in RAS+ world), odd origin
+CT_AFFINE = np.array(
+    [[-1.5, 0.0, 0.0, 91.25], [0.0, -1.25, 0.0, 40.5], [0.0, 0.0, 3.0, -700.0], [0, 0, 0, 1]]
+)
+RELEASE = load_release_labels("builtin:enhance-pet")
+MOOSE = load_source_table()
+
+
+@pytest.fixture
+def ct() -> nib.Nifti1Image:
+    data = np.full(SHAPE, -1000, dtype=np.int16)
+    return nib.Nifti1Image(data, CT_AFFINE)
+
+
+def organs_moose(seed: int = 0) -> np.ndarray:
+    """A MOOSE Organs map with brain (4), liver (8), trachea (19) and background."""
+    rng = np.random.default_rng(seed)
+    data = rng.choice(np.array([0, 4, 8, 19, 15], dtype=np.uint8), size=SHAPE)
+    data[0, 0, 0] = 19  # a corner voxel, so flips and permutations move it
+    return data
+
+
+def flipped(data: np.ndarray, affine: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same grid with one voxel axis reversed (built by hand, not with nibabel)."""
+    out = affine.copy()
+    out[:3, axis] = -affine[:3, axis]
+    out[:3, 3] = affine[:3, 3] + (data.shape[axis] - 1) * affine[:3, axis]
+    return np.flip(data, axis=axis).copy(), out
+
+
+def permuted(data: np.ndarray, affine: np.ndarray, order: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The same grid with voxel axes in another order: new axis k is old axis order[k]."""
+    out = affine.copy()
+    for k, old in enumerate(order):
+        out[:3, k] = affine[:3, old]
+    return np.transpose(data, order).copy(), out
+
+
+def save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def test_moose_organs_mapped_by_name_and_trachea_dropped(tmp_path: Path, ct: nib.Nifti1Image) -> None:
+    src = organs_moose()
+    path = save(tmp_path / "clin_ct_organs.nii.gz", src, CT_AFFINE)
+    got = load_category(path, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+    assert got.array.dtype == np.uint8 and got.array.shape == SHAPE
+    assert got.dropped == ("trachea",)
+    assert got.dropped_voxels == int(np.count_nonzero(src == 19)) > 0
+    expected = np.where(src == 19, 0, src)  # MOOSE and ENHANCE.PET number these organs alike
+    np.testing.assert_array_equal(got.array, expected)
+
+
+def test_values_follow_names_not_numbers(tmp_path: Path, ct: nib.Nifti1Image) -> None:
+    doc = json.loads((Path(__file__).resolve().parents[2] / "curation" / "data" / "enhance_pet_labels.json").read_text())
+    doc["Organs"] = {"1": "liver", "2": "brain", "3": "spleen"}
+    labels_path = tmp_path / "labels.json"
+    labels_path.write_text(json.dumps(doc))
+    release = load_release_labels(str(labels_path))
+    src = organs_moose()
+    path = save(tmp_path / "clin_ct_organs.nii.gz", src, CT_AFFINE)
+    got = load_category(path, ct, "Organs", source=MOOSE, release=release, source_is_release_values=False)
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[src == 8] = 1  # liver: MOOSE 8 -> 1
+    expected[src == 4] = 2  # brain: MOOSE 4 -> 2
+    expected[src == 15] = 3  # spleen: MOOSE 15 -> 3
+    np.testing.assert_array_equal(got.array, expected)
+    assert got.dropped == ("trachea",)
+
+
+def test_release_named_file_keeps_release_values_and_refuses_others(tmp_path: Path, ct: nib.Nifti1Image) -> None:
+    data = np.zeros(SHAPE, np.int16)
+    data[2:5, 3:6, 1:3] = 23  # skull
+    data[6:8, 1:3, 4:6] = 31  # ulna_right
+    path = save(tmp_path / "Peripheral-Bones.nii.gz", data, CT_AFFINE)
+    assert is_release_named(path) and not is_release_named(tmp_path / "clin_ct_ribs.nii.gz")
+    got = load_category(path, ct, "Peripheral-Bones", source=MOOSE, release=RELEASE, source_is_release_values=True)
+    np.testing.assert_array_equal(got.array, data.astype(np.uint8))
+    assert got.dropped == () and got.dropped_voxels == 0
+    organs = save(tmp_path / "Organs.nii.gz", organs_moose(), CT_AFFINE)  # holds 19, not a release Organs value
+    with pytest.raises(SegmentationInvalidError, match=r"Organs\.nii\.gz: values \[19\] are not defined for Organs in the release labels"):
+        load_category(organs, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "shown"),
+    [(77, np.uint8, r"\[77\]"), (-3, np.int16, r"\[-3\]"), (300, np.int16, r"\[300\]")],
+)
+def test_unknown_value_names_file_and_value(tmp_path: Path, ct: nib.Nifti1Image, value: int, dtype, shown: str) -> None:
+    data = organs_moose().astype(dtype)
+    data[3, 3, 3] = value
+    path = save(tmp_path / "clin_ct_organs.nii.gz", data, CT_AFFINE)
+    with pytest.raises(SegmentationInvalidError, match=rf"clin_ct_organs\.nii\.gz: values {shown} are not defined for Organs in the source label table"):
+        load_category(path, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+
+
+def test_float_and_scaled_maps(tmp_path: Path, ct: nib.Nifti1Image) -> None:
+    src = organs_moose()
+    path = save(tmp_path / "f.nii.gz", src.astype(np.float32), CT_AFFINE)
+    got = load_category(path, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+    np.testing.assert_array_equal(got.array, np.where(src == 19, 0, src))
+    # stored as value/2 with scl_slope 2: the scaled values are the labels
+    img = nib.Nifti1Image((src // 2).astype(np.int16), CT_AFFINE)
+    img.header.set_slope_inter(2.0, 0.0)
+    nib.save(img, tmp_path / "s.nii.gz")
+    got = load_category(tmp_path / "s.nii.gz", ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+    np.testing.assert_array_equal(got.array, (src // 2) * 2)  # 19 -> 18, 15 -> 14: nothing dropped
+    assert got.dropped == ()
+    frac = src.astype(np.float32)
+    frac[1, 2, 3] = 4.5
+    save(tmp_path / "x.nii.gz", frac, CT_AFFINE)
+    with pytest.raises(SegmentationInvalidError, match=r"x\.nii\.gz: 1 voxels are not whole numbers \(e\.g\. 4\.5\)"):
+        load_category(tmp_path / "x.nii.gz", ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d, a: flipped(d, a, 0),
+        lambda d, a: flipped(d, a, 2),
+        lambda d, a: permuted(d, a, (2, 0, 1)),
+        lambda d, a: permuted(d, a, (1, 0, 2)),
+        lambda d, a: flipped(*permuted(d, a, (2, 1, 0)), 1),
+    ],
+    ids=["flip-x", "flip-z", "permute-zxy", "permute-yxz", "permute-and-flip"],
+)
+def test_reoriented_copy_equals_native_voxel_for_voxel(tmp_path: Path, ct: nib.Nifti1Image, make) -> None:
+    src = organs_moose()
+    native = load_category(
+        save(tmp_path / "n" / "clin_ct_organs.nii.gz", src, CT_AFFINE), ct, "Organs",
+        source=MOOSE, release=RELEASE, source_is_release_values=False,
+    )
+    data, affine = make(src, CT_AFFINE)
+    assert data.shape != SHAPE or not np.array_equal(data, src)  # really another axis order
+    other = load_category(
+        save(tmp_path / "o" / "clin_ct_organs.nii.gz", data, affine), ct, "Organs",
+        source=MOOSE, release=RELEASE, source_is_release_values=False,
+    )
+    np.testing.assert_array_equal(other.array, native.array)
+    assert (other.dropped, other.dropped_voxels) == (native.dropped, native.dropped_voxels)
+
+
+def _shifted(a: np.ndarray) -> np.ndarray:
+    out = a.copy()
+    out[:3, 3] += 0.5 * a[:3, 0]  # half a voxel along the first axis
+    return out
+
+
+def _spacing(a: np.ndarray) -> np.ndarray:
+    out = a.copy()
+    out[:3, 2] *= 1.01  # 3.03 mm slices instead of 3.0
+    return out
+
+
+def _rotated(a: np.ndarray) -> np.ndarray:
+    t = np.deg2rad(3.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0, 0], [np.sin(t), np.cos(t), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    return rot @ a
+
+
+@pytest.mark.parametrize(
+    ("change", "evidence"),
+    [
+        (_shifted, r"differ by up to 0\.75 mm"),
+        (_spacing, r"spacing \[1\.5, 1\.25, 3\.03\] vs the CT's \[1\.5, 1\.25, 3\.0\]"),
+        (_rotated, r"differ by up to \d"),
+    ],
+    ids=["half-voxel-shift", "other-spacing", "rotated"],
+)
+def test_genuine_grid_mismatch_is_rejected(tmp_path: Path, ct: nib.Nifti1Image, change, evidence: str) -> None:
+    path = save(tmp_path / "clin_ct_organs.nii.gz", organs_moose(), change(CT_AFFINE))
+    with pytest.raises(SegmentationGridMismatchError, match=rf"clin_ct_organs\.nii\.gz: not on the CT grid.*{evidence}") as info:
+        load_category(path, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+    assert info.value.reason.value == "segmentation-grid-mismatch"
+
+
+def test_other_shape_is_rejected(tmp_path: Path, ct: nib.Nifti1Image) -> None:
+    path = save(tmp_path / "Ribs.nii.gz", np.zeros((12, 10, 6), np.uint8), CT_AFFINE)
+    with pytest.raises(SegmentationGridMismatchError, match=r"Ribs\.nii\.gz: shape \(12, 10, 6\).*not the CT's \(12, 10, 7\)"):
+        load_category(path, ct, "Ribs", source=MOOSE, release=RELEASE, source_is_release_values=True)
+
+
+def test_unreadable_file_is_invalid(tmp_path: Path, ct: nib.Nifti1Image) -> None:
+    path = tmp_path / "Ribs.nii.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(SegmentationInvalidError, match=r"Ribs\.nii\.gz: not a readable NIfTI"):
+        load_category(path, ct, "Ribs", source=MOOSE, release=RELEASE, source_is_release_values=True)
+
+
+def test_find_category_files_accepts_release_and_moose_names(tmp_path: Path) -> None:
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    folder = tmp_path / uid
+    folder.mkdir()
+    aliases = {c: a for a, c in CATEGORY_ALIASES.items()}
+    for i, category in enumerate(CATEGORIES):
+        name = category if i % 2 else aliases[category]
+        (folder / f"{name}.nii.gz").write_bytes(b"x")
+    (folder / "notes.txt").write_text("ignored")
+    found = find_category_files(tmp_path, uid)
+    assert list(found) == list(CATEGORIES)
+    assert found["Body-Composition"].name == "clin_ct_body_composition.nii.gz"
+    assert found["Cardiac"].name == "Cardiac.nii.gz"
+
+    (folder / "Body-Composition.nii.gz").write_bytes(b"x")
+    with pytest.raises(SegmentationInvalidError, match=r"category Body-Composition is delivered twice"):
+        find_category_files(tmp_path, uid)
+
+    (folder / "Body-Composition.nii.gz").unlink()
+    (folder / "Ribs.nii.gz").unlink()
+    (folder / "Organs.nii.gz").unlink()
+    with pytest.raises(SegmentationMissingError, match=rf"study {uid}: missing segmentation categories Organs, Ribs .*notes\.txt") as info:
+        find_category_files(tmp_path, uid)
+    assert info.value.reason.value == "segmentation-missing"
+    with pytest.raises(SegmentationMissingError, match=r"study 9\.9: no segmentation folder"):
+        find_category_files(tmp_path, "9.9")
+
+
+def test_lesion_mask(tmp_path: Path, ct: nib.Nifti1Image) -> None:
+    assert load_lesion_mask(None, ct) is None
+    assert load_lesion_mask(tmp_path / "absent.nii.gz", ct) is None
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[4:7, 2:4, 1:3] = 1
+    data, affine = permuted(*flipped(mask, CT_AFFINE, 1), (2, 0, 1))
+    got = load_lesion_mask(save(tmp_path / "l.nii.gz", data, affine), ct)
+    assert got is not None and got.dtype == bool
+    np.testing.assert_array_equal(got, mask.astype(bool))
+    mask[0, 0, 0] = 2
+    with pytest.raises(SegmentationInvalidError, match=r"l2\.nii\.gz: a lesion mask holds only 0 and 1; found values \[2\]"):
+        load_lesion_mask(save(tmp_path / "l2.nii.gz", mask, CT_AFFINE), ct)
+    with pytest.raises(SegmentationGridMismatchError, match=r"l3\.nii\.gz: not on the CT grid"):
+        load_lesion_mask(save(tmp_path / "l3.nii.gz", (mask == 1).astype(np.uint8), _shifted(CT_AFFINE)), ct)
