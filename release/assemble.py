@@ -1,0 +1,369 @@
+"""Assemble the release zip (DESIGN.md section 5b) from prepared cases.
+
+:func:`build_release` plans every member (images, label maps, labels.json,
+spreadsheets, dataset card, SHA256SUMS), then streams them into
+``<output_dir>/<name>-<version>.zip`` with :func:`release.zipper.write_zip`.
+A zip of the same name with the same content is reused untouched; one with
+different content is refused unless ``force``.  A manifest for ``verify
+--state`` goes to ``state_dir/releases/<name>-<version>.json`` (internal: it
+holds study keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curation.atomic import atomic_write_json, atomic_write_text, sha256_file
+from curation.config import Config
+from curation.labels import ReleaseLabels, labels_json_bytes
+from curation.metadata import CT_FIELDS, PT_FIELDS
+from curation.model import CATEGORIES, ConvertedCase, PreparedCase, to_jsonable
+from curation.registry import format_case_number
+from release.card import CardCase, CardSite, render_card
+from release.checksums import sha256sums_text
+from release.spreadsheets import details_xlsx_bytes
+from release.zipper import ZipMember, write_zip
+
+logger = logging.getLogger(__name__)
+
+#: The leading columns of both details spreadsheets, before the metadata fields.
+CASE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("Case", "str"),
+    ("Site", "str"),
+    ("License", "str"),
+    ("Indication", "str"),
+)
+
+SUMS_NAME = "SHA256SUMS"
+MANIFEST_FORMAT = 1
+
+
+class ReleaseExistsError(Exception):
+    """A release of the same name and version with different content exists already."""
+
+
+@dataclass(frozen=True)
+class ReleaseEntry:
+    """One case to release: its number, its prepared and converted records, and site facts."""
+
+    number: int
+    prepared: PreparedCase
+    converted: ConvertedCase
+    indication: str
+    license: str
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """What :func:`build_release` produced (or found already built)."""
+
+    zip_path: str
+    sha256: str
+    cases: int
+    members: int
+    bytes: int
+    reused: bool
+
+
+def image_member(case: str, modality: str) -> str:
+    """Path of a case's CT or PT inside ``<name>/``."""
+    return f"imaging-data/images/{modality}/{case}.nii.gz"
+
+
+def label_member(case: str, category: str) -> str:
+    """Path of a case's label map of ``category`` inside ``<name>/``."""
+    return f"imaging-data/ground-truth/{category}/{case}.nii.gz"
+
+
+def manifest_path(state_dir: Path, zip_name: str) -> Path:
+    """Where the manifest of the release zip called ``zip_name`` lives in ``state_dir``."""
+    stem = zip_name[: -len(".zip")] if zip_name.endswith(".zip") else zip_name
+    return Path(state_dir) / "releases" / f"{stem}.json"
+
+
+def details_columns(fields: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The columns of a details spreadsheet: the case columns, then every metadata field."""
+    leading = {name for name, _ in CASE_COLUMNS}
+    clash = [name for name, _ in fields if name in leading]
+    if clash:
+        raise ValueError(f"metadata fields {clash} clash with the case columns {sorted(leading)}")
+    return (*CASE_COLUMNS, *fields)
+
+
+# ---------------------------------------------------------------------------
+# planning
+
+
+@dataclass(frozen=True)
+class _Plan:
+    members: tuple[ZipMember, ...]  # every member, SHA256SUMS included, arcnames with <name>/
+    digests: dict[str, str]  # path inside <name>/ -> sha256, SHA256SUMS excluded
+    sums: bytes
+    manifest_cases: tuple[dict[str, Any], ...]
+
+
+def _check_entries(config: Config, entries: Sequence[ReleaseEntry]) -> list[ReleaseEntry]:
+    site_ids = [s.id for s in config.sites]
+    ordered = sorted(entries, key=lambda e: e.number)
+    seen: dict[int, str] = {}
+    for e in ordered:
+        p, c = e.prepared, e.converted
+        where = f"case {e.number} (site {p.site}, study {p.key})"
+        if e.number in seen:
+            raise ValueError(f"{where}: case number {e.number} is given twice")
+        seen[e.number] = p.key
+        if p.StudyInstanceUID != c.StudyInstanceUID or p.site != c.site:
+            raise ValueError(f"{where}: the prepared and converted records are of different studies")
+        if p.site not in site_ids:
+            raise ValueError(f"{where}: site {p.site!r} is not in the config ({', '.join(site_ids)})")
+        if set(p.labels) != set(CATEGORIES):
+            raise ValueError(
+                f"{where}: label maps for {sorted(p.labels)}, expected exactly {', '.join(CATEGORIES)}"
+            )
+        for image in (p.ct, p.pt, *p.labels.values()):
+            if not Path(image.path).is_file():
+                raise FileNotFoundError(f"{where}: {image.path} does not exist (prepare the case again)")
+    return ordered
+
+
+def _detail_rows(entries: Sequence[ReleaseEntry], fields: Sequence[tuple[str, str]], modality: str) -> list[dict[str, Any]]:
+    rows = []
+    for e in entries:
+        metadata = e.converted.ct_metadata if modality == "CT" else e.converted.pt_metadata
+        row: dict[str, Any] = {
+            "Case": format_case_number(e.number),
+            "Site": e.prepared.site,
+            "License": e.license,
+            "Indication": e.indication,
+        }
+        for name, _ in fields:
+            row[name] = metadata.get(name)  # a field the scanner did not write is an empty cell
+        rows.append(row)
+    return rows
+
+
+def _plan(
+    config: Config, entries: Sequence[ReleaseEntry], labels: ReleaseLabels, *, pipeline_version: str
+) -> _Plan:
+    name = config.release.name
+    small: dict[str, bytes] = {
+        "labels.json": labels_json_bytes(labels),
+        "CT-details.xlsx": details_xlsx_bytes(
+            details_columns(CT_FIELDS), _detail_rows(entries, CT_FIELDS, "CT"), title="CT-details"
+        ),
+        "PT-details.xlsx": details_xlsx_bytes(
+            details_columns(PT_FIELDS), _detail_rows(entries, PT_FIELDS, "PT"), title="PT-details"
+        ),
+        "README.md": render_card(
+            name=name,
+            version=config.release.version,
+            pipeline_version=pipeline_version,
+            cases=[
+                CardCase(
+                    case=format_case_number(e.number),
+                    site=e.prepared.site,
+                    license=e.license,
+                    indication=e.indication,
+                    defaced=e.prepared.defaced,
+                    head_missing_released=e.prepared.head_missing_released,
+                )
+                for e in entries
+            ],
+            sites=[CardSite(s.id, s.license, s.deface) for s in config.sites],
+            labels=labels,
+            defacing=config.defacing,
+        ).encode("utf-8"),
+    }
+    digests = {path: hashlib.sha256(data).hexdigest() for path, data in small.items()}
+    members = [ZipMember(f"{name}/{path}", data=data) for path, data in small.items()]
+    manifest_cases = []
+    for e in entries:
+        case = format_case_number(e.number)
+        files = {image_member(case, "CT"): e.prepared.ct, image_member(case, "PT"): e.prepared.pt}
+        files.update({label_member(case, cat): e.prepared.labels[cat] for cat in CATEGORIES})
+        for path, image in files.items():
+            digests[path] = image.sha256
+            members.append(ZipMember(f"{name}/{path}", path=Path(image.path), sha256=image.sha256))
+        manifest_cases.append(
+            {
+                "number": e.number,
+                "case": case,
+                "study_key": e.prepared.key,
+                "site": e.prepared.site,
+                "license": e.license,
+                "defaced": e.prepared.defaced,
+                "cylinder": to_jsonable(e.prepared.cylinder),
+                "clear_labels": config.defacing.clear_labels,
+                "members": {path: files[path].sha256 for path in sorted(files)},
+            }
+        )
+    sums = sha256sums_text(digests).encode("ascii")
+    members.append(ZipMember(f"{name}/{SUMS_NAME}", data=sums))
+    return _Plan(tuple(members), digests, sums, tuple(manifest_cases))
+
+
+# ---------------------------------------------------------------------------
+# building
+
+
+def _existing_matches(zip_path: Path, plan: _Plan, name: str) -> tuple[bool, str]:
+    """Whether the zip at ``zip_path`` has the planned content, and if not, why."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            names = sorted(zf.namelist())
+            planned = sorted(m.arcname for m in plan.members)
+            if names != planned:
+                extra = sorted(set(names) - set(planned))
+                missing = sorted(set(planned) - set(names))
+                return False, f"members differ ({len(missing)} missing, {len(extra)} not planned)"
+            # SHA256SUMS covers every other member: equal sums means equal content
+            if zf.read(f"{name}/{SUMS_NAME}") != plan.sums:
+                return False, f"{SUMS_NAME} differs (some member has other content)"
+    except (zipfile.BadZipFile, OSError, KeyError) as exc:
+        return False, f"it cannot be read as a zip ({exc})"
+    return True, ""
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed JSON at ``path``, or None when it is missing or unreadable (it is then rewritten)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _sidecar(zip_path: Path) -> Path:
+    return zip_path.with_name(zip_path.name + ".sha256")
+
+
+def _read_sidecar(zip_path: Path) -> str | None:
+    try:
+        text = _sidecar(zip_path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.fullmatch(r"([0-9a-f]{64})  (\S+)\n", text)
+    if not match or match.group(2) != zip_path.name:
+        return None
+    return match.group(1)
+
+
+def _write_sidecar(zip_path: Path, digest: str) -> None:
+    atomic_write_text(_sidecar(zip_path), f"{digest}  {zip_path.name}\n")
+
+
+def _remove_stale_temporaries(zip_path: Path) -> None:
+    # atomic_output names its temporaries ".<stem>.<random>.tmp<suffix>"; one left behind
+    # by a killed build is never a complete zip (it was never renamed), so it is removed.
+    for stale in zip_path.parent.glob(f".{zip_path.stem}.*.tmp{zip_path.suffix}"):
+        logger.warning("%s: removing the temporary file of an interrupted build", stale)
+        stale.unlink(missing_ok=True)
+
+
+def build_release(
+    config: Config,
+    entries: Sequence[ReleaseEntry],
+    labels: ReleaseLabels,
+    *,
+    pipeline_version: str,
+    force: bool = False,
+    progress: Callable[[str, int], None] | None = None,
+) -> ReleaseResult:
+    """Write the release zip, its ``.sha256`` and its manifest.
+
+    Parameters
+    ----------
+    config
+        The validated configuration (name, version, output and state folders, sites, defacing).
+    entries
+        The cases to release, each with its case number (any order: written in number order).
+    labels
+        The release label set (written as ``labels.json``).
+    pipeline_version
+        The petct-release version, written into the dataset card.
+    force
+        Replace an existing zip of the same name and version whose content differs.
+    progress
+        Called after each member is written with its name and size.
+
+    Returns
+    -------
+    ReleaseResult
+        ``reused`` is True when an identical zip was already there (nothing rewritten).
+
+    Raises
+    ------
+    ReleaseExistsError
+        When the zip exists with different content and ``force`` is False.
+    ValueError
+        When the entries are inconsistent (a number twice, a category missing, ...).
+    FileNotFoundError
+        When a prepared volume is missing.
+    release.zipper.MemberChangedError
+        When a prepared volume no longer has its recorded sha256.
+    """
+    if not entries:
+        raise ValueError(f"{config.path}: no case to release")
+    ordered = _check_entries(config, entries)
+    name = config.release.name
+    zip_path = config.release.zip_path
+    plan = _plan(config, ordered, labels, pipeline_version=pipeline_version)
+
+    reused = False
+    if zip_path.exists():
+        same, why = _existing_matches(zip_path, plan, name)
+        if same:
+            reused = True
+            logger.info("%s: already built with the same content; reused", zip_path)
+        elif not force:
+            raise ReleaseExistsError(
+                f"{zip_path}: a release {name} {config.release.version} already exists and {why}; "
+                "give the release a new version, or rebuild with --force to replace it"
+            )
+        else:
+            logger.warning("%s: exists with different content (%s); replacing it (force)", zip_path, why)
+    if reused:
+        digest = _read_sidecar(zip_path)
+        if digest is None:
+            digest = sha256_file(zip_path)
+            _write_sidecar(zip_path, digest)
+    else:
+        zip_path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(zip_path)
+        # a zip without its .sha256 is re-hashed on the next build; a stale .sha256 would lie
+        _sidecar(zip_path).unlink(missing_ok=True)
+        write_zip(zip_path, plan.members, progress=progress)
+        digest = sha256_file(zip_path)
+        _write_sidecar(zip_path, digest)
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": config.release.version,
+        "zip": zip_path.name,
+        "zip_sha256": digest,
+        "pipeline_version": pipeline_version,
+        "defacing": to_jsonable(config.defacing),
+        "members": dict(sorted(plan.digests.items())),
+        "cases": list(plan.manifest_cases),
+    }
+    path = manifest_path(config.release.state_dir, zip_path.name)
+    if _read_json(path) != manifest:
+        atomic_write_json(path, manifest)
+    result = ReleaseResult(
+        zip_path=str(zip_path),
+        sha256=digest,
+        cases=len(ordered),
+        members=len(plan.members),
+        bytes=zip_path.stat().st_size,
+        reused=reused,
+    )
+    logger.info("%s: %d cases, %d members, %d bytes, sha256 %s", zip_path, result.cases, result.members, result.bytes, digest)
+    return result

@@ -1,0 +1,188 @@
+"""The dataset card (``README.md`` inside the release).
+
+The card is a pure function of what is released: no build time, host or path
+goes into it, so identical inputs give an identical card (and zip).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from curation.config import DefacingSettings
+from curation.labels import ReleaseLabels
+from curation.model import CATEGORIES
+
+
+@dataclass(frozen=True)
+class CardCase:
+    """What the card needs to know of one released case (no identifiers)."""
+
+    case: str  # "0001"
+    site: str
+    license: str
+    indication: str
+    defaced: bool
+    head_missing_released: bool = False
+
+
+@dataclass(frozen=True)
+class CardSite:
+    """A site as the card shows it, in config order."""
+
+    id: str
+    license: str
+    deface: bool
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def render_card(
+    *,
+    name: str,
+    version: str,
+    pipeline_version: str,
+    cases: Sequence[CardCase],
+    sites: Sequence[CardSite],
+    labels: ReleaseLabels,
+    defacing: DefacingSettings,
+) -> str:
+    """The Markdown text of the dataset card.
+
+    Parameters
+    ----------
+    name, version
+        The release's name (its top folder) and version.
+    pipeline_version
+        The petct-release version that built it.
+    cases
+        The released cases in case order.
+    sites
+        The configured sites in config order (sites without a released case are left out).
+    labels
+        The release label set (``labels.json``).
+    defacing
+        The ``[defacing]`` settings the defaced sites were processed with.
+    """
+    per_site = Counter(c.site for c in cases)
+    defaced_per_site = Counter(c.site for c in cases if c.defaced)
+    shown = [s for s in sites if per_site[s.id]]
+    per_indication = Counter(c.indication or "(not given)" for c in cases)
+    licences = Counter(c.license for c in cases)
+    licence_of_site = {s: sorted({c.license for c in cases if c.site == s}) for s in per_site}
+    n = len(cases)
+    first, last = (cases[0].case, cases[-1].case) if cases else ("-", "-")
+
+    out: list[str] = [f"# {name} {version}", ""]
+    out += [
+        f"A PET/CT dataset of {n} cases from {len(shown)} site{'s' if len(shown) != 1 else ''}: "
+        "for every case a CT (Hounsfield units), a PET (Bq/mL) and seven "
+        f"label maps with {labels.region_count} anatomical regions on the CT grid. "
+        f"Cases are numbered {first} to {last}; a number missing in between belongs to a case "
+        "withdrawn after an earlier release (numbers are never reused).",
+        "",
+        "## Licences",
+        "",
+        "Each case carries the licence of the site it comes from. The licences differ "
+        "between sites: check the licence of every case you use (the `License` column of "
+        "`CT-details.xlsx` and `PT-details.xlsx` gives it per case).",
+        "",
+    ]
+    out += _table(["licence", "cases"], sorted(licences.items()))
+    out += ["", "## Sites", ""]
+    out += _table(
+        ["site", "cases", "licence", "defaced"],
+        [
+            (s.id, per_site[s.id], ", ".join(licence_of_site[s.id]), "yes" if s.deface else "no")
+            for s in shown
+        ],
+    )
+    out += ["", "## Clinical indications", ""]
+    out += _table(["indication", "cases"], sorted(per_indication.items(), key=lambda kv: (-kv[1], kv[0])))
+    out += [
+        "",
+        "## Layout",
+        "",
+        "```",
+        f"{name}/",
+        "  imaging-data/images/CT/NNNN.nii.gz                CT, HU, int16",
+        "  imaging-data/images/PT/NNNN.nii.gz                PET, Bq/mL, float32",
+        "  imaging-data/ground-truth/<Category>/NNNN.nii.gz  uint8 label map on the CT grid",
+        "  labels.json                                       {category: {value: region name}}",
+        "  CT-details.xlsx                                   one row per case: CT acquisition",
+        "  PT-details.xlsx                                   one row per case: PET acquisition",
+        "  SHA256SUMS                                        sha256 of every other file",
+        "  README.md                                         this card",
+        "```",
+        "",
+        "`NNNN` is the case number (four digits, wider past 9999); the same number names a "
+        "case's CT, PET, label maps and spreadsheet rows. All volumes are NIfTI-1 in RAS+ "
+        "world coordinates (mm).",
+        "",
+        "## Label categories",
+        "",
+    ]
+    out += _table(
+        ["category", "regions", "values"],
+        [
+            (c, len(labels.categories[c]), f"1-{max(labels.categories[c])}" if labels.categories[c] else "-")
+            for c in CATEGORIES
+        ],
+    )
+    out += [
+        "",
+        "Value 0 is background. Lesion voxels are removed from every category, so the "
+        "maps describe healthy tissue. The region names of each value are in `labels.json`.",
+        "",
+        "## How it was produced",
+        "",
+        f"- Built by petct-release {pipeline_version} from anonymised DICOM delivered by the "
+        "sites: every header was checked against a DICOM PS3.15 de-identification profile "
+        "before conversion, and the release was scanned for every identifying value seen.",
+        "- CT and PET were converted from DICOM with their scanner geometry; PET voxels are "
+        "activity concentration with each slice's own rescale applied.",
+    ]
+    defaced_sites = [s.id for s in shown if s.deface]
+    if defaced_sites:
+        out += [
+            f"- Defaced sites: {', '.join(defaced_sites)} "
+            f"({sum(defaced_per_site.values())} cases defaced). For these cases a cylinder "
+            "around the face and the front of the head was removed in physical space: it starts at "
+            f"the most inferior brain voxel, extends {defacing.height_voxels} PET slice spacings "
+            f"upwards (capped at the top of the skull), and reaches {defacing.margin_mm:g} mm beyond "
+            "the head's outline; PET voxels inside are 0, CT voxels -1000 HU"
+            + (", label voxels 0." if defacing.clear_labels else "; label maps were left as they are.")
+        ]
+    else:
+        out += ["- No site was defaced."]
+    kept = sorted(s.id for s in shown if not s.deface)
+    if kept and defaced_sites:
+        out += [f"- Not defaced (published defaced upstream or not required): {', '.join(kept)}."]
+    head_missing = sum(1 for c in cases if c.head_missing_released)
+    if head_missing:
+        out += [f"- {head_missing} cases of defaced sites do not reach the head and were released without defacing."]
+    out += [
+        "",
+        "## How to verify",
+        "",
+        "```",
+        f"cd {name}",
+        "sha256sum -c SHA256SUMS",
+        "```",
+        "",
+        "or, with petct-release installed, on the zip as downloaded:",
+        "",
+        "```",
+        f"petct-release verify {name}-{version}.zip",
+        "```",
+        "",
+        "which also checks the layout, every case's geometry, data types and label values, "
+        "and the spreadsheets.",
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import openpyxl
+import pytest
+
+from curation.metadata import CT_FIELDS, PT_FIELDS
+from curation.model import CATEGORIES
+from release.assemble import ReleaseExistsError, build_release, manifest_path
+from release.zipper import MemberChangedError
+
+from .conftest import PLANTED_PATIENT_ID, PLANTED_UID_ROOT, ReleaseInputs, make_inputs
+
+NAME = "enhance-pet-test"
+
+
+def _build(inputs: ReleaseInputs, **kw):
+    return build_release(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0", **kw)
+
+
+def test_layout_exactly(inputs: ReleaseInputs) -> None:
+    result = _build(inputs)
+    assert result.zip_path == str(inputs.root / "dist" / f"{NAME}-1.0.0.zip")
+    assert (result.cases, result.reused) == (3, False)
+    expected = {f"{NAME}/{f}" for f in ("labels.json", "CT-details.xlsx", "PT-details.xlsx", "SHA256SUMS", "README.md")}
+    for case in ("0001", "0002", "0003"):
+        expected |= {f"{NAME}/imaging-data/images/CT/{case}.nii.gz", f"{NAME}/imaging-data/images/PT/{case}.nii.gz"}
+        expected |= {f"{NAME}/imaging-data/ground-truth/{c}/{case}.nii.gz" for c in CATEGORIES}
+    with zipfile.ZipFile(result.zip_path) as zf:
+        names = zf.namelist()
+        assert set(names) == expected and names == sorted(names)
+        assert result.members == len(expected) == 5 + 3 * 9
+        methods = {i.filename: i.compress_type for i in zf.infolist()}
+        assert {m for n, m in methods.items() if n.endswith(".nii.gz")} == {zipfile.ZIP_STORED}
+        assert {m for n, m in methods.items() if not n.endswith(".nii.gz")} == {zipfile.ZIP_DEFLATED}
+        # the released CT is the prepared file, byte for byte
+        assert zf.read(f"{NAME}/imaging-data/images/CT/0002.nii.gz") == Path(inputs.entries[1].prepared.ct.path).read_bytes()
+        labels = json.loads(zf.read(f"{NAME}/labels.json"))
+        assert list(labels) == list(CATEGORIES) and labels["Organs"]["4"] == "brain"
+    sidecar = Path(result.zip_path + ".sha256").read_text()
+    assert sidecar == f"{result.sha256}  {NAME}-1.0.0.zip\n"
+    assert result.bytes == Path(result.zip_path).stat().st_size
+
+
+def test_sha256sum_tool_accepts_the_extracted_release(inputs: ReleaseInputs, tmp_path: Path) -> None:
+    if shutil.which("sha256sum") is None:
+        pytest.skip("sha256sum (coreutils) is not installed")
+    result = _build(inputs)
+    out = tmp_path / "x"
+    with zipfile.ZipFile(result.zip_path) as zf:
+        zf.extractall(out)
+        sums = zf.read(f"{NAME}/SHA256SUMS").decode()
+    assert len(sums.splitlines()) == result.members - 1 and "SHA256SUMS" not in sums
+    run = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out / NAME, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count(": OK") == result.members - 1
+    run = subprocess.run(["sha256sum", "-c", f"{NAME}-1.0.0.zip.sha256"], cwd=inputs.root / "dist", capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_two_builds_give_the_same_bytes(tmp_path: Path) -> None:
+    a = make_inputs(tmp_path / "a")
+    b = make_inputs(tmp_path / "b")  # same content, other folders, other file times
+    ra, rb = _build(a), _build(b)
+    assert Path(ra.zip_path).read_bytes() == Path(rb.zip_path).read_bytes()
+    assert ra.sha256 == rb.sha256
+    c = make_inputs(tmp_path / "c", seed=1)
+    assert _build(c).sha256 != ra.sha256
+
+
+def test_reuse_identical_refuse_different_force(inputs: ReleaseInputs) -> None:
+    first = _build(inputs)
+    zip_path = Path(first.zip_path)
+    mtime = zip_path.stat().st_mtime_ns
+    again = _build(inputs)
+    assert again.reused and again.sha256 == first.sha256
+    assert zip_path.stat().st_mtime_ns == mtime  # nothing rewritten
+
+    inputs.entries[0] = dataclasses.replace(inputs.entries[0], indication="melanoma")
+    with pytest.raises(ReleaseExistsError, match=r"already exists and SHA256SUMS differs.*--force"):
+        _build(inputs)
+    assert zip_path.stat().st_mtime_ns == mtime
+    forced = _build(inputs, force=True)
+    assert not forced.reused and forced.sha256 != first.sha256
+    assert Path(forced.zip_path + ".sha256").read_text().startswith(forced.sha256)
+    # dropping a case is different content too
+    with pytest.raises(ReleaseExistsError, match="members differ"):
+        build_release(inputs.config, inputs.entries[:2], inputs.labels, pipeline_version="0.1.0")
+
+
+def test_reuse_restores_a_missing_sidecar(inputs: ReleaseInputs) -> None:
+    first = _build(inputs)
+    Path(first.zip_path + ".sha256").unlink()
+    again = _build(inputs)
+    assert again.reused and Path(first.zip_path + ".sha256").read_text().split()[0] == first.sha256
+
+
+def test_changed_prepared_file_aborts_without_a_zip(inputs: ReleaseInputs) -> None:
+    ct_path = Path(inputs.entries[2].prepared.ct.path)
+    img = nib.load(ct_path)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj) + np.int16(1), img.affine), ct_path)
+    with pytest.raises(MemberChangedError, match=r"CT\.nii\.gz: content sha256 .* is not the recorded"):
+        _build(inputs)
+    assert list((inputs.root / "dist").iterdir()) == []
+
+
+def test_stale_temporary_of_a_killed_build_is_removed(inputs: ReleaseInputs) -> None:
+    dist = inputs.root / "dist"
+    dist.mkdir()
+    stale = dist / f".{NAME}-1.0.0.abc123.tmp.zip"
+    stale.write_bytes(b"PK half a zip")
+    _build(inputs)
+    assert sorted(p.name for p in dist.iterdir()) == [f"{NAME}-1.0.0.zip", f"{NAME}-1.0.0.zip.sha256"]
+
+
+def test_spreadsheets_rows_types_and_no_identifiers(inputs: ReleaseInputs) -> None:
+    result = _build(inputs)
+    with zipfile.ZipFile(result.zip_path) as zf:
+        for sheet, fields in (("CT-details.xlsx", CT_FIELDS), ("PT-details.xlsx", PT_FIELDS)):
+            data = zf.read(f"{NAME}/{sheet}")
+            wb = openpyxl.load_workbook(io.BytesIO(data))
+            ws = wb.worksheets[0]
+            rows = [list(r) for r in ws.iter_rows(values_only=True)]
+            assert rows[0] == ["Case", "Site", "License", "Indication", *(n for n, _ in fields)]
+            assert [r[:4] for r in rows[1:]] == [
+                ["0001", "leipzig", "CC-BY-4.0", "lung cancer"],
+                ["0002", "vienna", "CC-BY-NC-4.0", "lymphoma"],
+                ["0003", "leipzig", "CC-BY-4.0", "lung cancer"],
+            ]
+            assert ws.freeze_panes == "A2" and all(c.font.bold for c in ws[1])
+            col = {name: i for i, name in enumerate(rows[0])}
+            second = rows[2]
+            if sheet.startswith("CT"):
+                assert second[col["XRayTubeCurrent"]] == 81.5
+                assert isinstance(second[col["Rows"]], int) and second[col["Rows"]] == 10
+                assert second[col["AcquisitionDate"]] == dt.datetime(2024, 3, 2)
+                assert second[col["AcquisitionTime"]] == dt.time(14, 5, 9)
+            else:
+                assert second[col["PatientAge"]] == 51 and second[col["PatientSex"]] == "F"
+                assert second[col["RadiopharmaceuticalStartDateTime"]] == dt.datetime(2024, 3, 2, 13, 1, 2)
+                assert second[col["PhilipsSUVScaleFactor"]] is None
+            cells = [str(v) for r in rows for v in r if v is not None]
+            assert not any(PLANTED_UID_ROOT in c or PLANTED_PATIENT_ID in c or "Planted" in c for c in cells)
+            # nor anywhere in the workbook's bytes, compressed or not
+            assert PLANTED_PATIENT_ID.encode() not in data
+            with zipfile.ZipFile(io.BytesIO(data)) as xlsx:
+                for member in xlsx.namelist():
+                    raw = xlsx.read(member)
+                    assert PLANTED_UID_ROOT.encode() not in raw and PLANTED_PATIENT_ID.encode() not in raw
+                    assert b"Planted" not in raw
+
+
+def test_dataset_card(inputs: ReleaseInputs) -> None:
+    result = _build(inputs)
+    with zipfile.ZipFile(result.zip_path) as zf:
+        card = zf.read(f"{NAME}/README.md").decode()
+    assert card.startswith(f"# {NAME} 1.0.0\n")
+    assert "| leipzig | 2 | CC-BY-4.0 | yes |" in card
+    assert "| vienna | 1 | CC-BY-NC-4.0 | no |" in card
+    assert "| lung cancer | 2 |" in card and "| lymphoma | 1 |" in card
+    assert "| Organs | 18 | 1-18 |" in card
+    assert "Each case carries the licence of the site it comes from" in card
+    assert "petct-release 0.1.0" in card
+    assert "Defaced sites: leipzig (2 cases defaced)" in card and "extends 2 PET slice spacings" in card
+    assert "3 mm beyond" in card
+    assert "sha256sum -c SHA256SUMS" in card and f"petct-release verify {NAME}-1.0.0.zip" in card
+    assert PLANTED_UID_ROOT not in card
+
+
+def test_manifest_for_verify(inputs: ReleaseInputs) -> None:
+    result = _build(inputs)
+    manifest = json.loads(manifest_path(inputs.config.release.state_dir, f"{NAME}-1.0.0.zip").read_text())
+    assert manifest["zip_sha256"] == result.sha256
+    assert [c["case"] for c in manifest["cases"]] == ["0001", "0002", "0003"]
+    first = manifest["cases"][0]
+    assert first["study_key"] == inputs.entries[0].prepared.key and first["defaced"] is True
+    assert first["cylinder"]["radius"] == 5.0
+    assert manifest["cases"][1]["cylinder"] is None
+    assert first["members"]["imaging-data/images/CT/0001.nii.gz"] == inputs.entries[0].prepared.ct.sha256
+
+
+def test_inconsistent_entries_are_refused(inputs: ReleaseInputs) -> None:
+    twice = [*inputs.entries, dataclasses.replace(inputs.entries[0])]
+    with pytest.raises(ValueError, match="case number 1 is given twice"):
+        build_release(inputs.config, twice, inputs.labels, pipeline_version="0.1.0")
+    labels = dict(inputs.entries[0].prepared.labels)
+    del labels["Ribs"]
+    broken = dataclasses.replace(inputs.entries[0], prepared=dataclasses.replace(inputs.entries[0].prepared, labels=labels))
+    with pytest.raises(ValueError, match=r"case 1 .*expected exactly Body-Composition"):
+        build_release(inputs.config, [broken], inputs.labels, pipeline_version="0.1.0")
+    Path(inputs.entries[1].prepared.pt.path).unlink()
+    with pytest.raises(FileNotFoundError, match=r"case 2 .*PT\.nii\.gz does not exist"):
+        _build(inputs)
