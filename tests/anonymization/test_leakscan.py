@@ -1,0 +1,242 @@
+"""The leak scan: planted values found inside .nii.gz, .xlsx, zip members, across chunks."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import openpyxl
+import pytest
+
+from anonymization import leakscan
+from anonymization.leakscan import (
+    Leak,
+    UnscannableError,
+    load_sensitive_values,
+    scan_tree,
+    scan_zip,
+    value_digest,
+)
+
+UID = "2.25.301847562190384756102938475610"
+NAME = "Mustermann^Erika"
+PATIENT_ID = "00007041776"
+AMPERSAND = "Klinik Rot & Weiss"
+VALUES = [UID, NAME, PATIENT_ID, AMPERSAND, "SHORT", "1.2.840.10008.1.2"]  # "SHORT" is below the minimum
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _found(leaks: list[Leak]) -> set[tuple[str, int, str, str]]:
+    return {(leak.file, leak.offset, leak.value_digest, leak.kind) for leak in leaks}
+
+
+def _nifti_with(path: Path, *, descrip: str, voxel_text: bytes, at_byte: int) -> int:
+    """Write a .nii.gz whose header descrip and voxel bytes carry text; return the data offset."""
+    data = np.zeros((16, 16, 4), dtype=np.int16)
+    raw = bytearray(data.tobytes(order="F"))
+    raw[at_byte : at_byte + len(voxel_text)] = voxel_text
+    data = np.frombuffer(bytes(raw), dtype=np.int16).reshape((16, 16, 4), order="F")
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header["descrip"] = descrip.encode("ascii")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return len(gzip.decompress(path.read_bytes())) - len(raw)  # the voxel data ends the stream
+
+
+def test_value_in_nifti_header_and_voxels_is_found_with_its_offsets(tmp_path: Path) -> None:
+    at_byte = 777
+    offset = _nifti_with(tmp_path / "imaging-data/images/CT/0001.nii.gz", descrip=f"id {PATIENT_ID}",
+                         voxel_text=UID.encode("ascii"), at_byte=at_byte)
+    leaks = scan_tree(tmp_path, VALUES)
+    assert _found(leaks) == {
+        ("imaging-data/images/CT/0001.nii.gz", 148 + 3, _digest(PATIENT_ID), "gunzip:verbatim"),  # descrip at 148
+        ("imaging-data/images/CT/0001.nii.gz", offset + at_byte, _digest(UID), "gunzip:verbatim"),
+    }
+    # offsets point at the value in the decompressed stream
+    stream = gzip.decompress((tmp_path / "imaging-data/images/CT/0001.nii.gz").read_bytes())
+    assert stream[offset + at_byte : offset + at_byte + len(UID)] == UID.encode()
+
+
+def _workbook_bytes(rows: list[list[object]]) -> bytes:
+    book = openpyxl.Workbook()
+    sheet = book.active
+    for row in rows:
+        sheet.append(row)
+    buf = io.BytesIO()
+    book.save(buf)
+    return buf.getvalue()
+
+
+def _member_offset(xlsx: bytes, needle: bytes) -> tuple[str, int]:
+    """The one member of ``xlsx`` holding ``needle`` (openpyxl: inline or shared strings) and the offset."""
+    with zipfile.ZipFile(io.BytesIO(xlsx)) as zf:
+        hits = [(name, zf.read(name)) for name in zf.namelist() if needle in zf.read(name)]
+    assert len(hits) == 1 and hits[0][1].count(needle) == 1, [name for name, _ in hits]
+    return hits[0][0], hits[0][1].find(needle)
+
+
+def test_value_in_xlsx_cell_is_found_xml_escaped(tmp_path: Path) -> None:
+    xlsx = _workbook_bytes([["case", "site"], ["0001", AMPERSAND], ["0002", NAME]])
+    (tmp_path / "CT-details.xlsx").write_bytes(xlsx)
+    leaks = scan_tree(tmp_path, VALUES)
+    amp_member, amp_offset = _member_offset(xlsx, b"Klinik Rot &amp; Weiss")
+    name_member, name_offset = _member_offset(xlsx, NAME.encode())
+    assert _found(leaks) == {
+        (f"CT-details.xlsx!{amp_member}", amp_offset, _digest(AMPERSAND), "bytes:xml-escaped"),
+        (f"CT-details.xlsx!{name_member}", name_offset, _digest(NAME), "bytes:verbatim"),
+    }
+
+
+def test_zip_members_nested_xlsx_and_member_names_are_scanned(tmp_path: Path) -> None:
+    xlsx = _workbook_bytes([["case"], [PATIENT_ID]])
+    readme = b"# dataset\n\nno identifiers here, only 0001 and 0002\n" + b"x" * 1000 + NAME.encode() + b"\n"
+    nii = tmp_path / "src.nii.gz"
+    offset = _nifti_with(nii, descrip="clean", voxel_text=UID.encode(), at_byte=10)
+    release = tmp_path / "release.zip"
+    with zipfile.ZipFile(release, "w") as zf:
+        zf.writestr("rel/README.md", readme, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("rel/PT-details.xlsx", xlsx, compress_type=zipfile.ZIP_DEFLATED)
+        zf.write(nii, "rel/imaging-data/images/PT/0001.nii.gz", compress_type=zipfile.ZIP_STORED)
+        zf.writestr(f"rel/{UID}.json", b"{}", compress_type=zipfile.ZIP_DEFLATED)  # a UID in a member name
+    leaks = scan_zip(release, VALUES)
+    found = _found(leaks)
+    cell_member, cell_offset = _member_offset(xlsx, PATIENT_ID.encode())
+    assert ("release.zip!rel/README.md", readme.find(NAME.encode()), _digest(NAME), "bytes:verbatim") in found
+    assert (f"release.zip!rel/PT-details.xlsx!{cell_member}", cell_offset, _digest(PATIENT_ID),
+            "bytes:verbatim") in found
+    assert ("release.zip!rel/imaging-data/images/PT/0001.nii.gz", offset + 10, _digest(UID),
+            "gunzip:verbatim") in found
+    # the UID in the member name is in the zip's own bytes (local header and central directory)
+    raw = release.read_bytes()
+    name_offsets = {leak.offset for leak in leaks if leak.file == "release.zip" and leak.value_digest == _digest(UID)}
+    assert name_offsets == {i for i in range(len(raw)) if raw.startswith(UID.encode(), i)}
+    assert len(name_offsets) == 2
+
+
+def test_value_across_a_chunk_boundary_is_found_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leakscan, "CHUNK_SIZE", 64)
+    rng = np.random.default_rng(7)
+    body = bytearray(rng.integers(0x80, 0x100, 1000, dtype=np.uint8).tobytes())  # no ASCII: no stray matches
+    positions = {UID: 64 - 10, NAME: 128 + 64 - 1, PATIENT_ID: 0}
+    for value, pos in positions.items():
+        body[pos : pos + len(value)] = value.encode()
+    tail = AMPERSAND.encode()
+    data = bytes(body) + b" " + tail  # a value that ends exactly at the end of the file
+    (tmp_path / "blob.bin").write_bytes(data)
+    leaks = scan_tree(tmp_path, VALUES)
+    assert sorted((leak.offset, leak.value_digest) for leak in leaks) == sorted(
+        [(pos, _digest(value)) for value, pos in positions.items()] + [(len(data) - len(tail), _digest(AMPERSAND))]
+    )
+    # the same with the default chunk size gives the same answer
+    monkeypatch.setattr(leakscan, "CHUNK_SIZE", 8 << 20)
+    assert _found(scan_tree(tmp_path, VALUES)) == _found(leaks)
+
+
+def test_numbers_need_a_boundary_and_short_values_are_ignored(tmp_path: Path) -> None:
+    text = (
+        f"sha 9f{PATIENT_ID}ab\n"  # glued to hex letters: not a leak
+        f"n 1{PATIENT_ID}\n"  # glued to a digit: not a leak
+        f"id={PATIENT_ID};\n"  # a leak
+        f"{UID}9\n"  # a longer UID: not this UID
+        "SHORT SHORT\n"
+        "1.2.840.10008.1.2\n"  # public DICOM UID: never sensitive
+    ).encode()
+    (tmp_path / "SHA256SUMS").write_bytes(text)
+    leaks = scan_tree(tmp_path, VALUES)
+    assert _found(leaks) == {("SHA256SUMS", text.find(b"id=") + 3, _digest(PATIENT_ID), "bytes:verbatim")}
+
+
+def test_json_escaped_value_is_found(tmp_path: Path) -> None:
+    value = 'Dr. "Who" Müller'
+    (tmp_path / "labels.json").write_text(json.dumps({"x": value}), encoding="utf-8")
+    leaks = scan_tree(tmp_path, [value])
+    assert [(leak.file, leak.kind) for leak in leaks] == [("labels.json", "bytes:json-escaped")]
+
+
+def test_gzip_header_file_name_is_scanned(tmp_path: Path) -> None:
+    target = tmp_path / "x.gz"
+    with open(target, "wb") as raw, gzip.GzipFile(filename=f"{NAME}.nii", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(b"clean payload")
+    leaks = scan_tree(tmp_path, VALUES)
+    assert _found(leaks) == {("x.gz", 10, _digest(NAME), "bytes:verbatim")}  # FNAME follows the 10-byte header
+
+
+def test_clean_release_like_tree_has_no_false_positive(tmp_path: Path, small_phantom: object) -> None:
+    """Real-looking release files against many UIDs, IDs and names: nothing found."""
+    rng = np.random.default_rng(11)
+    values = [f"2.25.{int(rng.integers(1, 2**62))}{int(rng.integers(1, 2**62))}" for _ in range(5000)]
+    values += [f"{int(rng.integers(10**8, 10**11))}" for _ in range(2000)]  # numeric IDs, accession numbers
+    values += ["Mustermann^Erika", "LEI-0001", "Klinik Rot & Weiss", "19580312", "Hausmann^Karl^^Dr."]
+    ct = np.asarray(small_phantom.ct_hu, dtype=np.int16)  # type: ignore[attr-defined]
+    pt = np.asarray(small_phantom.pt_bqml, dtype=np.float32)  # type: ignore[attr-defined]
+    nib.save(nib.Nifti1Image(ct, np.eye(4)), tmp_path / "CT.nii.gz")
+    nib.save(nib.Nifti1Image(pt, np.eye(4)), tmp_path / "PT.nii.gz")
+    labels = (np.arange(ct.size, dtype=np.int64) // 97 % 131).astype(np.uint8).reshape(ct.shape)
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "Organs.nii.gz")
+    sums = "".join(f"{hashlib.sha256(str(k).encode()).hexdigest()}  file{k}.nii.gz\n" for k in range(2000))
+    (tmp_path / "SHA256SUMS").write_text(sums, encoding="utf-8")
+    (tmp_path / "PT-details.xlsx").write_bytes(
+        _workbook_bytes([["case", "weight", "activity"]] + [[f"{k:04d}", 70.5 + k, 3.7e8 + k] for k in range(200)])
+    )
+    assert scan_tree(tmp_path, values) == []
+
+
+def test_corrupt_gzip_is_unscannable_not_silently_clean(tmp_path: Path) -> None:
+    good = gzip.compress(b"x" * 100000)
+    (tmp_path / "broken.nii.gz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(UnscannableError, match=r"broken\.nii\.gz: the gzip stream cannot be decompressed"):
+        scan_tree(tmp_path, VALUES)
+
+
+def test_scan_zip_refuses_a_non_zip(tmp_path: Path) -> None:
+    (tmp_path / "x.zip").write_bytes(b"not a zip")
+    with pytest.raises(UnscannableError, match="not a zip file"):
+        scan_zip(tmp_path / "x.zip", VALUES)
+
+
+def test_leaks_carry_digests_not_values(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text(NAME, encoding="utf-8")
+    (leak,) = scan_tree(tmp_path, VALUES)
+    assert leak.value_digest == value_digest(NAME) == _digest(NAME)
+    assert NAME not in repr(leak)
+
+
+def test_load_sensitive_values_reads_every_study_file(tmp_path: Path) -> None:
+    ingest_form = {"StudyInstanceUID": "2.25.999000111222333", "values": [PATIENT_ID]}
+    for site, key, content in [("leipzig", "a1", [UID, " LEI-0001 "]), ("vienna", "b2", [NAME, ""]),
+                               ("boston", "c3", ingest_form)]:
+        folder = tmp_path / "sites" / site / "sensitive"
+        folder.mkdir(parents=True)
+        (folder / f"{key}.json").write_text(json.dumps(content), encoding="utf-8")
+    (tmp_path / "sites" / "boston" / "sensitive.json").write_text(json.dumps([AMPERSAND]), encoding="utf-8")
+    assert load_sensitive_values(tmp_path) == frozenset(
+        {UID, "LEI-0001", NAME, PATIENT_ID, "2.25.999000111222333", AMPERSAND}
+    )
+    (tmp_path / "sites" / "vienna" / "sensitive" / "bad.json").write_text('{"a": 1}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.json: expected a JSON list of strings"):
+        load_sensitive_values(tmp_path)
+
+
+def test_gate_values_and_leak_scan_work_together(tmp_path: Path, read_deid: object) -> None:
+    """The values the gate collects from a real identified file are found in a copy of that file."""
+    from anonymization.gate import check_datasets
+
+    ds = read_deid("humans/ctbrain1.dcm")  # type: ignore[operator]
+    report = check_datasets([ds])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    (tmp_path / "leaked.dcm.gz").write_bytes(gzip.compress(buf.getvalue(), mtime=0))
+    leaks = scan_tree(tmp_path, report.sensitive_values)
+    found = {leak.value_digest for leak in leaks}
+    for value in ("00007041776", "SIMPSON^HOMER^J", "999887722", "Evergreen Terrace Springfield",
+                  "1.2.840.113696.376376.500.43158802.99999999999999"):
+        assert _digest(value) in found, value
