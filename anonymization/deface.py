@@ -1,0 +1,607 @@
+"""Defacing of a PET/CT case with a cylinder along world z (DESIGN.md section 5).
+
+The cylinder is planned once, in NIfTI world (RAS+) millimetres, from the brain
+and skull landmarks on the CT grid, and then applied to every grid of the case
+(CT, PET and the label maps) through each grid's own affine.  Nothing here
+assumes an axis order, a flip, a spacing or an origin: a voxel is judged by the
+world position of its centre, so the same anatomy is defaced whether the scan
+was head-first or feet-first and whatever order the converter wrote the axes in.
+
+Geometry (all in world mm)
+--------------------------
+* ``z_lo``: the world z of the most inferior brain voxel centre.
+* ``z_hi = min(z_lo + height_voxels * dz_PET, z of the most superior skull voxel
+  centre)``, where ``dz_PET`` is the distance along world z between two
+  neighbouring PET slices (from the PET affine).
+* Axis: parallel to z, through the mean (x, y) of the skull voxel centres with
+  ``z_lo <= z <= z_hi``.
+* Radius: the largest in-plane distance from the axis of any *head* voxel
+  centre in that slab, plus ``margin_mm``.  The head is, in each axial CT slice
+  of the slab, the union of the 2-D connected pieces (8-connectivity) of the
+  body outline (CT > -500 HU, or skull) that contain a skull voxel: the nose,
+  ears and skin in front of the bone belong to it, a raised arm or hand beside
+  the head (a separate piece of the outline) does not.
+
+A voxel is *inside* when its centre satisfies ``z_lo <= z <= z_hi`` and lies at
+in-plane distance ``<= radius`` from the axis.  All three bounds are inclusive,
+with a tolerance of :data:`TOLERANCE_MM` so that floating-point round-off never
+drops the landmark voxels that define the bounds.
+
+Axial slices are the CT's index planes along the voxel axis closest to world z.
+For the axis-aligned grids ingest lets through (any permutation and flip of the
+axes, rotations about z) these are exactly the planes of constant world z; a
+grid tilted against z is rejected upstream as gantry tilt.  The inside test
+itself uses exact world coordinates for any affine.
+
+Cost: planning reads only the CT planes of the slab (plus one pass over each
+landmark mask to find its extreme planes), and applying evaluates only the
+index box around the cylinder on each grid; for a 512x512x320 CT the two
+together take a small fraction of the conversion (``benchmarks/deface_cost.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from skimage import measure
+
+from curation.errors import HeadNotFoundError
+from curation.model import DefaceCylinder
+
+logger = logging.getLogger(__name__)
+
+#: Body outline threshold (HU): the head is the part of ``CT > BODY_HU`` connected to the skull.
+BODY_HU = -500.0
+#: Value written into CT voxels inside the cylinder (air).
+CT_FILL_HU = -1000
+#: Value written into PET voxels inside the cylinder.
+PET_FILL = 0.0
+#: Round-off tolerance (mm) on the three inclusive bounds of "inside".
+TOLERANCE_MM = 1e-3
+
+# CT-only fallback (used when the brain or skull segmentation is missing or empty)
+#: Bone threshold (HU) for the skull candidates.
+FALLBACK_BONE_HU = 300.0
+#: Soft tissue range (HU) that counts as brain when enclosed by the skull.
+FALLBACK_SOFT_TISSUE_HU = (-50.0, 100.0)
+#: The skull is searched for in this many mm below the most superior slice of the scan.
+FALLBACK_SEARCH_MM = 400.0
+#: A skull candidate must enclose at least this much soft tissue (mL) ...
+FALLBACK_MIN_BRAIN_ML = 150.0
+#: ... and soft tissue must make up at least this fraction of what it encloses
+#: (a closed rib cage encloses air-filled lungs, a skull encloses the brain).
+FALLBACK_MIN_SOFT_FRACTION = 0.6
+#: Number of the largest bone components tried as the skull.
+FALLBACK_CANDIDATES = 5
+
+
+@dataclass(frozen=True)
+class DefacedVolumes:
+    """The defaced arrays of one case (new arrays; the inputs are left untouched).
+
+    Attributes
+    ----------
+    ct, pt
+        The CT (HU) and PET arrays on their own grids, same dtype as read.
+    labels
+        Category -> label map on the CT grid (cleared inside when ``clear_labels``).
+    ct_voxels, pt_voxels
+        Number of CT / PET voxels whose centre is inside the cylinder.
+    label_voxels_cleared
+        Category -> number of non-zero label voxels set to 0.
+    """
+
+    ct: np.ndarray
+    pt: np.ndarray
+    labels: dict[str, np.ndarray]
+    ct_voxels: int
+    pt_voxels: int
+    label_voxels_cleared: dict[str, int]
+
+
+# ---------------------------------------------------------------------------
+# public API
+
+
+def plan_cylinder(
+    ct: nib.Nifti1Image,
+    pt: nib.Nifti1Image,
+    brain: np.ndarray | None,
+    skull: np.ndarray | None,
+    *,
+    height_voxels: int = 16,
+    margin_mm: float = 5.0,
+) -> DefaceCylinder:
+    """Plan the defacing cylinder of one case in world (RAS+) millimetres.
+
+    Parameters
+    ----------
+    ct, pt
+        The converted CT (HU) and PET images of the case (same frame of reference).
+    brain, skull
+        Boolean masks on the CT grid (Organs ``brain``, Peripheral-Bones ``skull``).
+        When either is ``None`` or empty, the CT-only fallback
+        (:func:`ct_fallback_landmarks`) finds both from the CT.
+    height_voxels
+        Cylinder height in PET slice spacings along world z.
+    margin_mm
+        Added to the radius of the head.
+
+    Returns
+    -------
+    DefaceCylinder
+        ``landmarks`` is ``"segmentation"`` or ``"ct-fallback"``.
+
+    Raises
+    ------
+    ValueError
+        A mask does not have the CT grid's shape, or an option is out of range.
+    HeadNotFoundError
+        No head could be located in the scan (the message says what was missing).
+    """
+    if isinstance(height_voxels, bool) or not isinstance(height_voxels, int) or height_voxels < 1:
+        raise ValueError(f"height_voxels must be a positive integer, not {height_voxels!r}")
+    if not np.isfinite(margin_mm) or margin_mm < 0:
+        raise ValueError(f"margin_mm must be a finite number >= 0, not {margin_mm!r}")
+    _check_3d(ct, "CT")
+    _check_3d(pt, "PET")
+    hu = np.asanyarray(ct.dataobj)
+    if brain is not None:
+        brain = _check_mask(brain, hu.shape, "brain")
+    if skull is not None:
+        skull = _check_mask(skull, hu.shape, "skull")
+    source = "segmentation"
+    if brain is None or skull is None or not brain.any() or not skull.any():
+        missing = [n for n, m in (("brain", brain), ("skull", skull)) if m is None or not np.any(m)]
+        logger.info(
+            "%s: no %s segmentation, using the CT-only fallback", _name(ct), " and ".join(missing)
+        )
+        brain, skull = ct_fallback_landmarks(ct)
+        source = "ct-fallback"
+
+    affine = np.asarray(ct.affine, dtype=float)
+    z_axis = _z_axis(affine)
+    z_lo = _extreme_z(brain, affine, z_axis, lowest=True)
+    skull_top = _extreme_z(skull, affine, z_axis, lowest=False)
+    if skull_top < z_lo - TOLERANCE_MM:
+        raise HeadNotFoundError(
+            f"{_name(ct)}: the skull ends at z = {skull_top:.1f} mm, below the most inferior "
+            f"brain voxel at z = {z_lo:.1f} mm; no head to deface"
+        )
+    z_hi = min(z_lo + height_voxels * pet_slice_spacing(pt.affine), skull_top)
+
+    # everything else happens in the slab: the CT planes that reach [z_lo, z_hi]
+    zmin, zmax = _plane_z_range(affine, hu.shape, z_axis)
+    planes = np.flatnonzero((zmax >= z_lo - TOLERANCE_MM) & (zmin <= z_hi + TOLERANCE_MM))
+    box = _plane_box(hu.shape, z_axis, int(planes.min()), int(planes.max()) + 1)
+    # the slab, slices first and C-contiguous: the volume and the masks may come in different
+    # memory orders (nibabel reads Fortran order), and mixing them costs 100x in numpy
+    hu_slab = np.ascontiguousarray(np.moveaxis(hu[box], z_axis, 0))
+    skull_slab = np.ascontiguousarray(np.moveaxis(skull[box], z_axis, 0))
+    x, y, z = (np.moveaxis(c, z_axis, 0) for c in _coords(affine, box))
+    shape = skull_slab.shape
+    in_z = (z >= z_lo - TOLERANCE_MM) & (z <= z_hi + TOLERANCE_MM)
+    skull_in = skull_slab & in_z
+    if not skull_in.any():
+        raise HeadNotFoundError(
+            f"{_name(ct)}: no skull voxel between z = {z_lo:.1f} mm (the brain's bottom) and "
+            f"z = {z_hi:.1f} mm, the skull's top is at {skull_top:.1f} mm"
+        )
+    axis_x = float(np.broadcast_to(x, shape)[skull_in].mean())
+    axis_y = float(np.broadcast_to(y, shape)[skull_in].mean())
+
+    pieces = _label_per_slice((hu_slab > BODY_HU) | skull_slab, connectivity=2)
+    head_ids = np.unique(pieces[skull_slab])
+    head = np.isin(pieces, head_ids[head_ids > 0]) & in_z
+    if not head.any():
+        raise HeadNotFoundError(
+            f"{_name(ct)}: no body outline (CT > {BODY_HU:g} HU) connected to the skull between "
+            f"z = {z_lo:.1f} and {z_hi:.1f} mm"
+        )
+    dist2 = (x - axis_x) ** 2 + (y - axis_y) ** 2
+    reach = float(np.sqrt(np.broadcast_to(dist2, shape)[head].max()))
+    cylinder = DefaceCylinder(
+        z_lo=z_lo,
+        z_hi=float(z_hi),
+        axis_x=axis_x,
+        axis_y=axis_y,
+        radius=reach + float(margin_mm),
+        landmarks=source,
+    )
+    logger.info(
+        "%s: deface cylinder z %.1f..%.1f mm, axis (%.1f, %.1f) mm, radius %.1f mm (%s)",
+        _name(ct),
+        cylinder.z_lo,
+        cylinder.z_hi,
+        axis_x,
+        axis_y,
+        cylinder.radius,
+        source,
+    )
+    return cylinder
+
+
+def apply_cylinder(
+    cylinder: DefaceCylinder,
+    ct: nib.Nifti1Image,
+    pt: nib.Nifti1Image,
+    labels: Mapping[str, np.ndarray] | None = None,
+    *,
+    clear_labels: bool = True,
+) -> DefacedVolumes:
+    """Deface a case: CT inside -> -1000 HU, PET inside -> 0, labels inside -> 0.
+
+    Parameters
+    ----------
+    cylinder
+        From :func:`plan_cylinder` (or read back from the case's state).
+    ct, pt
+        The images to deface; they are not modified.
+    labels
+        Category -> label map on the CT grid (shape of the CT).
+    clear_labels
+        Clear the labels inside the cylinder (otherwise they are copied unchanged).
+
+    Returns
+    -------
+    DefacedVolumes
+        New arrays and the voxel counts.
+
+    Raises
+    ------
+    ValueError
+        A label map does not have the CT grid's shape.
+    """
+    _check_3d(ct, "CT")
+    _check_3d(pt, "PET")
+    ct_arr = np.array(np.asanyarray(ct.dataobj), copy=True)
+    pt_arr = np.array(np.asanyarray(pt.dataobj), copy=True)
+    label_arrs: dict[str, np.ndarray] = {}
+    for category, arr in (labels or {}).items():
+        arr = np.asanyarray(arr)
+        if arr.shape != ct_arr.shape:
+            raise ValueError(
+                f"label map {category!r} has shape {arr.shape}, the CT grid is {ct_arr.shape}"
+            )
+        label_arrs[category] = arr.copy()
+
+    ct_box, ct_inside = _cylinder_box(cylinder, ct_arr.shape, ct.affine)
+    pt_box, pt_inside = _cylinder_box(cylinder, pt_arr.shape, pt.affine)
+    _fill(ct_arr[ct_box], ct_inside, CT_FILL_HU)
+    _fill(pt_arr[pt_box], pt_inside, PET_FILL)
+    cleared: dict[str, int] = {}
+    for category, arr in label_arrs.items():
+        cleared[category] = _fill(arr[ct_box], ct_inside, 0) if clear_labels else 0
+    result = DefacedVolumes(
+        ct=ct_arr,
+        pt=pt_arr,
+        labels=label_arrs,
+        ct_voxels=int(np.count_nonzero(ct_inside)),
+        pt_voxels=int(np.count_nonzero(pt_inside)),
+        label_voxels_cleared=cleared,
+    )
+    logger.info(
+        "%s: defaced %d CT and %d PET voxels, cleared %d label voxels",
+        _name(ct),
+        result.ct_voxels,
+        result.pt_voxels,
+        sum(cleared.values()),
+    )
+    return result
+
+
+def cylinder_mask(
+    cylinder: DefaceCylinder, shape: tuple[int, ...], affine: np.ndarray
+) -> np.ndarray:
+    """Boolean mask of the voxels of a grid whose centre is inside the cylinder.
+
+    Parameters
+    ----------
+    cylinder
+        The cylinder in world (RAS+) mm.
+    shape
+        The grid's shape (3-D).
+    affine
+        The grid's voxel -> world (RAS+) affine.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``bool`` array of ``shape``.
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3:
+        raise ValueError(f"cylinder_mask needs a 3-D grid shape, not {shape}")
+    mask = np.zeros(shape, dtype=bool)
+    box, inside = _cylinder_box(cylinder, shape, affine)
+    mask[box] = inside
+    return mask
+
+
+def pet_slice_spacing(affine: np.ndarray) -> float:
+    """Distance (mm) along world z between two neighbouring slices of a grid.
+
+    The slice axis is the voxel axis whose direction is closest to world z;
+    the result does not depend on the axis order or on flips.
+    """
+    affine = np.asarray(affine, dtype=float)
+    z_axis = _z_axis(affine)
+    spacing = abs(float(affine[2, z_axis]))
+    if spacing <= 0:
+        raise ValueError(f"the grid has no extent along world z (affine {affine.tolist()})")
+    return spacing
+
+
+def landmark_masks(
+    labels: Mapping[str, np.ndarray],
+    label_names: Mapping[str, Mapping[int, str]] | Mapping[str, Mapping[str, str]],
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The brain and skull masks from a case's release label maps, by label name.
+
+    Parameters
+    ----------
+    labels
+        Category -> uint8 label map on the CT grid.
+    label_names
+        The release label table (``labels.json`` form: category -> value -> name).
+
+    Returns
+    -------
+    tuple
+        ``(brain, skull)``; an entry is ``None`` when its category or label is absent.
+    """
+    found: list[np.ndarray | None] = []
+    for category, name in (("Organs", "brain"), ("Peripheral-Bones", "skull")):
+        values = [int(v) for v, n in label_names.get(category, {}).items() if n == name]
+        arr = labels.get(category)
+        found.append(None if arr is None or not values else np.isin(np.asanyarray(arr), values))
+    return found[0], found[1]
+
+
+def ct_fallback_landmarks(ct: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
+    """Find the skull and the brain from the CT alone (scikit-image).
+
+    The skull is the largest 3-D connected bone component (CT >= FALLBACK_BONE_HU)
+    in the top FALLBACK_SEARCH_MM of the scan that encloses soft tissue in its
+    axial slices (holes of the bone in a slice that do not reach the slice's
+    border); the brain is the largest 3-D connected piece of that enclosed soft
+    tissue.  A candidate must enclose at least FALLBACK_MIN_BRAIN_ML of soft
+    tissue making up at least FALLBACK_MIN_SOFT_FRACTION of the enclosed volume,
+    which turns away a rib cage (it encloses the lungs) and long bones.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(brain, skull)`` boolean masks on the CT grid.
+
+    Raises
+    ------
+    HeadNotFoundError
+        No bone component in the upper part of the scan encloses a brain.
+    """
+    _check_3d(ct, "CT")
+    hu = np.asanyarray(ct.dataobj)
+    affine = np.asarray(ct.affine, dtype=float)
+    z_axis = _z_axis(affine)
+    hu_z = np.moveaxis(hu, z_axis, 0)  # a view: slices first
+    plane_z = _plane_centre_z(affine, hu.shape, z_axis)
+    top = plane_z.max()
+    planes = np.flatnonzero(plane_z >= top - FALLBACK_SEARCH_MM)
+    s0, s1 = int(planes.min()), int(planes.max()) + 1
+    upper = np.ascontiguousarray(hu_z[s0:s1])  # slices first, one memory order from here on
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+
+    bone_labels = measure.label(upper >= FALLBACK_BONE_HU, connectivity=3)
+    # region sizes from their bounding boxes (a bincount over the whole block costs seconds)
+    regions = sorted(measure.regionprops(bone_labels), key=lambda r: r.area, reverse=True)
+    lo, hi = FALLBACK_SOFT_TISSUE_HU
+    tried: list[str] = []
+    for region in regions[:FALLBACK_CANDIDATES]:
+        label = region.label
+        # the candidate's bounding box, one voxel wider in-plane so its outside touches the border
+        along, *in_plane = region.slice
+        box = (
+            along,
+            *(
+                slice(max(part.start - 1, 0), min(part.stop + 1, n))
+                for part, n in zip(in_plane, upper.shape[1:], strict=True)
+            ),
+        )
+        bone = bone_labels[box] == label
+        holes = _holes_per_slice(bone)
+        enclosed = int(np.count_nonzero(holes))
+        soft = holes & (upper[box] >= lo) & (upper[box] <= hi)
+        brain_box = _largest_component(soft)
+        brain_ml = np.count_nonzero(brain_box) * voxel_ml
+        fraction = np.count_nonzero(soft) / enclosed if enclosed else 0.0
+        tried.append(
+            f"{region.area * voxel_ml:.0f} mL of bone enclosing {brain_ml:.0f} mL of "
+            f"soft tissue ({fraction:.0%} of the enclosed volume)"
+        )
+        if brain_ml < FALLBACK_MIN_BRAIN_ML or fraction < FALLBACK_MIN_SOFT_FRACTION:
+            continue
+        brain = np.zeros(hu.shape, dtype=bool)
+        skull = np.zeros(hu.shape, dtype=bool)
+        np.moveaxis(brain, z_axis, 0)[s0:s1][box] = brain_box
+        np.moveaxis(skull, z_axis, 0)[s0:s1][box] = bone
+        logger.info("%s: CT-only fallback found the skull (%s)", _name(ct), tried[-1])
+        return brain, skull
+    evidence = "; ".join(tried) if tried else "no bone at all"
+    raise HeadNotFoundError(
+        f"{_name(ct)}: no skull enclosing a brain in the top {FALLBACK_SEARCH_MM:g} mm of the scan "
+        f"(bone >= {FALLBACK_BONE_HU:g} HU enclosing >= {FALLBACK_MIN_BRAIN_ML:g} mL of soft tissue, "
+        f">= {FALLBACK_MIN_SOFT_FRACTION:.0%} of the enclosed volume); largest bone components: {evidence}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# geometry helpers
+
+
+def _coords(
+    affine: np.ndarray, box: tuple[slice, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World x, y and z of the voxel centres of an index box.
+
+    Each is an array that broadcasts to the box's shape and keeps length 1 along
+    the voxel axes it does not depend on: for the usual axis-aligned grid x, y
+    and z are 1-D, so a test over the box costs one pass over its voxels.
+    """
+    index = []
+    for axis, part in enumerate(box):
+        shape = [1, 1, 1]
+        shape[axis] = part.stop - part.start
+        index.append(np.arange(part.start, part.stop, dtype=float).reshape(shape))
+    coords = []
+    for row in range(3):
+        value = np.full((1, 1, 1), affine[row, 3])
+        for axis in range(3):
+            if affine[row, axis] != 0.0:
+                value = value + affine[row, axis] * index[axis]
+        coords.append(value)
+    return coords[0], coords[1], coords[2]
+
+
+def _plane_box(shape: tuple[int, ...], z_axis: int, start: int, stop: int) -> tuple[slice, ...]:
+    """The index box of the planes ``start:stop`` along ``z_axis``."""
+    box = [slice(0, n) for n in shape]
+    box[z_axis] = slice(start, stop)
+    return tuple(box)
+
+
+def _extreme_z(mask: np.ndarray, affine: np.ndarray, z_axis: int, *, lowest: bool) -> float:
+    """World z of the most inferior (``lowest``) or most superior voxel centre of a non-empty mask.
+
+    Only the planes that can hold the extreme are looked at (one plane for an
+    axis-aligned grid).
+    """
+    planes = np.flatnonzero(np.moveaxis(mask, z_axis, 0).any(axis=(1, 2)))
+    zmin, zmax = _plane_z_range(affine, mask.shape, z_axis)
+    if lowest:
+        planes = planes[zmin[planes] <= zmax[planes].min()]
+    else:
+        planes = planes[zmax[planes] >= zmin[planes].max()]
+    box = _plane_box(mask.shape, z_axis, int(planes.min()), int(planes.max()) + 1)
+    part = mask[box]
+    z = np.broadcast_to(_coords(affine, box)[2], part.shape)[part]
+    return float(z.min() if lowest else z.max())
+
+
+def _cylinder_box(
+    cylinder: DefaceCylinder, shape: tuple[int, ...], affine: np.ndarray
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Index box of a grid around the cylinder and the inside mask within it.
+
+    Only the box (the cylinder's world bounding box mapped into index space) is
+    evaluated, so the cost follows the size of the cylinder, not of the volume.
+    """
+    affine = np.asarray(affine, dtype=float)
+    r = cylinder.radius
+    corners = np.array(
+        [
+            [x, y, z, 1.0]
+            for x in (cylinder.axis_x - r, cylinder.axis_x + r)
+            for y in (cylinder.axis_y - r, cylinder.axis_y + r)
+            for z in (cylinder.z_lo, cylinder.z_hi)
+        ]
+    ).T
+    ijk = (np.linalg.inv(affine) @ corners)[:3]
+    lo = np.maximum(np.floor(ijk.min(axis=1)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(ijk.max(axis=1)).astype(int) + 1, np.asarray(shape) - 1)
+    box = tuple(slice(int(a), int(max(b + 1, a))) for a, b in zip(lo, hi, strict=True))
+    x, y, z = _coords(affine, box)
+    in_z = (z >= cylinder.z_lo - TOLERANCE_MM) & (z <= cylinder.z_hi + TOLERANCE_MM)
+    in_disc = (x - cylinder.axis_x) ** 2 + (y - cylinder.axis_y) ** 2 <= (
+        cylinder.radius + TOLERANCE_MM
+    ) ** 2
+    inside = np.broadcast_to(in_z & in_disc, tuple(b.stop - b.start for b in box))
+    return box, inside
+
+
+def _z_axis(affine: np.ndarray) -> int:
+    """The voxel axis whose direction is closest to world z."""
+    columns = np.asarray(affine, dtype=float)[:3, :3]
+    cosines = np.abs(columns[2]) / np.linalg.norm(columns, axis=0)
+    return int(np.argmax(cosines))
+
+
+def _plane_z_range(
+    affine: np.ndarray, shape: tuple[int, ...], z_axis: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max world z of the voxel centres of each index plane along ``z_axis``."""
+    affine = np.asarray(affine, dtype=float)
+    base = affine[2, z_axis] * np.arange(shape[z_axis]) + affine[2, 3]
+    spread_lo = spread_hi = 0.0
+    for a in range(3):
+        if a != z_axis:
+            ends = (0.0, affine[2, a] * (shape[a] - 1))
+            spread_lo += min(ends)
+            spread_hi += max(ends)
+    return base + spread_lo, base + spread_hi
+
+
+def _plane_centre_z(affine: np.ndarray, shape: tuple[int, ...], z_axis: int) -> np.ndarray:
+    lo, hi = _plane_z_range(affine, shape, z_axis)
+    return (lo + hi) / 2.0
+
+
+# ---------------------------------------------------------------------------
+# image helpers
+
+
+def _label_per_slice(mask: np.ndarray, *, connectivity: int) -> np.ndarray:
+    """2-D connected components of every slice of ``mask`` (slices first), unique labels.
+
+    The slices are stacked into one 2-D image with an empty row between
+    neighbours, so a single labelling call never joins two slices.
+    """
+    n, rows, cols = mask.shape
+    stacked = np.zeros((n, rows + 1, cols), dtype=bool)
+    stacked[:, :rows] = mask
+    labels = measure.label(stacked.reshape(n * (rows + 1), cols), connectivity=connectivity)
+    return labels.reshape(n, rows + 1, cols)[:, :rows]
+
+
+def _holes_per_slice(solid: np.ndarray) -> np.ndarray:
+    """Voxels of each slice (slices first) enclosed by ``solid`` in that slice."""
+    background = _label_per_slice(~solid, connectivity=1)
+    border = np.zeros(solid.shape, dtype=bool)
+    border[:, 0, :] = border[:, -1, :] = border[:, :, 0] = border[:, :, -1] = True
+    outside = np.unique(background[border])
+    return (background > 0) & ~np.isin(background, outside)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels = measure.label(mask, connectivity=1)
+    if labels.max() == 0:
+        return mask.copy()
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _fill(view: np.ndarray, inside: np.ndarray, value: float) -> int:
+    """Set ``view[inside] = value``; returns how many of those voxels were non-zero before."""
+    nonzero = int(np.count_nonzero(view[inside]))
+    view[inside] = value
+    return nonzero
+
+
+def _check_3d(img: nib.Nifti1Image, what: str) -> None:
+    if len(img.shape) != 3:
+        raise ValueError(f"{_name(img)}: the {what} image must be 3-D, its shape is {img.shape}")
+
+
+def _check_mask(mask: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    mask = np.asanyarray(mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"the {what} mask has shape {mask.shape}, the CT grid is {tuple(shape)}")
+    return mask.astype(bool, copy=False)
+
+
+def _name(img: nib.Nifti1Image) -> str:
+    return img.get_filename() or "in-memory image"
