@@ -7,6 +7,7 @@ state_dir/
   build.lock                          held while a build runs
   sites/<site>/index.json             the last index of the site's dicom_dir
   sites/<site>/sensitive.json         identifying values seen at ingest (for the leak scan)
+  sites/<site>/sensitive/<key>.json   identifying values of one study (written by ingest)
   sites/<site>/studies/<key>.json     {"status": "converted"|"rejected", "record": ...}
   cases/<key>/CT.nii.gz, PT.nii.gz    converted volumes
   cases/<key>/case.json               ConvertedCase
@@ -52,6 +53,10 @@ class StatePaths:
 
     def sensitive_values(self, site: str) -> Path:
         return self.site_dir(site) / "sensitive.json"
+
+    def sensitive_dir(self, site: str) -> Path:
+        """Per-study identifying values seen at ingest: ``sensitive/<key>.json`` (for the leak scan)."""
+        return self.site_dir(site) / "sensitive"
 
     def study_outcome(self, site: str, key: str) -> Path:
         return self.site_dir(site) / "studies" / f"{key}.json"

@@ -1,0 +1,125 @@
+"""Wall time of our ingest against ``dcm2niix -z y`` on the same phantom study.
+
+Writes one ``make_phantom(size="bench")`` study (at least 300 CT slices of
+512x512 and 200 PET slices, no decoys), then alternates, several times:
+
+* ours: :func:`curation.ingest.ingest_study` into a fresh state folder: read
+  each selected file once, de-identification gate, geometry QA, CT and PET
+  conversion, metadata, outcome (exactly what ``petct-release ingest`` does per
+  study), and also with :func:`curation.dicomindex.index_site` in front (the
+  whole equivalent of dcm2niix's own folder scan);
+* dcm2niix: the wheel's binary, ``dcm2niix -z y`` on the study folder.
+
+Prints each repetition and the median ratios ours / dcm2niix.
+
+    .venv/bin/python benchmarks/convert_vs_dcm2niix.py [--repeats 5] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dcm2niix
+
+from curation import convert
+from curation.config import MissingHeadPolicy, SiteConfig
+from curation.dicomindex import index_site
+from curation.ingest import ingest_study
+from curation.model import ConvertedCase
+from curation.state import StatePaths
+from curation.synthetic import make_phantom, write_study
+
+
+def _site(dicom_dir: Path) -> SiteConfig:
+    return SiteConfig(
+        id="bench",
+        dicom_dir=dicom_dir,
+        segmentations_dir=dicom_dir,
+        lesions_dir=None,
+        license="CC-BY-4.0",
+        deface=False,
+        indication="benchmark",
+        clinical_sheet=None,
+        pseudonym_pattern="",
+        deface_missing_head=MissingHeadPolicy.HOLD,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp folder)")
+    parser.add_argument(
+        "--gzip-level",
+        type=int,
+        default=convert.GZIP_LEVEL,
+        help=f"our gzip level (default {convert.GZIP_LEVEL}, what ingest uses; dcm2niix -z y uses 6)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    convert.GZIP_LEVEL = args.gzip_level  # a what-if: ingest itself never changes it
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="petct-bench-"))
+    dicom_dir = work / "dicom"
+    try:
+        if not dicom_dir.is_dir():
+            phantom = make_phantom(size="bench", seed=0, feet_first=False)
+            write_study(phantom, dicom_dir, vendor="siemens", seed=0, patient_id="BENCH-0001",
+                        patient_name="BENCH-0001", decoys=False)
+        index = index_site("bench", dicom_dir)
+        (study,) = index.studies
+        counts = {s.Modality: len(s.files) for s in study.series}
+        size_mb = sum(Path(f).stat().st_size for s in study.series for f in s.files) / 1e6
+        print(f"study: {counts} slices, {size_mb:.0f} MB of DICOM in {dicom_dir}; our gzip level {convert.GZIP_LEVEL}")
+        site = _site(dicom_dir)
+
+        ours, ours_indexed, theirs = [], [], []
+        for rep in range(args.repeats):
+            state = StatePaths(work / f"state-{rep}")
+            started = time.perf_counter()
+            outcome = ingest_study(study, site, state)
+            ours.append(time.perf_counter() - started)
+            if not isinstance(outcome, ConvertedCase):
+                print(f"ingest rejected the benchmark study: {outcome.reason}: {outcome.message}")
+                return 1
+
+            state = StatePaths(work / f"state-{rep}-indexed")
+            started = time.perf_counter()
+            for indexed in index_site("bench", dicom_dir).studies:
+                ingest_study(indexed, site, state)
+            ours_indexed.append(time.perf_counter() - started)
+
+            out = work / f"dcm2niix-{rep}"
+            out.mkdir()
+            started = time.perf_counter()
+            subprocess.run([dcm2niix.bin, "-z", "y", "-o", str(out), str(dicom_dir)], check=True, capture_output=True)
+            theirs.append(time.perf_counter() - started)
+            print(
+                f"rep {rep + 1}: ours {ours[-1]:.2f} s, index+ours {ours_indexed[-1]:.2f} s, "
+                f"dcm2niix {theirs[-1]:.2f} s"
+            )
+            shutil.rmtree(work / f"state-{rep}")
+            shutil.rmtree(work / f"state-{rep}-indexed")
+            shutil.rmtree(out)
+
+        ratio = statistics.median(ours) / statistics.median(theirs)
+        ratio_indexed = statistics.median(ours_indexed) / statistics.median(theirs)
+        print(f"median ours {statistics.median(ours):.2f} s, dcm2niix {statistics.median(theirs):.2f} s")
+        print(f"median wall-time ratio ours/dcm2niix: {ratio:.2f} (read + gate + QA + convert + metadata)")
+        print(f"median wall-time ratio (index + ours)/dcm2niix: {ratio_indexed:.2f}")
+        return 0
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Index a site's DICOM drop: one walk, header-only reads, grouped by study and series.
+
+Every file under ``dicom_dir`` is read exactly once, into memory: its bytes are
+hashed (the study fingerprint is built from these content digests) and its
+header is parsed from the same buffer with ``stop_before_pixels`` and only the
+tags the index needs.  Whether a file is DICOM is decided by content, never by
+name.  Files that are not usable DICOM (text, DICOMDIR, truncated or corrupt
+files, links leaving the site) are skipped and recorded with the reason; they
+never stop the walk.  Sources are opened read-only and never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import struct
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from curation.model import SeriesRecord, SiteIndex, SkippedFile, StudyRecord
+
+logger = logging.getLogger(__name__)
+
+#: The tags the index reads (everything else in the header is skipped).
+INDEX_TAGS: tuple[str, ...] = (
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "StudyDate",
+    "Modality",
+    "SeriesDescription",
+    "SeriesNumber",
+    "ImageType",
+    "FrameOfReferenceUID",
+    "CorrectedImage",
+    "Units",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+)
+
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+# groups a dataset without preamble may start with: file meta, or the usual first groups
+_BARE_START_GROUPS = (0x0002, 0x0008)
+
+
+@dataclass(frozen=True)
+class IndexTiming:
+    """How long the last :func:`index_site` took (for logs and benchmarks)."""
+
+    files: int
+    bytes_read: int
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_read / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+
+LAST_TIMING: IndexTiming | None = None
+
+
+def _has_preamble(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def _looks_like_bare_dataset(head: bytes) -> bool:
+    if len(head) < 8:
+        return False
+    (group,) = struct.unpack("<H", head[:2])
+    return group in _BARE_START_GROUPS
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """Whether ``path`` holds DICOM, judged by content (never by name).
+
+    A file is DICOM if it has the 128-byte preamble followed by ``DICM``, or,
+    without preamble, if it starts with a group-0002/0008 element and parses as
+    a dataset holding a SOPInstanceUID.
+
+    Parameters
+    ----------
+    path
+        The file to look at.
+
+    Returns
+    -------
+    bool
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if _has_preamble(head):
+        return True
+    if not _looks_like_bare_dataset(head):
+        return False
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    except (InvalidDicomError, OSError, ValueError, EOFError, struct.error, KeyError, TypeError):
+        return False
+    return "SOPInstanceUID" in ds
+
+
+def _pixel_data_complete(data: bytes, ds: Dataset) -> str | None:
+    """Why the pixel data of an in-memory file is incomplete, or None if it is whole."""
+    if "Rows" not in ds or "Columns" not in ds:
+        return None  # not an image (e.g. a structured report): nothing to check
+    at = data.rfind(_PIXEL_DATA_TAG)
+    if at < 0:
+        return "has Rows/Columns but no PixelData element (truncated before the pixel data)"
+    vr = data[at + 4 : at + 6]
+    if vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
+        if len(data) < at + 12:
+            return "ends inside the PixelData element header (truncated)"
+        (length,) = struct.unpack("<I", data[at + 8 : at + 12])
+        start = at + 12
+    else:  # implicit VR little endian
+        if len(data) < at + 8:
+            return "ends inside the PixelData element header (truncated)"
+        (length,) = struct.unpack("<I", data[at + 4 : at + 8])
+        start = at + 8
+    if length == 0xFFFFFFFF:  # encapsulated: must end with the sequence delimiter
+        if b"\xfe\xff\xdd\xe0" not in data[-16:]:
+            return "encapsulated PixelData has no sequence delimiter (truncated)"
+        return None
+    if start + length > len(data):
+        return f"PixelData declares {length} bytes but only {len(data) - start} are present (truncated)"
+    return None
+
+
+def _read_header(path: Path) -> tuple[str, Dataset | None, str]:
+    """Read one file: (sha256 hex, header or None, reason when None)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    head = data[:132]
+    if not _has_preamble(head) and not _looks_like_bare_dataset(head):
+        return digest, None, "not DICOM (no preamble/DICM marker and no dataset at the start)"
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(INDEX_TAGS)
+        )
+    except (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError, OSError) as exc:
+        return digest, None, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    if sop_class == _MEDIA_STORAGE_DIRECTORY:
+        return digest, None, "DICOMDIR (media storage directory), not an image"
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not str(ds.get(keyword, "")).strip():
+            return digest, None, f"no {keyword}"
+    problem = _pixel_data_complete(data, ds)
+    if problem:
+        return digest, None, problem
+    return digest, ds, ""
+
+
+def _multi(value: object) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)  # type: ignore[attr-defined]
+
+
+def _walk(root: Path, skipped: list[SkippedFile]) -> list[Path]:
+    """Every regular file under ``root``, never leaving it through a link."""
+    files: list[Path] = []
+    real_root = root.resolve()
+    for folder, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in list(dirnames):
+            sub = Path(folder) / name
+            if sub.is_symlink():
+                skipped.append(SkippedFile(str(sub), "symbolic link to a folder, not followed"))
+        for name in sorted(filenames):
+            path = Path(folder) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(real_root):
+                    skipped.append(SkippedFile(str(path), f"symbolic link leaving dicom_dir (to {target})"))
+                    continue
+                if not target.is_file():
+                    skipped.append(SkippedFile(str(path), "symbolic link to something that is not a file"))
+                    continue
+            elif not path.is_file():
+                skipped.append(SkippedFile(str(path), "not a regular file"))
+                continue
+            files.append(path)
+    # a link inside the site to a file of the site would count that file twice
+    real_files = {p.resolve() for p in files if not p.is_symlink()}
+    kept = []
+    for path in files:
+        if path.is_symlink() and path.resolve() in real_files:
+            skipped.append(SkippedFile(str(path), f"symbolic link to {path.resolve()}, which is indexed itself"))
+        else:
+            kept.append(path)
+    return kept
+
+
+def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
+    """Walk ``dicom_dir`` once and group its DICOM files by study and series.
+
+    Parameters
+    ----------
+    site_id
+        The site's public id (copied into every record).
+    dicom_dir
+        The site's DICOM folder (any nesting, any file names).
+
+    Returns
+    -------
+    SiteIndex
+        Studies sorted by StudyInstanceUID, their series by SeriesInstanceUID,
+        each series' files sorted by path; skipped files with the reason.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``dicom_dir`` is not a folder.
+    """
+    global LAST_TIMING
+    dicom_dir = Path(dicom_dir)
+    if not dicom_dir.is_dir():
+        raise FileNotFoundError(f"site {site_id!r}: dicom_dir {dicom_dir} is not a folder")
+    started = time.perf_counter()
+    skipped: list[SkippedFile] = []
+    files = _walk(dicom_dir, skipped)
+    not_walked = len(skipped)
+    by_series: dict[str, list[tuple[Path, str, Dataset]]] = defaultdict(list)
+    study_of_series: dict[str, str] = {}
+    bytes_read = 0
+    for path in files:
+        try:
+            size = path.stat().st_size
+            digest, ds, why = _read_header(path)
+        except OSError as exc:
+            skipped.append(SkippedFile(str(path), f"cannot be read: {exc.strerror or exc}"))
+            continue
+        bytes_read += size
+        if ds is None:
+            skipped.append(SkippedFile(str(path), why))
+            continue
+        series_uid = str(ds.SeriesInstanceUID)
+        study_uid = str(ds.StudyInstanceUID)
+        if study_of_series.setdefault(series_uid, study_uid) != study_uid:
+            skipped.append(
+                SkippedFile(
+                    str(path),
+                    f"series {series_uid} also appears in study {study_of_series[series_uid]}; "
+                    f"this file says study {study_uid}",
+                )
+            )
+            continue
+        by_series[series_uid].append((path, digest, ds))
+
+    series_by_study: dict[str, list[SeriesRecord]] = defaultdict(list)
+    digests_by_study: dict[str, list[str]] = defaultdict(list)
+    first_header: dict[str, Dataset] = {}
+    for series_uid in sorted(by_series):
+        members = sorted(by_series[series_uid], key=lambda m: str(m[0]))
+        _, _, ds = members[0]
+        study_uid = study_of_series[series_uid]
+        series_by_study[study_uid].append(
+            SeriesRecord(
+                SeriesInstanceUID=series_uid,
+                Modality=str(ds.get("Modality", "")),
+                SOPClassUID=str(ds.get("SOPClassUID", "")),
+                SeriesDescription=str(ds.get("SeriesDescription", "")),
+                SeriesNumber=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
+                ImageType=_multi(ds.get("ImageType")),
+                FrameOfReferenceUID=str(ds.get("FrameOfReferenceUID", "")),
+                CorrectedImage=_multi(ds.get("CorrectedImage")),
+                Units=str(ds.get("Units", "")),
+                files=tuple(str(m[0].absolute()) for m in members),
+            )
+        )
+        digests_by_study[study_uid].extend(m[1] for m in members)
+        first_header.setdefault(study_uid, ds)
+
+    studies = []
+    for study_uid in sorted(series_by_study):
+        ds = first_header[study_uid]
+        fingerprint = hashlib.sha256("\n".join(sorted(digests_by_study[study_uid])).encode()).hexdigest()
+        studies.append(
+            StudyRecord(
+                site=site_id,
+                StudyInstanceUID=study_uid,
+                PatientID=str(ds.get("PatientID", "")),
+                StudyDate=str(ds.get("StudyDate", "")),
+                series=tuple(series_by_study[study_uid]),
+                fingerprint=fingerprint,
+            )
+        )
+    seconds = time.perf_counter() - started
+    LAST_TIMING = IndexTiming(files=len(files), bytes_read=bytes_read, seconds=seconds)
+    logger.info(
+        "site %s: %d files (%.1f MB) indexed in %.2f s (%.0f MB/s): %d studies, %d skipped",
+        site_id,
+        len(files),
+        bytes_read / 1e6,
+        seconds,
+        LAST_TIMING.mb_per_s,
+        len(studies),
+        len(skipped),
+    )
+    return SiteIndex(
+        site=site_id,
+        dicom_dir=str(dicom_dir.absolute()),
+        files_seen=len(files) + not_walked,
+        skipped=tuple(sorted(skipped, key=lambda s: s.path)),
+        studies=tuple(studies),
+    )

@@ -1,0 +1,272 @@
+"""Per-case acquisition metadata for the CT and PET spreadsheets, read from the chosen series.
+
+:data:`CT_FIELDS` and :data:`PT_FIELDS` list every field, in column order, with
+its kind (``str``, ``float``, ``int``, ``date``, ``time``, ``datetime``).  The
+dicts :func:`ct_metadata` and :func:`pet_metadata` return have exactly these
+keys; a value missing from the headers is ``None``.  Values are JSON types;
+dates are ISO strings (``2024-03-01``, ``14:05:09``, ``2024-03-01T14:05:09``).
+
+No UID, name, ID, address, institution, operator, accession number or free
+text from the source is ever read here: only acquisition physics and the
+patient descriptors the release publishes (sex, age, weight, height).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from curation.geometry import check_series_geometry
+
+logger = logging.getLogger(__name__)
+
+#: Private creator of the Philips PET group holding the SUV and activity scale factors.
+PHILIPS_PET_CREATOR = "Philips PET Private Group"
+PHILIPS_PET_GROUP = 0x7053
+PHILIPS_SUV_SCALE_ELEMENT = 0x00  # (7053,xx00) SUV scale factor
+PHILIPS_ACTIVITY_SCALE_ELEMENT = 0x09  # (7053,xx09) activity concentration scale factor
+
+CT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("Manufacturer", "str"),
+    ("ManufacturerModelName", "str"),
+    ("KVP", "float"),
+    ("FilterType", "str"),
+    ("ConvolutionKernel", "str"),
+    ("PixelSpacingRow", "float"),
+    ("PixelSpacingColumn", "float"),
+    ("SliceThickness", "float"),
+    ("SpacingBetweenSlices", "float"),
+    ("NumberOfSlices", "int"),
+    ("Rows", "int"),
+    ("Columns", "int"),
+    ("FocalSpots", "str"),
+    ("XRayTubeCurrent", "float"),
+    ("Exposure", "float"),
+    ("AcquisitionDate", "date"),
+    ("AcquisitionTime", "time"),
+)
+
+PT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("Manufacturer", "str"),
+    ("ManufacturerModelName", "str"),
+    ("PatientSex", "str"),
+    ("PatientAge", "int"),
+    ("PatientWeight", "float"),
+    ("PatientSize", "float"),
+    ("Radiopharmaceutical", "str"),
+    ("RadionuclideTotalDose", "float"),
+    ("RadiopharmaceuticalStartDateTime", "datetime"),
+    ("RadionuclideHalfLife", "float"),
+    ("Units", "str"),
+    ("DecayCorrection", "str"),
+    ("CorrectedImage", "str"),
+    ("RescaleSlopeMin", "float"),
+    ("RescaleSlopeMax", "float"),
+    ("RescaleIntercept", "float"),
+    ("PhilipsSUVScaleFactor", "float"),
+    ("PhilipsActivityConcentrationScaleFactor", "float"),
+    ("PixelSpacingRow", "float"),
+    ("PixelSpacingColumn", "float"),
+    ("SliceThickness", "float"),
+    ("SpacingBetweenSlices", "float"),
+    ("NumberOfSlices", "int"),
+    ("Rows", "int"),
+    ("Columns", "int"),
+    ("AcquisitionDate", "date"),
+    ("AcquisitionTime", "time"),
+)
+
+_AGE = re.compile(r"^(\d{3})([DWMY])$")
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def _str(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    try:
+        return "\\".join(str(v) for v in value).strip() or None  # multi-valued
+    except TypeError:
+        return str(value).strip() or None
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        logger.warning("%s %r is not a number; recorded as missing", keyword, value)
+        return None
+
+
+def _date(value: object) -> str | None:
+    text = str(value or "").strip()
+    if len(text) >= 8 and text[:8].isdigit():
+        return f"{text[:4]}-{text[4:6]}-{text[6:8]}"
+    return None
+
+
+def _time(value: object) -> str | None:
+    text = str(value or "").strip()
+    if len(text) >= 4 and text[:4].isdigit():
+        hh, mm = text[:2], text[2:4]
+        ss = text[4:6] if len(text) >= 6 and text[4:6].isdigit() else "00"
+        return f"{hh}:{mm}:{ss}"
+    return None
+
+
+def _datetime(value: object) -> str | None:
+    text = str(value or "").strip()
+    date = _date(text[:8])
+    time = _time(text[8:]) if len(text) > 8 else None
+    if date is None:
+        return None
+    return f"{date}T{time}" if time else date
+
+
+def _age_years(value: object) -> int | None:
+    match = _AGE.match(str(value or "").strip())
+    if not match:
+        return None
+    return int(int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)])
+
+
+def _private_float(ds: Dataset, element: int) -> float | None:
+    """A Philips PET private value found through its private creator, never a fixed tag."""
+    try:
+        block = ds.private_block(PHILIPS_PET_GROUP, PHILIPS_PET_CREATOR)
+        elem = block[element]
+    except KeyError:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):  # implicit VR / UN: DS text or a binary double
+        text = value.rstrip(b"\x00 ").decode("ascii", "replace").strip()
+        try:
+            return float(text.split("\\")[0])
+        except ValueError:
+            if len(value) == 8:
+                return float(struct.unpack("<d", value)[0])
+            return None
+    try:
+        return float(value[0] if isinstance(value, list | tuple) else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _geometry(datasets: Sequence[Dataset], label: str) -> dict[str, Any]:
+    stack = check_series_geometry(datasets, series_label=label)
+    return {
+        "PixelSpacingRow": stack.pixel_spacing[0],
+        "PixelSpacingColumn": stack.pixel_spacing[1],
+        "SpacingBetweenSlices": round(stack.spacing, 6),
+        "NumberOfSlices": len(stack.datasets),
+        "Rows": stack.rows,
+        "Columns": stack.columns,
+    }
+
+
+def _mean(datasets: Sequence[Dataset], keyword: str) -> float | None:
+    values = [v for v in (_float(ds, keyword) for ds in datasets) if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _ordered(fields: tuple[tuple[str, str], ...], values: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(values) - {name for name, _ in fields}
+    if unknown:  # a programming error: every field must be declared for the spreadsheets
+        raise KeyError(f"metadata fields not declared: {sorted(unknown)}")
+    return {name: values.get(name) for name, _ in fields}
+
+
+def ct_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
+    """Acquisition metadata of a CT series (keys and order of :data:`CT_FIELDS`).
+
+    Parameters
+    ----------
+    datasets
+        Every slice of the selected CT series.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable values; tube current and exposure are means over the
+        slices (they vary with tube current modulation).
+    """
+    first = datasets[0]
+    values: dict[str, Any] = {
+        "Manufacturer": _str(first, "Manufacturer"),
+        "ManufacturerModelName": _str(first, "ManufacturerModelName"),
+        "KVP": _float(first, "KVP"),
+        "FilterType": _str(first, "FilterType"),
+        "ConvolutionKernel": _str(first, "ConvolutionKernel"),
+        "SliceThickness": _float(first, "SliceThickness"),
+        "FocalSpots": _str(first, "FocalSpots"),
+        "XRayTubeCurrent": _mean(datasets, "XRayTubeCurrent"),
+        "Exposure": _mean(datasets, "Exposure"),
+        "AcquisitionDate": _date(first.get("AcquisitionDate") or first.get("SeriesDate")),
+        "AcquisitionTime": _time(first.get("AcquisitionTime") or first.get("SeriesTime")),
+        **_geometry(datasets, "CT series"),
+    }
+    return _ordered(CT_FIELDS, values)
+
+
+def pet_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
+    """Acquisition metadata of a PET series (keys and order of :data:`PT_FIELDS`).
+
+    Parameters
+    ----------
+    datasets
+        Every slice of the selected AC PET series.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable values.  The injection start is
+        RadiopharmaceuticalStartDateTime, or the series date with
+        RadiopharmaceuticalStartTime; the rescale slope range is over every
+        slice.
+    """
+    first = datasets[0]
+    info = first.get("RadiopharmaceuticalInformationSequence")
+    drug = info[0] if info else Dataset()
+    start = _datetime(drug.get("RadiopharmaceuticalStartDateTime"))
+    if start is None and drug.get("RadiopharmaceuticalStartTime"):
+        day = _date(first.get("SeriesDate") or first.get("AcquisitionDate"))
+        clock = _time(drug.get("RadiopharmaceuticalStartTime"))
+        start = f"{day}T{clock}" if day and clock else None
+    slopes = [float(ds.get("RescaleSlope", 1.0)) for ds in datasets]
+    intercepts = {float(ds.get("RescaleIntercept", 0.0)) for ds in datasets}
+    values: dict[str, Any] = {
+        "Manufacturer": _str(first, "Manufacturer"),
+        "ManufacturerModelName": _str(first, "ManufacturerModelName"),
+        "PatientSex": _str(first, "PatientSex"),
+        "PatientAge": _age_years(first.get("PatientAge")),
+        "PatientWeight": _float(first, "PatientWeight"),
+        "PatientSize": _float(first, "PatientSize"),
+        "Radiopharmaceutical": _str(drug, "Radiopharmaceutical"),
+        "RadionuclideTotalDose": _float(drug, "RadionuclideTotalDose"),
+        "RadiopharmaceuticalStartDateTime": start,
+        "RadionuclideHalfLife": _float(drug, "RadionuclideHalfLife"),
+        "Units": _str(first, "Units"),
+        "DecayCorrection": _str(first, "DecayCorrection"),
+        "CorrectedImage": _str(first, "CorrectedImage"),
+        "RescaleSlopeMin": min(slopes),
+        "RescaleSlopeMax": max(slopes),
+        "RescaleIntercept": intercepts.pop() if len(intercepts) == 1 else None,
+        "PhilipsSUVScaleFactor": _private_float(first, PHILIPS_SUV_SCALE_ELEMENT),
+        "PhilipsActivityConcentrationScaleFactor": _private_float(first, PHILIPS_ACTIVITY_SCALE_ELEMENT),
+        "SliceThickness": _float(first, "SliceThickness"),
+        "AcquisitionDate": _date(first.get("AcquisitionDate") or first.get("SeriesDate")),
+        "AcquisitionTime": _time(first.get("AcquisitionTime") or first.get("SeriesTime")),
+        **_geometry(datasets, "PET series"),
+    }
+    return _ordered(PT_FIELDS, values)

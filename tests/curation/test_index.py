@@ -1,0 +1,138 @@
+"""The site index: content-detected DICOM, skipped files with reasons, grouping, fingerprints, links."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.filewriter import dcmwrite
+
+from curation import dicomindex
+from curation.dicomindex import index_site, is_dicom_file
+from curation.synthetic import write_study
+
+
+def _tree_digest(root: Path) -> dict[str, tuple[str, int]]:
+    return {
+        str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+@pytest.fixture
+def two_studies(tmp_path, small_phantom):
+    """A Philips-style study with every decoy (and a DICOMDIR) and a plain Siemens one in one drop."""
+    drop = tmp_path / "drop"
+    a = write_study(small_phantom, drop, vendor="philips", seed=5, patient_id="A-1", patient_name="A-1")
+    b = write_study(small_phantom, drop, vendor="siemens", seed=6, patient_id="B-1", patient_name="B-1", decoys=False)
+    return drop, a, b
+
+
+def test_groups_by_study_and_series_and_counts_skipped_files(two_studies):
+    drop, a, b = two_studies
+    before = _tree_digest(drop)
+    index = index_site("vienna", drop)
+    assert _tree_digest(drop) == before  # sources untouched (content and mtime)
+
+    assert index.site == "vienna"
+    assert index.files_seen == len(a.all_files) + len(b.all_files)
+    assert [s.StudyInstanceUID for s in index.studies] == sorted([a.StudyInstanceUID, b.StudyInstanceUID])
+    study_a = next(s for s in index.studies if s.StudyInstanceUID == a.StudyInstanceUID)
+    assert study_a.PatientID == "A-1" and study_a.StudyDate == a.StudyDate and study_a.site == "vienna"
+    by_uid = {s.SeriesInstanceUID: s for s in study_a.series}
+    assert [s.SeriesInstanceUID for s in study_a.series] == sorted(by_uid)
+    assert set(by_uid[a.ct_series_uid].files) == {str(p.absolute()) for p in a.files["ct"]}
+    assert list(by_uid[a.ct_series_uid].files) == sorted(by_uid[a.ct_series_uid].files)
+    assert len(by_uid[a.pt_series_uid].files) == len(a.files["pt"])
+    pt = by_uid[a.pt_series_uid]
+    assert pt.Modality == "PT" and "ATTN" in pt.CorrectedImage and pt.Units == "BQML"
+    assert pt.FrameOfReferenceUID == a.FrameOfReferenceUID
+    assert len(study_a.series) == 5  # CT, PET AC, PET NAC, localiser, secondary capture
+
+    why = {Path(s.path): s.why for s in index.skipped}
+    assert set(why) == {a.files["text"][0], a.files["truncated"][0], a.files["dicomdir"][0]}
+    assert why[a.files["text"][0]].startswith("not DICOM")
+    assert "truncated" in why[a.files["truncated"][0]]
+    assert why[a.files["dicomdir"][0]].startswith("DICOMDIR")
+
+    timing = dicomindex.LAST_TIMING
+    assert timing is not None and timing.files == index.files_seen
+    assert timing.bytes_read == sum(p.stat().st_size for p in [*a.all_files, *b.all_files])
+
+
+def test_index_is_deterministic(two_studies):
+    drop, _, _ = two_studies
+    assert index_site("s", drop) == index_site("s", drop)
+
+
+def test_fingerprint_follows_file_content_not_paths(two_studies):
+    drop, a, b = two_studies
+    first = {s.StudyInstanceUID: s.fingerprint for s in index_site("s", drop).studies}
+    victim = a.files["pt"][3]
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = bytes(len(ds.PixelData))  # same path, same size, other content
+    ds.save_as(victim, enforce_file_format=True)
+    second = {s.StudyInstanceUID: s.fingerprint for s in index_site("s", drop).studies}
+    assert second[a.StudyInstanceUID] != first[a.StudyInstanceUID]
+    assert second[b.StudyInstanceUID] == first[b.StudyInstanceUID]
+    # moving files around (same content) keeps the fingerprint
+    moved = drop / "elsewhere" / "x"
+    moved.parent.mkdir()
+    shutil.move(b.files["ct"][0], moved)
+    third = {s.StudyInstanceUID: s.fingerprint for s in index_site("s", drop).studies}
+    assert third[b.StudyInstanceUID] == first[b.StudyInstanceUID]
+
+
+def test_links_leaving_the_site_are_not_followed(tmp_path, two_studies):
+    drop, a, _ = two_studies
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    foreign = outside / "foreign.dcm"
+    shutil.copyfile(a.files["ct"][0], foreign)
+    os.symlink(foreign, drop / "link-out.dcm")
+    os.symlink(outside, drop / "dir-link")
+    os.symlink(a.files["ct"][1], drop / "link-in.dcm")  # inside, to a file indexed anyway
+    index = index_site("s", drop)
+    why = {Path(s.path).name: s.why for s in index.skipped}
+    assert why["link-out.dcm"].startswith("symbolic link leaving dicom_dir")
+    assert why["dir-link"] == "symbolic link to a folder, not followed"
+    assert why["link-in.dcm"].startswith("symbolic link to ") and why["link-in.dcm"].endswith("which is indexed itself")
+    study = next(s for s in index.studies if s.StudyInstanceUID == a.StudyInstanceUID)
+    ct = next(s for s in study.series if s.SeriesInstanceUID == a.ct_series_uid)
+    assert len(ct.files) == len(a.files["ct"])  # no file counted twice
+
+
+@pytest.mark.filterwarnings("ignore:.*VR UI:UserWarning")  # pydicom on the garbage file
+def test_dicom_is_recognised_by_content(tmp_path, small_study):
+    source = small_study.files["ct"][0]
+    assert is_dicom_file(source)
+    assert not is_dicom_file(small_study.files["text"][0])
+
+    # the same dataset without the 128-byte preamble and DICM marker is DICOM too
+    ds = pydicom.dcmread(source)
+    bare = tmp_path / "no_preamble"
+    ds.preamble = None
+    dcmwrite(bare, ds, enforce_file_format=False)
+    assert bare.read_bytes()[128:132] != b"DICM"
+    assert is_dicom_file(bare)
+    index = index_site("s", tmp_path)
+    assert index.skipped == () and len(index.studies) == 1
+
+    garbage = tmp_path / "garbage.dcm"  # starts like a group-0008 element, but is not a dataset
+    garbage.write_bytes(b"\x08\x00\x16\x00" + bytes(range(200, 256)) * 2)
+    assert not is_dicom_file(garbage)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert not is_dicom_file(empty)
+    index = index_site("s", tmp_path)
+    assert {Path(s.path).name for s in index.skipped} == {"garbage.dcm", "empty"}
+
+
+def test_missing_dicom_dir_is_a_caller_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"site 'x': dicom_dir .*nope is not a folder"):
+        index_site("x", tmp_path / "nope")

@@ -1,0 +1,239 @@
+"""Ingest end to end on phantom studies: every reason code, decoys, metadata, state, re-runs, untouched sources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from curation.config import MissingHeadPolicy, SiteConfig
+from curation.dicomindex import index_site
+from curation.errors import RejectReason
+from curation.ingest import ingest_site, ingest_study
+from curation.metadata import CT_FIELDS, PT_FIELDS
+from curation.model import ConvertedCase, Rejection, from_jsonable
+from curation.state import StatePaths, read_outcome
+from curation.synthetic import add_ingest_defect, write_study
+
+#: defect -> (reason code, regex the message must match)
+EXPECTED = {
+    "missing-pet-slice": (RejectReason.MISSING_SLICES, r"PT series .*\('PET WB AC'\): gap of 12\.000 mm .*1 slice\(s\) missing"),
+    "frame-of-reference-mismatch": (
+        RejectReason.FRAME_OF_REFERENCE_MISMATCH,
+        r"no CT and AC PET share a FrameOfReferenceUID: series .*\('CT WB.*FrameOfReferenceUID 2\.25\.\d+; series .*\('PET WB AC'\) FrameOfReferenceUID 2\.25\.\d+",
+    ),
+    "nac-only": (RejectReason.NO_AC_PET, r"no attenuation-corrected PET .*\('PET NAC'\): PET not attenuation-corrected \(CorrectedImage '[A-Z\\]+' has no ATTN\)"),
+    "gantry-tilt": (RejectReason.GANTRY_TILT, r"CT series .*: slices are not perpendicular to ImageOrientationPatient \(gantry tilt about 7\.00 degrees\)"),
+    "non-uniform-spacing": (RejectReason.NON_UNIFORM_SPACING, r"CT series .*: step of 6\.750 mm .*median spacing 5\.000 mm by more than 1%"),
+    "inconsistent-orientation": (RejectReason.INCONSISTENT_ORIENTATION, r"CT series .*: more than one ImageOrientationPatient: slice 0 has \[1\.0, 0\.0, 0\.0, 0\.0, 1\.0, 0\.0\], slice \d+ .* has \[0\.98480"),
+    "second-ct-series": (RejectReason.AMBIGUOUS_SERIES, r"2 CT/PET pairs could be the case: (?=.*CT series 2\.25\.\d+ \('CT WB 2\.0 recon'\) \+ PET)(?=.*CT series 2\.25\.\d+ \('CT WB [^']*Br38f'\) \+ PET)"),
+    "short-ct-pixel-data": (RejectReason.CONVERSION_FAILED, r"CT series .*: slice \d+ \(InstanceNumber \d+\): pixel data cannot be decoded"),
+    "no-ct": (RejectReason.NO_CT, r"no diagnostic axial CT .*the study has no other series"),
+    "plant-phi": (RejectReason.PHI_DETECTED, r"."),
+}
+
+
+def _site(dicom_dir: Path, site_id: str = "leipzig", pattern: str = "") -> SiteConfig:
+    return SiteConfig(
+        id=site_id,
+        dicom_dir=dicom_dir,
+        segmentations_dir=dicom_dir.parent / "seg",
+        lesions_dir=None,
+        license="CC-BY-4.0",
+        deface=True,
+        indication="lung cancer",
+        clinical_sheet=None,
+        pseudonym_pattern=pattern,
+        deface_missing_head=MissingHeadPolicy.HOLD,
+    )
+
+
+def _tree_digest(root: Path) -> dict[str, tuple[str, int]]:
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def site_run(tmp_path_factory, small_phantom):
+    """One site: a good study with every decoy and one study per rejection reason, ingested once."""
+    root = tmp_path_factory.mktemp("ingest")
+    drop = root / "drop"
+    good = write_study(small_phantom, drop, vendor="philips", seed=1, patient_id="LEI-0001", patient_name="LEI-0001")
+    studies = {}
+    for n, defect in enumerate(EXPECTED):
+        common = {"vendor": "siemens", "seed": 100 + n, "patient_id": f"LEI-{n + 10:04d}", "patient_name": f"LEI-{n + 10:04d}", "decoys": False}
+        if defect in ("missing-pet-slice", "frame-of-reference-mismatch", "nac-only", "gantry-tilt", "non-uniform-spacing"):
+            study = write_study(small_phantom, drop, defect=defect, **common)
+        elif defect == "no-ct":
+            study = write_study(small_phantom, drop, **common)
+            for path in study.files["ct"]:
+                path.unlink()
+        elif defect == "plant-phi":
+            study = write_study(small_phantom, drop, plant_phi=True, **common)
+        else:
+            study = add_ingest_defect(write_study(small_phantom, drop, **common), defect)
+        studies[defect] = study
+    before = _tree_digest(drop)
+    state = StatePaths(root / "state")
+    outcomes = ingest_site(_site(drop, pattern=r"^LEI-\d{4}$"), state)
+    return {"good": good, "studies": studies, "outcomes": outcomes, "state": state, "drop": drop, "before": before}
+
+
+@pytest.mark.parametrize("defect", list(EXPECTED))
+def test_each_rejection_reason(site_run, defect):
+    study = site_run["studies"][defect]
+    (outcome,) = [o for o in site_run["outcomes"] if o.StudyInstanceUID == study.StudyInstanceUID]
+    reason, pattern = EXPECTED[defect]
+    assert isinstance(outcome, Rejection), outcome
+    assert outcome.reason is reason, outcome.message
+    assert outcome.stage == "ingest" and outcome.site == "leipzig"
+    assert re.search(pattern, outcome.message), outcome.message
+    assert read_outcome(site_run["state"].study_outcome("leipzig", outcome.key)) == outcome
+    assert not (site_run["state"].case_dir(outcome.key) / "CT.nii.gz").exists()
+
+
+def test_one_bad_study_never_stops_the_others_and_sources_are_untouched(site_run):
+    outcomes = site_run["outcomes"]
+    assert len(outcomes) == 1 + len(EXPECTED)
+    assert [o.StudyInstanceUID for o in outcomes] == sorted(o.StudyInstanceUID for o in outcomes)
+    converted = [o for o in outcomes if isinstance(o, ConvertedCase)]
+    assert [c.StudyInstanceUID for c in converted] == [site_run["good"].StudyInstanceUID]
+    assert _tree_digest(site_run["drop"]) == site_run["before"]
+    index = json.loads(site_run["state"].site_index("leipzig").read_text())
+    assert len(index["studies"]) == len(outcomes)
+    assert {Path(s["path"]).name for s in index["skipped"]} >= {"export_notes.txt", "DICOMDIR"}
+
+
+def test_converted_case_volumes_metadata_and_decoys(site_run, small_phantom):
+    good = site_run["good"]
+    state = site_run["state"]
+    (case,) = [o for o in site_run["outcomes"] if isinstance(o, ConvertedCase)]
+    assert case.ct_series == good.ct_series_uid and case.pt_series == good.pt_series_uid
+    assert case.PatientID == "LEI-0001" and case.StudyDate == good.StudyDate
+
+    ignored = {i.SeriesInstanceUID: i.why for i in case.ignored}
+    assert ignored[good.pt_nac_series_uid].startswith("PET not attenuation-corrected")
+    localiser = pydicom.dcmread(good.files["localizer"][0], stop_before_pixels=True)
+    capture = pydicom.dcmread(good.files["secondary_capture"][0], stop_before_pixels=True)
+    assert ignored[localiser.SeriesInstanceUID].startswith("localiser/topogram")
+    assert ignored[capture.SeriesInstanceUID].startswith("secondary capture")
+    assert len(ignored) == 3
+
+    ct = nib.load(case.ct.path)
+    assert Path(case.ct.path) == state.case_dir(case.key) / "CT.nii.gz"
+    np.testing.assert_array_equal(np.asanyarray(ct.dataobj), small_phantom.ct_hu)  # Philips: reversed InstanceNumber
+    pt = nib.load(case.pt.path)
+    assert pt.get_data_dtype() == np.float32 and pt.shape == small_phantom.pt_bqml.shape
+    np.testing.assert_allclose(np.asanyarray(pt.dataobj), small_phantom.pt_bqml, rtol=1e-3, atol=1.0)
+
+    pm, cm = case.pt_metadata, case.ct_metadata
+    assert list(pm) == [name for name, _ in PT_FIELDS] and list(cm) == [name for name, _ in CT_FIELDS]
+    assert pm["RadionuclideTotalDose"] == pytest.approx(good.injected_activity_bq)
+    assert pm["PatientWeight"] == pytest.approx(good.patient.weight_kg)
+    assert pm["PatientSize"] == pytest.approx(good.patient.height_m)
+    assert pm["PatientAge"] == good.patient.age_years and pm["PatientSex"] == good.patient.sex
+    assert pm["Units"] == "BQML" and "ATTN" in pm["CorrectedImage"]
+    assert pm["RadionuclideHalfLife"] == pytest.approx(6586.2)
+    first_pt = pydicom.dcmread(good.files["pt"][0], stop_before_pixels=True)
+    block = first_pt.private_block(0x7053, "Philips PET Private Group")
+    assert pm["PhilipsSUVScaleFactor"] == pytest.approx(float(block[0x00].value))
+    assert pm["PhilipsActivityConcentrationScaleFactor"] == pytest.approx(float(block[0x09].value))
+    slopes = [float(pydicom.dcmread(p, stop_before_pixels=True).RescaleSlope) for p in good.files["pt"]]
+    assert (pm["RescaleSlopeMin"], pm["RescaleSlopeMax"]) == (min(slopes), max(slopes))
+    assert pm["RadiopharmaceuticalStartDateTime"].startswith(f"{good.StudyDate[:4]}-{good.StudyDate[4:6]}-")
+    first_ct = pydicom.dcmread(good.files["ct"][0], stop_before_pixels=True)
+    assert cm["KVP"] == float(first_ct.KVP) and cm["ConvolutionKernel"] == str(first_ct.ConvolutionKernel)
+    assert cm["Manufacturer"] == "Philips" and cm["FilterType"] == str(first_ct.FilterType)
+    assert cm["SpacingBetweenSlices"] == small_phantom.ct_geometry.slice_spacing
+    assert cm["PixelSpacingRow"] == small_phantom.ct_geometry.pixel_spacing[0]
+    assert cm["NumberOfSlices"] == len(good.files["ct"])
+    text = json.dumps([pm, cm])  # JSON-serialisable, and nothing identifying inside
+    for value in (good.StudyInstanceUID, good.PatientID, good.FrameOfReferenceUID, "2.25."):
+        assert value not in text
+
+    stored = from_jsonable(ConvertedCase, json.loads((state.case_dir(case.key) / "case.json").read_text()))
+    assert stored == case
+    assert case.private_review == tuple(case.private_review)
+
+    sensitive = json.loads((state.sensitive_dir("leipzig") / f"{case.key}.json").read_text())["values"]
+    for value in (good.StudyInstanceUID, good.PatientID, good.ct_series_uid, good.pt_nac_series_uid,
+                  localiser.SOPInstanceUID, capture.SeriesInstanceUID, good.FrameOfReferenceUID):
+        assert value in sensitive
+    assert sensitive == sorted(sensitive)
+
+
+def test_rerun_converts_only_what_is_new_or_changed(tmp_path, small_phantom):
+    drop = tmp_path / "drop"
+    a = write_study(small_phantom, drop, vendor="ge", seed=31, patient_id="A", patient_name="A", decoys=False)
+    b = write_study(small_phantom, drop, vendor="siemens", seed=32, patient_id="B", patient_name="B", decoys=False)
+    c = write_study(small_phantom, drop, vendor="siemens", seed=33, patient_id="C", patient_name="C", decoys=False, defect="nac-only")
+    site, state = _site(drop), StatePaths(tmp_path / "state")
+    first = {o.StudyInstanceUID: o for o in ingest_site(site, state)}
+    assert isinstance(first[a.StudyInstanceUID], ConvertedCase) and isinstance(first[b.StudyInstanceUID], ConvertedCase)
+    assert first[c.StudyInstanceUID].reason is RejectReason.NO_AC_PET
+
+    def stamps() -> dict[str, int]:
+        files = [*state.root.glob("cases/*/*"), *state.root.glob("sites/*/studies/*.json")]
+        return {str(p): p.stat().st_mtime_ns for p in files}
+
+    before = stamps()
+    second = {o.StudyInstanceUID: o for o in ingest_site(site, state)}
+    assert second == first
+    assert stamps() == before  # nothing rewritten: not a volume, not an outcome
+
+    # one PET file of study A gets other content behind the same path
+    victim = a.files["pt"][10]
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(victim, enforce_file_format=True)
+    third = {o.StudyInstanceUID: o for o in ingest_site(site, state)}
+    after = stamps()
+    changed = {p for p in after if after[p] != before.get(p)}
+    key_a = first[a.StudyInstanceUID].key
+    assert changed == {
+        str(state.case_dir(key_a) / "CT.nii.gz"),
+        str(state.case_dir(key_a) / "PT.nii.gz"),
+        str(state.case_dir(key_a) / "case.json"),
+        str(state.study_outcome("leipzig", key_a)),
+    }
+    assert third[a.StudyInstanceUID].fingerprint != first[a.StudyInstanceUID].fingerprint
+    assert third[a.StudyInstanceUID].pt.sha256 != first[a.StudyInstanceUID].pt.sha256
+    assert third[a.StudyInstanceUID].ct.sha256 == first[a.StudyInstanceUID].ct.sha256
+    assert third[b.StudyInstanceUID] == first[b.StudyInstanceUID]
+
+
+@pytest.mark.parametrize("damage", ["replaced-by-text", "deleted"])
+def test_a_file_unreadable_at_ingest_rejects_the_study_naming_the_file(tmp_path, small_phantom, damage):
+    drop = tmp_path / "drop"
+    study = write_study(small_phantom, drop, vendor="siemens", seed=41, patient_id="U", patient_name="U", decoys=False)
+    (record,) = index_site("leipzig", drop).studies
+    broken = study.files["pt"][5]  # changed after indexing, as a transfer still running would
+    if damage == "deleted":
+        broken.unlink()
+    else:
+        broken.write_text("transfer in progress\n")
+    outcome = ingest_study(record, _site(drop), StatePaths(tmp_path / "state"))
+    assert isinstance(outcome, Rejection) and outcome.reason is RejectReason.UNREADABLE
+    expected = "FileNotFoundError" if damage == "deleted" else "InvalidDicomError"
+    assert outcome.message.startswith(f"{broken}: file of PT series {study.pt_series_uid} cannot be read ({expected}")
+
+
+def test_demo_sites_become_what_their_manifest_says(demo_sites, tmp_path):
+    from curation.config import load_config
+    from curation.synthetic import read_manifest
+
+    config = load_config(demo_sites)
+    manifest = read_manifest(demo_sites)
+    state = StatePaths(tmp_path / "state")  # the shared tree stays read-only
+    for site in config.sites:
+        outcomes = {o.StudyInstanceUID: o for o in ingest_site(site, state)}
+        expected = {e["StudyInstanceUID"]: e["expected"] for e in manifest[site.id]}
+        assert set(outcomes) == set(expected), site.id
+        for uid, want in expected.items():
+            got = outcomes[uid]
+            assert (got.reason.value if isinstance(got, Rejection) else "case") == want, (site.id, uid, got)
