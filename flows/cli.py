@@ -1,0 +1,642 @@
+"""The ``petct-release`` command line (DESIGN.md section 4).
+
+Every command that does work runs through the Prefect flows of
+:mod:`flows.flows`, so a CLI run and a deployment run are the same code and
+leave the same audit trail.  The commands that only read or edit the state
+(``status``, ``withdraw``, ``audit``) do not start Prefect.
+
+Exit codes
+----------
+0
+    Success.  A run in which some studies were *rejected* is a success:
+    rejection (with its reason code) is a normal outcome for a study.
+1
+    The work ran but something failed a check: ``verify`` found a problem,
+    the audit chain is broken, a task failed unexpectedly during a run, or
+    another build of the same release holds the build lock.
+2
+    Usage or configuration error: a bad argument, an invalid ``release.toml``
+    (the message names key, value and what is allowed), a missing file, an
+    unknown site or case number.
+
+Errors are printed as ``petct-release: error: <sentence>`` on stderr.
+Prefect is imported only by the commands that run flows, after the logging
+environment below is set (Prefect reads its settings when first imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from curation.atomic import atomic_write_json
+from curation.config import Config, ConfigError, load_config
+from curation.model import ConvertedCase, Rejection, study_key
+from curation.registry import Registry, format_case_number, parse_case_number
+from curation.state import StatePaths, site_outcomes
+from flows import progress
+from flows.audit import AuditError, AuditLog, case_history, verify_chain
+
+logger = logging.getLogger(__name__)
+
+PROG = "petct-release"
+#: Our packages: their INFO lines are what a steward reads while work runs.
+OUR_LOGGERS = ("curation", "anonymization", "release", "flows")
+#: Prefect's console output is kept to warnings; its run logs still reach the
+#: API at INFO (PREFECT_LOGGING_LEVEL stays INFO, see PREFECT_NOTES.md).
+_PREFECT_ENV_DEFAULTS = {
+    # a steward's machine holding patient data does not phone home unless asked to
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    # the default 20 s is too short for a first start on a busy 2-core machine
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+DEMO_CASES_DEFAULT = 2
+DEMO_OUT_DEFAULT = "demo-output"
+#: Written into a demo folder once its sites exist: a second ``demo`` reuses them.
+DEMO_MARKER = ".demo.json"
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for (exit code 2)."""
+
+
+class CheckFailed(Exception):
+    """The work ran but a check failed (exit code 1)."""
+
+
+# ---------------------------------------------------------------------------
+# argument parsing
+
+
+def _case_arg(text: str) -> str:
+    try:
+        return format_case_number(parse_case_number(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors read ``petct-release: error: <sentence>``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog[len(PROG) :].strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"{PROG}: error: {where}{message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``petct-release`` (one sub-command per DESIGN.md line)."""
+    parser = _Parser(
+        prog=PROG,
+        description="Turn anonymised multi-site PET/CT DICOM into a public dataset release.",
+        epilog="Exit codes: 0 success, 1 a check failed, 2 usage or configuration error.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="synthesise 3 phantom sites, run everything, print the zip path")
+    p.add_argument("--out", type=Path, default=Path(DEMO_OUT_DEFAULT), help="folder for the demo")
+    p.add_argument("--cases", type=_positive_int, default=DEMO_CASES_DEFAULT, help="cases per site")
+
+    p = sub.add_parser("ingest", help="index, PHI gate, series selection, conversion, metadata")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--site", metavar="ID", help="only this site (default: every site)")
+
+    for name, text in (
+        ("build", "number, segmentations, deface, layout, spreadsheets, zip"),
+        ("run", "ingest every site, then build (the main flow)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", type=Path, metavar="CONFIG")
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="replace an existing zip of the same name and version whose content differs",
+        )
+
+    p = sub.add_parser("verify", help="integrity, structure, geometry, PHI scan; exit 1 on any failure")
+    p.add_argument("zip", type=Path, metavar="ZIP")
+    p.add_argument("--state", type=Path, metavar="DIR", help="state_dir: also leak scan and defacing")
+
+    p = sub.add_parser("status", help="per site: studies seen, cases ready, rejected, released")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+
+    p = sub.add_parser("withdraw", help="exclude a case from later releases; numbers never reused")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--case", type=_case_arg, required=True, metavar="NNNN")
+    p.add_argument("--reason", required=True, metavar="TEXT")
+
+    p = sub.add_parser("audit", help="show or verify the audit chain")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--case", type=_case_arg, metavar="NNNN", help="one case's history, DICOM to zip")
+    p.add_argument("--verify", action="store_true", help="check the chain; exit 1 at the first bad line")
+
+    p = sub.add_parser("serve", help="serve the deployments with their schedules")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# logging and progress
+
+
+def _prepare_environment() -> None:
+    for key, value in _PREFECT_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _setup_logging(stream: Any) -> Callable[[], None]:
+    """Send our packages' INFO lines to ``stream`` through one handler.
+
+    The handler sits on our own loggers (not the root) with propagation off:
+    Prefect replaces the root logger's handlers when it configures logging on
+    first use, and leaves named loggers alone.  On a terminal with a progress
+    bar, the lines are printed through the bar's console so they scroll above it.
+
+    Returns
+    -------
+    callable
+        Undoes the set-up (the loggers get back their level and propagation).
+    """
+    reporter = progress.reporter()
+    if isinstance(reporter, progress.BarProgress):
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=reporter.console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    handler.setLevel(logging.INFO)
+    saved = []
+    for name in OUR_LOGGERS:
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.level, lg.propagate))
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        lg.propagate = False
+
+    def undo() -> None:
+        for lg, level, propagate in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+    return undo
+
+
+# ---------------------------------------------------------------------------
+# shared helpers
+
+
+def _config(path: Path) -> Config:
+    return load_config(path)  # ConfigError names the file; it becomes exit code 2
+
+
+def _state(config: Config) -> StatePaths:
+    return StatePaths(config.release.state_dir)
+
+
+def _rejected_text(by_reason: dict[str, int]) -> str:
+    if not by_reason:
+        return "0"
+    total = sum(by_reason.values())
+    return f"{total} (" + ", ".join(f"{code} {n}" for code, n in sorted(by_reason.items())) + ")"
+
+
+def _print_summary(summary: Any, out: Any) -> None:
+    """Print a :class:`flows.flows.RunSummary`; raise CheckFailed when a task failed."""
+    progress.close()
+    print(
+        f"converted {summary.converted}, rejected {_rejected_text(summary.rejected)}, "
+        f"released {summary.released}, failed {summary.failed}",
+        file=out,
+    )
+    if summary.nothing_to_do:
+        print("nothing left to do: every study, case and the zip are up to date", file=out)
+    if summary.failed:
+        raise CheckFailed(
+            f"{summary.failed} task(s) failed unexpectedly (flow run {summary.flow_run_id}); "
+            "their errors are in the log above and in the audit log"
+        )
+
+
+def _print_zip(summary: Any, out: Any) -> None:
+    if summary.zip_path:
+        print(summary.zip_path, file=out)
+
+
+def _verify(zip_path: Path, state_dir: Path | None, out: Any) -> None:
+    from flows.flows import verify_release_flow
+
+    result = verify_release_flow(str(zip_path), str(state_dir) if state_dir else None)
+    progress.close()
+    for problem in result.problems:
+        print(f"problem: {problem}", file=out)
+    if result.problems:
+        raise CheckFailed(f"{zip_path}: verify found {len(result.problems)} problem(s)")
+    print(f"verified: {zip_path}", file=out)
+
+
+# ---------------------------------------------------------------------------
+# commands
+
+
+def cmd_demo(args: argparse.Namespace, out: Any) -> None:
+    """Synthesise the phantom sites (once per ``--out``), curate, verify, print the zip.
+
+    ``--out/.demo.json`` records the ``--cases`` the sites were made with and
+    whether writing them finished, so an interrupted demo writes them again and
+    a finished one is reused (the second demo then has nothing left to do).
+    """
+    out_dir: Path = args.out.resolve()
+    config_path = out_dir / "release.toml"
+    marker = out_dir / DEMO_MARKER
+    if marker.is_file():
+        made = json.loads(marker.read_text(encoding="utf-8"))
+        if made.get("cases_per_site") != args.cases:
+            raise UsageError(
+                f"{out_dir} holds a demo made with --cases {made.get('cases_per_site')}, not "
+                f"--cases {args.cases}; use the same --cases or another --out"
+            )
+        complete = made.get("complete") is True and config_path.is_file()
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise UsageError(f"{out_dir} exists and is not a demo folder; choose an empty or new --out")
+    else:
+        complete = False
+    if complete:
+        logger.info("reusing the phantom sites in %s", out_dir)
+    else:
+        from curation.synthetic import write_demo_sites
+
+        atomic_write_json(marker, {"cases_per_site": args.cases, "complete": False})
+        logger.info("writing %d phantom case(s) per site to %s", args.cases, out_dir)
+        config_path = Path(write_demo_sites(out_dir, cases_per_site=args.cases))
+        atomic_write_json(marker, {"cases_per_site": args.cases, "complete": True})
+    config = _config(config_path)
+    from flows.flows import curate
+
+    summary = curate(str(config_path))
+    _print_summary(summary, out)
+    if not summary.zip_path:
+        raise CheckFailed(f"{config_path}: the demo built no zip (no case was ready for release)")
+    _verify(Path(summary.zip_path), config.release.state_dir, out)
+    print(summary.zip_path, file=out)
+
+
+def cmd_ingest(args: argparse.Namespace, out: Any) -> None:
+    config = _config(args.config)
+    if args.site is not None:
+        config.site(args.site)  # ConfigError naming the known sites
+    from flows.flows import ingest_site
+
+    summary = ingest_site(str(config.path), args.site)
+    _print_summary(summary, out)
+
+
+def _build_like(args: argparse.Namespace, out: Any, entry_point: str) -> None:
+    config = _config(args.config)  # before importing Prefect: a config error is quick
+    import flows.flows
+
+    summary = getattr(flows.flows, entry_point)(str(config.path), force=args.force)
+    _print_summary(summary, out)
+    _print_zip(summary, out)
+
+
+def cmd_build(args: argparse.Namespace, out: Any) -> None:
+    _build_like(args, out, "build_release")
+
+
+def cmd_run(args: argparse.Namespace, out: Any) -> None:
+    _build_like(args, out, "curate")
+
+
+def cmd_verify(args: argparse.Namespace, out: Any) -> None:
+    if not args.zip.is_file():
+        raise UsageError(f"{args.zip}: no such release zip")
+    if args.state is not None and not args.state.is_dir():
+        raise UsageError(f"{args.state}: no such state folder (--state)")
+    _verify(args.zip.resolve(), args.state.resolve() if args.state else None, out)
+
+
+def site_status(config: Config) -> list[dict[str, Any]]:
+    """Per site: studies seen, cases ready, rejected by reason, released, withdrawn.
+
+    Read from ``state_dir`` only: the site indexes and study outcomes, the
+    registry, and the manifest of this config's release zip.
+    """
+    state = _state(config)
+    registry_entries = _registry_entries(state)
+    withdrawn = Counter(e.site for e in registry_entries if e.withdrawn)
+    withdrawn_uids = {e.StudyInstanceUID for e in registry_entries if e.withdrawn}
+    released = Counter(c.get("site", "") for c in _manifest_cases(config))
+    outcomes = {site.id: site_outcomes(state, site.id) for site in config.sites}
+    converted = {
+        o.StudyInstanceUID
+        for site_list in outcomes.values()
+        for o in site_list
+        if isinstance(o, ConvertedCase) and o.StudyInstanceUID not in withdrawn_uids
+    }
+    held_back = _held_back(state, converted)
+    rows = []
+    for site in config.sites:
+        site_list = outcomes[site.id]
+        rejected = Counter(o.reason.value for o in site_list if isinstance(o, Rejection))
+        rejected.update(
+            held_back[o.StudyInstanceUID] for o in site_list if o.StudyInstanceUID in held_back
+        )
+        ready = sum(
+            1
+            for o in site_list
+            if o.StudyInstanceUID in converted and o.StudyInstanceUID not in held_back
+        )
+        rows.append(
+            {
+                "site": site.id,
+                "studies seen": _studies_seen(state, site.id, len(site_list)),
+                "cases ready": ready,
+                "released": released.get(site.id, 0),
+                "withdrawn": withdrawn.get(site.id, 0),
+                # last: the widest column, so the numbers stay together
+                "rejected": dict(sorted(rejected.items())),
+            }
+        )
+    return rows
+
+
+def _registry_entries(state: StatePaths) -> list[Any]:
+    if not state.registry.is_file():
+        return []
+    return Registry(state.registry).entries()
+
+
+def _manifest_cases(config: Config) -> list[dict[str, Any]]:
+    from release.assemble import manifest_path
+
+    path = manifest_path(config.release.state_dir, config.release.zip_name)
+    if not path.is_file() or not config.release.zip_path.is_file():
+        return []
+    return list(json.loads(path.read_text(encoding="utf-8")).get("cases", []))
+
+
+def _studies_seen(state: StatePaths, site: str, fallback: int) -> int:
+    path = state.site_index(site)
+    if not path.is_file():
+        return fallback
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return len(data.get("studies", ()))
+
+
+#: Audit events of the build's prepare step (flows.flows): the last one of a study decides.
+PREPARED_EVENT = "case-prepared"
+HELD_BACK_EVENT = "case-held-back"
+
+
+def _held_back(state: StatePaths, studies: set[str]) -> dict[str, str]:
+    """StudyInstanceUID -> reason code for converted cases held back at build.
+
+    Build-stage rejections are not state files (``prepare_case`` writes only
+    ``prepared.json``), so the audit log is the record: a study without
+    ``prepared.json`` whose last prepare-step record is a hold-back is held back.
+    """
+    pending = {uid for uid in studies if not (state.prepared_dir(study_key(uid)) / "prepared.json").is_file()}
+    if not pending:
+        return {}
+    last: dict[str, dict[str, Any]] = {}
+    for record in AuditLog(state.audit_log).records():
+        if record["study"] in pending and record["event"] in (PREPARED_EVENT, HELD_BACK_EVENT):
+            last[record["study"]] = record
+    return {
+        uid: str(rec["parameters"].get("reason", "unknown"))
+        for uid, rec in last.items()
+        if rec["event"] == HELD_BACK_EVENT
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of equal keys as an aligned text table (numbers right-aligned), with a total row."""
+    if not rows:
+        return ""
+    headers = list(rows[0])
+    total: dict[str, Any] = {"site": "total"}
+    for key in headers[1:]:
+        if isinstance(rows[0][key], dict):
+            merged: Counter[str] = Counter()
+            for row in rows:
+                merged.update(row[key])
+            total[key] = dict(sorted(merged.items()))
+        else:
+            total[key] = sum(row[key] for row in rows)
+    cells = [
+        [_rejected_text(v) if isinstance(v, dict) else str(v) for v in (row[k] for k in headers)]
+        for row in [*rows, total]
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    numeric = [all(c[i].isdigit() for c in cells) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(c) for c in cells[:-1]), sep, line(cells[-1])])
+
+
+def cmd_status(args: argparse.Namespace, out: Any) -> None:
+    config = _config(args.config)
+    state = _state(config)
+    print(f"release {config.release.zip_name}   state {state.root}", file=out)
+    print(format_table(site_status(config)), file=out)
+
+
+def cmd_withdraw(args: argparse.Namespace, out: Any) -> None:
+    config = _config(args.config)
+    state = _state(config)
+    reason = args.reason.strip()
+    if not reason:
+        raise UsageError("--reason must say why the case is withdrawn")
+    if not state.registry.is_file():
+        raise UsageError(f"{state.registry}: no registry yet (no case has been numbered); nothing to withdraw")
+    registry = Registry(state.registry)
+    number = parse_case_number(args.case)
+    before = {e.number: e for e in registry.entries()}
+    if number not in before:
+        high = max(before, default=0)
+        raise UsageError(
+            f"case {args.case} is not in the registry {state.registry} (numbers given: 1 to {high})"
+        )
+    if before[number].withdrawn:
+        print(f"case {args.case} was already withdrawn ({before[number].reason}); nothing to do", file=out)
+        return
+    entry = registry.withdraw(number, reason)
+    AuditLog(state.audit_log).append(
+        "withdrawn",
+        site=entry.site,
+        study=entry.StudyInstanceUID,
+        case=args.case,
+        parameters={"reason": reason, "cases": [args.case]},
+        outcome="withdrawn",
+    )
+    print(
+        f"case {args.case} (site {entry.site}) withdrawn: it leaves the next build; "
+        "its number is never given again",
+        file=out,
+    )
+
+
+def _short(mapping: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={str(v)[:12]}" for k, v in sorted(mapping.items()))
+
+
+def format_record(record: dict[str, Any], *, full: bool) -> str:
+    """One audit record as a line a steward reads (parameters in full with ``full``)."""
+    head = f"{record['seq']:>6}  {record['time']}  {record['event']:<20} {record['outcome']:<9}"
+    where = " ".join(
+        f"{key}={record[key]}" for key in ("site", "case", "study") if record.get(key)
+    )
+    parts = [head, where]
+    if record.get("inputs"):
+        parts.append(f"in[{_short(record['inputs'])}]")
+    if record.get("outputs"):
+        parts.append(f"out[{_short(record['outputs'])}]")
+    if record.get("parameters"):
+        text = json.dumps(record["parameters"], sort_keys=True, separators=(",", ":"))
+        if not full and len(text) > 160:
+            text = text[:157] + "..."
+        parts.append(text)
+    parts.append(f"by {record['actor']}")
+    if record.get("flow_run_id"):
+        parts.append(f"run {record['flow_run_id']}")
+    return "  ".join(p for p in parts if p)
+
+
+def cmd_audit(args: argparse.Namespace, out: Any) -> None:
+    config = _config(args.config)
+    state = _state(config)
+    path = state.audit_log
+    if args.verify:
+        report = verify_chain(path)
+        if report.note:
+            print(f"note: {report.note}", file=out)
+        if not report.ok:
+            raise CheckFailed(f"{path}: the audit chain is broken at line {report.first_bad_line}: {report.problem}")
+        print(f"{path}: audit chain intact, {report.records} records", file=out)
+    if args.case:
+        number = parse_case_number(args.case)
+        entries = {e.number: e for e in Registry(state.registry).entries()} if state.registry.is_file() else {}
+        if number not in entries:
+            raise UsageError(f"case {args.case} is not in the registry {state.registry}")
+        entry = entries[number]
+        print(f"case {args.case}: site {entry.site}, study {entry.StudyInstanceUID}"
+              + (f", withdrawn ({entry.reason})" if entry.withdrawn else ""), file=out)
+        for record in case_history(path, study=entry.StudyInstanceUID, case=args.case):
+            print(format_record(record, full=True), file=out)
+    elif not args.verify:
+        for record in AuditLog(path).records():
+            print(format_record(record, full=False), file=out)
+
+
+def cmd_serve(args: argparse.Namespace, out: Any) -> None:
+    from flows.serve import serve
+
+    config = _config(args.config)
+    try:
+        serve(str(config.path))
+    except KeyboardInterrupt:
+        print("stopped serving", file=out)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any], None]] = {
+    "demo": cmd_demo,
+    "ingest": cmd_ingest,
+    "build": cmd_build,
+    "run": cmd_run,
+    "verify": cmd_verify,
+    "status": cmd_status,
+    "withdraw": cmd_withdraw,
+    "audit": cmd_audit,
+    "serve": cmd_serve,
+}
+#: Commands that do long work (a progress bar on a terminal).
+_LONG = frozenset({"demo", "ingest", "build", "run", "verify", "serve"})
+
+
+def _refusals() -> tuple[type[BaseException], ...]:
+    """Errors by which a run refuses to go on (exit 1), from modules already imported.
+
+    Looked up lazily: importing :mod:`flows.flows` here would import Prefect
+    for every command.
+    """
+    found: list[type[BaseException]] = []
+    for module, name in (("flows.flows", "BuildInProgressError"), ("release.assemble", "ReleaseExistsError")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
+
+
+def _error(text: str) -> None:
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``petct-release`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed "petct-release: error: ..." already
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    _prepare_environment()
+    use_bar = args.command in _LONG and sys.stderr.isatty()
+    reporter: progress.LogProgress | progress.BarProgress = (
+        progress.BarProgress(sys.stderr) if use_bar else progress.LogProgress()
+    )
+    with progress.use_reporter(reporter):
+        undo_logging = _setup_logging(sys.stderr)
+        try:
+            COMMANDS[args.command](args, sys.stdout)
+        except (ConfigError, UsageError) as exc:
+            _error(str(exc))
+            return 2
+        except CheckFailed as exc:
+            _error(str(exc))
+            return 1
+        except AuditError as exc:
+            _error(str(exc))
+            return 1
+        except Exception as exc:
+            if isinstance(exc, _refusals()):
+                _error(str(exc))
+                return 1
+            raise
+        finally:
+            undo_logging()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
