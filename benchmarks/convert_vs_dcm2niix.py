@@ -29,7 +29,7 @@ from pathlib import Path
 
 import dcm2niix
 
-from curation import convert
+from curation import nifti
 from curation.config import MissingHeadPolicy, SiteConfig
 from curation.dicomindex import index_site
 from curation.ingest import ingest_study
@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gzip-level",
         type=int,
-        default=convert.GZIP_LEVEL,
-        help=f"our gzip level (default {convert.GZIP_LEVEL}, what ingest uses; dcm2niix -z y uses 6)",
+        default=nifti.GZIP_LEVEL,
+        help=f"our gzip level (default {nifti.GZIP_LEVEL}, what ingest uses; dcm2niix -z y uses 6)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    convert.GZIP_LEVEL = args.gzip_level  # a what-if: ingest itself never changes it
+    nifti.GZIP_LEVEL = args.gzip_level  # a what-if: ingest itself never changes it
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="petct-bench-"))
     dicom_dir = work / "dicom"
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         (study,) = index.studies
         counts = {s.Modality: len(s.files) for s in study.series}
         size_mb = sum(Path(f).stat().st_size for s in study.series for f in s.files) / 1e6
-        print(f"study: {counts} slices, {size_mb:.0f} MB of DICOM in {dicom_dir}; our gzip level {convert.GZIP_LEVEL}")
+        print(f"study: {counts} slices, {size_mb:.0f} MB of DICOM in {dicom_dir}; our gzip level {nifti.GZIP_LEVEL}")
         site = _site(dicom_dir)
 
         ours, ours_indexed, theirs = [], [], []

@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,13 @@ class ConfigError(ValueError):
     """The configuration file is wrong; the message names key, value and what is allowed."""
 
 
-class Runner(str, Enum):
+class Runner(StrEnum):
     THREADS = "threads"
     PROCESSES = "processes"
     DASK = "dask"
 
 
-class MissingHeadPolicy(str, Enum):
+class MissingHeadPolicy(StrEnum):
     HOLD = "hold"
     RELEASE = "release"
 

@@ -21,41 +21,29 @@ What dicom2nifti does here, and what it does not:
 The NIfTI header carries geometry only: descrip, aux_file, intent_name and
 db_name are empty, there are no extensions, qform and sform are the scanner
 affine.  Files are written atomically with deterministic gzip bytes (no file
-name, mtime 0) at :data:`GZIP_LEVEL`.
+name, mtime 0) by :func:`curation.nifti.write_nifti`.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import dicom2nifti.common as d2n_common
 import dicom2nifti.settings as d2n_settings
-import nibabel as nib
 import numpy as np
 from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 from pydicom.dataset import Dataset
 
-from curation.atomic import atomic_output
 from curation.errors import ConversionFailedError, CurationError
 from curation.geometry import SliceStack, check_series_geometry
 from curation.model import ImageFile, Modality
+from curation.nifti import write_nifti
 
 logger = logging.getLogger(__name__)
 
-#: gzip level of the written .nii.gz.  Level 1 (nibabel's own default) against 6
-#: (dcm2niix's), measured on the bench phantom (320 CT slices 512x512, 205 PET):
-#: 2.9 s vs 15.5 s to convert both series, 64 MB vs 60 MB written (dcm2niix: 58 MB).
-#: Python's zlib at level 6 would make ingest ~1.7x slower than dcm2niix for 7% smaller
-#: files; the release zip stores NIfTI members as they are.
-GZIP_LEVEL = 1
-
 _INT16 = np.iinfo(np.int16)
-_HEADER_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 
 
 def configure_dicom2nifti() -> None:
@@ -77,21 +65,6 @@ def series_label(datasets: Sequence[Dataset]) -> str:
         f"{first.get('Modality', '?')} series {first.get('SeriesInstanceUID', '?')} "
         f"({str(first.get('SeriesDescription', '')) or 'no description'!r})"
     )
-
-
-class _HashingWriter:
-    """A binary sink that hashes what it writes (so the file is not read back)."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.digest = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return self.raw.write(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
 
 
 def _rescale(ds: Dataset, label: str, index: int) -> tuple[float, float]:
@@ -159,18 +132,6 @@ def _pet_block(stack: SliceStack, label: str) -> np.ndarray:
     return out
 
 
-def _clean_header(img: nib.Nifti1Image, dtype: type) -> None:
-    hdr = img.header
-    hdr.set_data_dtype(dtype)
-    hdr.set_slope_inter(1.0, 0.0)
-    hdr.set_xyzt_units("mm", "sec")
-    for field in _HEADER_TEXT_FIELDS:
-        hdr[field] = b""
-    hdr.extensions.clear()
-    img.set_sform(img.affine, code="scanner")
-    img.set_qform(img.affine, code="scanner")
-
-
 def convert_series(datasets: Sequence[Dataset], out_path: Path, *, modality: Modality) -> ImageFile:
     """Convert one series (datasets read with pixel data) to a NIfTI file.
 
@@ -219,20 +180,6 @@ def convert_series(datasets: Sequence[Dataset], out_path: Path, *, modality: Mod
 
     # (slice, row, column) C-order -> (column, row, slice) view in Fortran order: NIfTI's
     # i runs along a row (DICOM column index), j down the columns, k along the normal.
-    data = block.transpose(2, 1, 0)
-    img = nib.Nifti1Image(data, affine)
-    _clean_header(img, block.dtype.type)
-
-    out_path = Path(out_path)
-    with atomic_output(out_path) as tmp, open(tmp, "wb") as raw:
-        sink = _HashingWriter(raw)
-        with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=sink, mtime=0) as gz:
-            img.to_stream(gz)
-    logger.info("%s: %d slices -> %s %s", label, len(stack.datasets), out_path, data.shape)
-    return ImageFile(
-        path=str(out_path),
-        sha256=sink.digest.hexdigest(),
-        shape=tuple(int(v) for v in data.shape),
-        dtype=str(block.dtype),
-        affine=tuple(tuple(float(v) for v in row) for row in img.affine),
-    )
+    image = write_nifti(block.transpose(2, 1, 0), affine, out_path, dtype=block.dtype.type)
+    logger.info("%s: %d slices -> %s %s", label, len(stack.datasets), out_path, image.shape)
+    return image

@@ -9,10 +9,10 @@ identifying *value* (a UID in the message is fine: rejection records live in
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class RejectReason(str, Enum):
+class RejectReason(StrEnum):
     """Why a study was not made into a released case (fixed value set)."""
 
     UNREADABLE = "unreadable"

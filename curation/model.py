@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import types
 import typing
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
 from curation.errors import RejectReason
@@ -42,7 +42,7 @@ CATEGORY_ALIASES: dict[str, str] = {
 }
 
 
-class Modality(str, Enum):
+class Modality(StrEnum):
     CT = "CT"
     PT = "PT"
 

@@ -29,7 +29,6 @@ fingerprint is returned without any work.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
@@ -40,7 +39,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from anonymization.deface import apply_cylinder, landmark_masks, plan_cylinder
-from curation.atomic import atomic_output, sha256_file
+from curation.atomic import sha256_file
 from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
 from curation.errors import CurationError, HeadNotFoundError, UnreadableError
 from curation.labels import ReleaseLabels, SourceLabelTable, labels_json_bytes
@@ -53,6 +52,7 @@ from curation.model import (
     Rejection,
     to_jsonable,
 )
+from curation.nifti import write_nifti
 from curation.segmentations import (
     find_category_files,
     is_release_named,
@@ -65,72 +65,7 @@ logger = logging.getLogger(__name__)
 
 #: Part of every fingerprint: raise it when preparation changes what it writes.
 PREPARE_VERSION = 1
-#: gzip level of written NIfTI (1 as in conversion: the release zip stores them as they are).
-GZIP_LEVEL = 1
-_HEADER_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 _RECORD = "prepared.json"
-
-
-# ---------------------------------------------------------------------------
-# writing NIfTI
-
-
-def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, *, dtype: type) -> ImageFile:
-    """Write a volume as ``.nii.gz`` with a clean header and deterministic bytes.
-
-    The header is built fresh for every file the same way: geometry only
-    (qform and sform both the scanner affine, codes 1), mm/s units, no scaling,
-    empty descrip/aux_file/intent_name/db_name, no extensions.  The gzip
-    stream has no file name and mtime 0, so equal volumes give equal bytes.
-    The file is written atomically.
-
-    Parameters
-    ----------
-    data
-        The volume, of type ``dtype``.
-    affine
-        Voxel -> world (RAS+ mm).
-    path
-        The ``.nii.gz`` to write.
-    dtype
-        ``np.int16``, ``np.float32`` or ``np.uint8``.
-
-    Returns
-    -------
-    ImageFile
-
-    Raises
-    ------
-    ValueError
-        When ``data`` is not of type ``dtype``.
-    """
-    array = np.asanyarray(data)
-    if array.dtype != np.dtype(dtype):
-        raise ValueError(f"{path}: the volume is {array.dtype}, expected {np.dtype(dtype)}")
-    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
-    hdr = img.header
-    hdr.set_data_dtype(dtype)
-    hdr.set_slope_inter(1.0, 0.0)
-    hdr.set_xyzt_units("mm", "sec")
-    for field in _HEADER_TEXT_FIELDS:
-        hdr[field] = b""
-    hdr.extensions.clear()
-    img.set_sform(img.affine, code="scanner")
-    img.set_qform(img.affine, code="scanner")
-    path = Path(path)
-    with (
-        atomic_output(path) as tmp,
-        open(tmp, "wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw, mtime=0) as gz,
-    ):
-        img.to_stream(gz)
-    return ImageFile(
-        path=str(path),
-        sha256=sha256_file(path),
-        shape=tuple(int(n) for n in array.shape),
-        dtype=str(np.dtype(dtype)),
-        affine=tuple(tuple(float(v) for v in row) for row in img.affine),
-    )
 
 
 # ---------------------------------------------------------------------------

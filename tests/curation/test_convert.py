@@ -21,9 +21,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from curation.convert import GZIP_LEVEL, convert_series
+from curation.convert import convert_series
 from curation.errors import ConversionFailedError, GantryTiltError
 from curation.model import Modality
+from curation.nifti import GZIP_LEVEL
 from curation.synthetic import write_study
 
 CASES = [("siemens", False), ("philips", False), ("ge", False), ("siemens", True)]

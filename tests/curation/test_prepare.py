@@ -229,7 +229,8 @@ def test_segmentation_problems_are_rejections(small_phantom, ingested: Converted
     assert (got.reason.value, got.stage, got.StudyInstanceUID) == (
         "segmentation-grid-mismatch", "build", ingested.StudyInstanceUID,
     )
-    assert "Ribs.nii.gz" in got.message and "3.25 mm" in got.message
+    half_voxel = 0.5 * float(np.linalg.norm(img.affine[:3, 0]))
+    assert "Ribs.nii.gz" in got.message and f"{half_voxel:.4g} mm" in got.message
     assert not record.exists()  # the stale record of the earlier inputs is gone
 
     ribs.unlink()
