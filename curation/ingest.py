@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from anonymization.gate import check_datasets, raise_for_findings
 from curation.atomic import atomic_write_json
 from curation.config import SiteConfig
 from curation.convert import convert_series, series_label
@@ -111,9 +112,24 @@ def _clear_case(state: StatePaths, key: str) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths) -> ConvertedCase:
-    from anonymization.gate import check_datasets, raise_for_findings
+def _index_values(study: StudyRecord) -> set[str]:
+    """The identifying values the index already knows, kept even when the study is rejected early."""
+    values = {study.StudyInstanceUID, study.PatientID}
+    for series in study.series:
+        values.update((series.SeriesInstanceUID, series.FrameOfReferenceUID))
+    return {v.strip() for v in values if v and v.strip()}
 
+
+def _write_sensitive(state: StatePaths, site: SiteConfig, study: StudyRecord, values: set[str]) -> None:
+    atomic_write_json(
+        state.sensitive_dir(site.id) / f"{study.key}.json",
+        {"StudyInstanceUID": study.StudyInstanceUID, "values": sorted(values)},
+    )
+
+
+def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths) -> ConvertedCase:
+    # recorded before anything can reject the study: the leak scan covers every study seen
+    _write_sensitive(state, site, study, _index_values(study))
     selection = select_series(study)
     ct_datasets = _read_series(selection.ct, pixels=True)
     pt_datasets = _read_series(selection.pt, pixels=True)
@@ -126,12 +142,11 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Convert
 
     report = check_datasets([*ct_datasets, *pt_datasets], pseudonym_pattern=site.pseudonym_pattern)
     sensitive = sensitive_values([*ct_datasets, *pt_datasets, *others]) | set(report.sensitive_values)
-    sensitive.add(study.StudyInstanceUID)
-    atomic_write_json(
-        state.sensitive_dir(site.id) / f"{study.key}.json",
-        {"StudyInstanceUID": study.StudyInstanceUID, "values": sorted(sensitive)},
+    _write_sensitive(state, site, study, sensitive | _index_values(study))
+    raise_for_findings(
+        report,
+        context=f"{series_label(ct_datasets)} / {series_label(pt_datasets)} of study {study.StudyInstanceUID}",
     )
-    raise_for_findings(report)
 
     ct_stack = check_series_geometry(ct_datasets, series_label=series_label(ct_datasets))
     pt_stack = check_series_geometry(pt_datasets, series_label=series_label(pt_datasets))
