@@ -88,7 +88,8 @@ def site_outcomes(state: StatePaths, site: str) -> list[ConvertedCase | Rejectio
     folder = state.site_dir(site) / "studies"
     if not folder.is_dir():
         return []
-    return [read_outcome(p) for p in sorted(folder.glob("*.json"))]
+    # names starting with "." are atomic_output temporaries (a run killed mid-write leaves one)
+    return [read_outcome(p) for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")]
 
 
 def write_prepared(state: StatePaths, case: PreparedCase) -> Path:

@@ -1,0 +1,171 @@
+"""Scaling of the curate flow: 1 vs 2 workers, and the orchestration overhead.
+
+Builds the same phantom release three times, each in a fresh folder (same
+seed, so the same DICOM and the same zip):
+
+1. the plain stage functions called one after the other, no Prefect
+   (index, ingest, prepare, number, package, verify): the work itself;
+2. the ``curate`` flow with ``workers = 1``;
+3. the ``curate`` flow with ``workers = 2``.
+
+It prints the speed-up (2) / (3) (target at least 1.7 on 2 cores) and the
+orchestration overhead ((2) - (1)) per case and as a fraction of (1)
+(target under 10 %).  The Prefect API is started and warmed up before any
+timing, as it is once per process in real use.
+
+Usage::
+
+    .venv/bin/python benchmarks/scaling.py [--cases-per-site N] [--size small|demo] [--runner threads|processes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from curation.atomic import sha256_file  # noqa: E402
+from curation.config import Config, load_config  # noqa: E402
+
+logger = logging.getLogger("benchmarks.scaling")
+
+
+def write_sites(root: Path, *, cases_per_site: int, size: str, runner: str, workers: int) -> Path:
+    """Phantom sites in ``root`` with ``[execution]`` set; returns the config path."""
+    from curation.synthetic import write_demo_sites
+
+    config_path = Path(write_demo_sites(root, cases_per_site=cases_per_site, size=size))
+    text = config_path.read_text(encoding="utf-8")
+    table = f'[execution]\nrunner = "{runner}"\nworkers = {workers}\n\n'
+    pattern = re.compile(r"^\[execution\]\n(?:(?!\[).*\n)*", re.MULTILINE)
+    text = pattern.sub(lambda _: table, text, count=1) if pattern.search(text) else text + "\n" + table
+    config_path.write_text(text, encoding="utf-8")
+    return config_path
+
+
+def plain_pipeline(config: Config) -> tuple[float, int, str]:
+    """Every stage function serially on ``config``; (seconds, cases, zip sha256)."""
+    from curation.dicomindex import index_site
+    from curation.ingest import ingest_study
+    from curation.labels import load_release_labels, load_source_table
+    from curation.model import ConvertedCase, PreparedCase
+    from curation.prepare import prepare_case
+    from curation.registry import NumberingCandidate, Registry
+    from curation.state import StatePaths
+    from flows.flows import PIPELINE_VERSION
+    from release.assemble import ReleaseEntry, build_release
+    from release.spreadsheets import read_clinical_sheet
+    from release.verify import verify_release
+
+    start = time.perf_counter()
+    state = StatePaths(config.release.state_dir)
+    labels = load_release_labels(config.release.labels)
+    source = load_source_table()
+    converted: list[ConvertedCase] = []
+    for site in config.sites:
+        for study in index_site(site.id, site.dicom_dir).studies:
+            outcome = ingest_study(study, site, state)
+            if isinstance(outcome, ConvertedCase):
+                converted.append(outcome)
+    sites = {s.id: s for s in config.sites}
+    rank = {s.id: i for i, s in enumerate(config.sites)}
+    prepared: list[tuple[PreparedCase, ConvertedCase]] = []
+    for case in converted:
+        result = prepare_case(case, sites[case.site], state, defacing=config.defacing,
+                              release_labels=labels, source_table=source)
+        if isinstance(result, PreparedCase):
+            prepared.append((result, case))
+    numbers = Registry(state.registry).assign(
+        [NumberingCandidate(rank[c.site], c.site, c.PatientID, c.StudyDate, c.StudyInstanceUID) for _, c in prepared]
+    )
+    indications: dict[str, str] = {}
+    for site in config.sites:
+        if site.clinical_sheet is not None:
+            indications.update(read_clinical_sheet(site.clinical_sheet))
+    entries = [
+        ReleaseEntry(
+            numbers[c.StudyInstanceUID],
+            p,
+            c,
+            indications.get(c.StudyInstanceUID, sites[c.site].indication),
+            sites[c.site].license,
+        )
+        for p, c in prepared
+    ]
+    result = build_release(config, entries, labels, pipeline_version=PIPELINE_VERSION)
+    report = verify_release(Path(result.zip_path), state_dir=state.root)
+    if not report.ok:
+        raise RuntimeError(f"plain pipeline release fails verify: {report.problems}")
+    return time.perf_counter() - start, len(entries), result.sha256
+
+
+def flow_pipeline(config_path: Path) -> tuple[float, int, str]:
+    """The curate flow; (seconds, cases, zip sha256)."""
+    from flows.flows import curate
+
+    start = time.perf_counter()
+    summary = curate(str(config_path))
+    seconds = time.perf_counter() - start
+    if summary.failed or not summary.zip_path:
+        raise RuntimeError(f"curate failed: {summary}")
+    return seconds, summary.released, sha256_file(summary.zip_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases-per-site", type=int, default=3)
+    parser.add_argument("--size", default="small", choices=["small", "demo"])
+    parser.add_argument("--runner", default="threads", choices=["threads", "processes"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from prefect import flow
+
+    from flows.runners import prefect_api
+
+    with tempfile.TemporaryDirectory(prefix="petct-scaling-") as tmp, prefect_api():
+        # Warm up: the API server and one flow run (imports, client, database).
+        flow(name="warm-up")(lambda: None)()
+        root = Path(tmp)
+        plain_cfg = load_config(write_sites(root / "plain", cases_per_site=args.cases_per_site,
+                                            size=args.size, runner=args.runner, workers=1))
+        one = write_sites(root / "w1", cases_per_site=args.cases_per_site, size=args.size,
+                          runner=args.runner, workers=1)
+        two = write_sites(root / "w2", cases_per_site=args.cases_per_site, size=args.size,
+                          runner=args.runner, workers=2)
+        t_plain, cases, sha_plain = plain_pipeline(plain_cfg)
+        t_one, cases_one, sha_one = flow_pipeline(one)
+        t_two, cases_two, sha_two = flow_pipeline(two)
+
+    if not (sha_plain == sha_one == sha_two and cases == cases_one == cases_two):
+        print(f"releases differ: plain {sha_plain} ({cases}), 1 worker {sha_one} ({cases_one}), "
+              f"2 workers {sha_two} ({cases_two})")
+        return 1
+    overhead = t_one - t_plain
+    print(f"cores available:            {os.cpu_count()}")
+    print(f"runner:                     {args.runner}, size {args.size}, {cases} released cases")
+    print(f"plain functions, serial:    {t_plain:8.2f} s")
+    print(f"curate flow, 1 worker:      {t_one:8.2f} s")
+    print(f"curate flow, 2 workers:     {t_two:8.2f} s")
+    print(f"speed-up 1 -> 2 workers:    {t_one / t_two:8.2f} x   (target >= 1.7)")
+    print(f"orchestration overhead:     {overhead / cases:8.3f} s per case, "
+          f"{overhead / t_plain:6.1%} of the work   (target < 10%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

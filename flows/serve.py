@@ -1,0 +1,192 @@
+"""``petct-release serve CONFIG``: the deployments and the scheduled build.
+
+Serves one ``ingest-<site>`` deployment per site and a ``build-release``
+deployment carrying ``[schedule] build_cron``.  Only a real Prefect server runs
+schedules (Prefect's temporary server has no scheduler), so without
+``PREFECT_API_URL`` this starts ``prefect server start`` on a free loopback
+port, with its database under ``state_dir/prefect``, says so with the UI's
+address, and serves against it; with ``PREFECT_API_URL`` set it uses that
+server.  The deployed flows carry the task runner of ``[execution]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from curation.config import Config, load_config
+
+logger = logging.getLogger(__name__)
+
+#: Deployment of the scheduled release build.
+BUILD_DEPLOYMENT = "build-release"
+
+
+def ingest_deployment_name(site_id: str) -> str:
+    """The deployment that ingests one site: ``ingest-<site>``."""
+    return f"ingest-{site_id}"
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A ``prefect server start`` process on loopback."""
+
+    api_url: str
+    ui_url: str
+    home: Path
+    process: subprocess.Popen[bytes]
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_prefect_server(home: Path, *, timeout: float = 180.0) -> Iterator[LocalServer]:
+    """Run ``prefect server start`` on a free loopback port until the block ends.
+
+    Parameters
+    ----------
+    home
+        ``PREFECT_HOME`` of the server: its SQLite database lives there.
+    timeout
+        Seconds to wait for ``/api/health`` (about 12 s on a fresh database).
+
+    Raises
+    ------
+    RuntimeError
+        When the server exits or is not healthy within ``timeout``; the message
+        holds the end of its output.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    env.pop("PREFECT_API_URL", None)
+    log_path = home / "server.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    server = LocalServer(f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}", home, process)
+    try:
+        _wait_healthy(server, timeout, log_path)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_healthy(server: LocalServer, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(
+                f"prefect server start exited with code {server.process.returncode}; "
+                f"its log {log_path} ends with:\n{tail}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"the Prefect server at {server.api_url} was not healthy after {timeout:.0f} s (log: {log_path})")
+
+
+def serve(config_path: str) -> None:
+    """Serve the deployments of ``config_path`` until interrupted.
+
+    Without ``PREFECT_API_URL``, a local Prefect server is started on loopback
+    (state under ``state_dir/prefect``) for as long as this runs.
+
+    Raises
+    ------
+    curation.config.ConfigError
+        When the configuration is invalid.
+    """
+    from flows.runners import configured_api_url
+
+    config = load_config(config_path)
+    url = configured_api_url()
+    if url:
+        logger.info("serving the deployments of %s against the Prefect API at %s", config.path, url)
+        _serve(config, url)
+        return
+    home = config.release.state_dir / "prefect"
+    logger.info("no PREFECT_API_URL: starting a local Prefect server (state in %s)", home)
+    with local_prefect_server(home) as server:
+        logger.info(
+            "started a local Prefect server for the schedules; Prefect UI at %s (API %s)",
+            server.ui_url,
+            server.api_url,
+        )
+        # Flow runs start in child processes: they find the server through the environment.
+        os.environ["PREFECT_API_URL"] = server.api_url
+        try:
+            _serve(config, server.api_url)
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+def _serve(config: Config, api_url: str) -> None:
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.flows import build_release_flow, ingest_site_flow
+    from flows.runners import make_task_runner
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        runner = Runner(name=f"petct-release-{config.release.name}", pause_on_shutdown=False)
+        task_runner = make_task_runner(config.execution, api_url=api_url)
+        for site in config.sites:
+            runner.add_flow(
+                ingest_site_flow.with_options(task_runner=task_runner),
+                name=ingest_deployment_name(site.id),
+                parameters={"config_path": str(config.path), "site_id": site.id},
+                description=f"Ingest the DICOM drop of site {site.id} ({config.path.name}).",
+                tags=["petct-release", config.release.name],
+            )
+        runner.add_flow(
+            build_release_flow.with_options(task_runner=task_runner),
+            name=BUILD_DEPLOYMENT,
+            cron=config.schedule.build_cron,
+            parameters={"config_path": str(config.path), "force": False},
+            description=f"Build {config.release.zip_name} from the ingested cases ({config.path.name}).",
+            tags=["petct-release", config.release.name],
+        )
+        names = [ingest_deployment_name(s.id) for s in config.sites] + [BUILD_DEPLOYMENT]
+        logger.info(
+            "serving deployments %s; build-release runs on cron %r; stop with Ctrl-C",
+            ", ".join(names),
+            config.schedule.build_cron,
+        )
+        try:
+            asyncio.run(runner.start())
+        except (KeyboardInterrupt, TerminationSignal):
+            logger.info("stopped serving")

@@ -1,0 +1,256 @@
+"""The flows on the phantom sites, under the real Prefect engine (test server)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from curation.atomic import sha256_file
+from curation.config import load_config
+from curation.errors import RejectReason
+from curation.model import ConvertedCase, Rejection
+from curation.registry import Registry, format_case_number
+from curation.state import StatePaths, site_outcomes
+from flows.audit import AuditLog, verify_chain
+from tests.flows.conftest import CuratedDemo, write_demo_config
+
+
+def _outcomes(demo: CuratedDemo) -> tuple[list[ConvertedCase], list[Rejection]]:
+    converted: list[ConvertedCase] = []
+    rejected: list[Rejection] = []
+    for site in demo.config.sites:
+        for outcome in site_outcomes(demo.state, site.id):
+            (converted if isinstance(outcome, ConvertedCase) else rejected).append(outcome)
+    return converted, rejected
+
+
+def _index_identifiers(state: StatePaths, site_ids: list[str]) -> set[str]:
+    """Every StudyInstanceUID, PatientID and series UID the indexes hold."""
+    values: set[str] = set()
+    for site in site_ids:
+        index = json.loads(state.site_index(site).read_text())
+        for study in index["studies"]:
+            values.update({study["StudyInstanceUID"], study["PatientID"]})
+            for series in study["series"]:
+                values.update({series["SeriesInstanceUID"], series["FrameOfReferenceUID"]})
+    return {v for v in values if v}
+
+
+def test_curate_releases_every_converted_case_and_rejects_with_reason_codes(curated_demo: CuratedDemo) -> None:
+    from release.verify import verify_release
+
+    summary = curated_demo.summary
+    converted, rejected = _outcomes(curated_demo)
+    assert summary.failed == 0
+    assert converted, "the demo sites must give converted cases"
+    assert rejected, "the demo sites hold studies that must be rejected"
+    assert summary.converted == len(converted)
+    assert summary.rejected == dict(Counter(r.reason.value for r in rejected))
+    # write_demo_sites plants one study per reason below; each site has one good study
+    assert summary.rejected == {
+        RejectReason.FRAME_OF_REFERENCE_MISMATCH.value: 1,
+        RejectReason.GANTRY_TILT.value: 1,
+        RejectReason.MISSING_SLICES.value: 1,
+        RejectReason.NO_AC_PET.value: 1,
+        RejectReason.PHI_DETECTED.value: 1,
+    }
+    assert summary.converted == len(curated_demo.config.sites)
+    assert summary.released == len(converted)
+    assert not summary.nothing_to_do
+
+    studies_seen = sum(
+        len(json.loads(curated_demo.state.site_index(s.id).read_text())["studies"]) for s in curated_demo.config.sites
+    )
+    assert len(converted) + len(rejected) == studies_seen
+
+    name = curated_demo.config.release.name
+    with zipfile.ZipFile(curated_demo.zip_path) as zf:
+        cts = sorted(n for n in zf.namelist() if n.startswith(f"{name}/imaging-data/images/CT/"))
+    numbers = sorted(e.number for e in Registry(curated_demo.state.registry).entries())
+    assert cts == [f"{name}/imaging-data/images/CT/{format_case_number(n)}.nii.gz" for n in numbers]
+
+    report = verify_release(curated_demo.zip_path, state_dir=curated_demo.state.root)
+    assert report.ok, report.problems
+
+
+def test_audit_log_records_each_decision_with_hashes(curated_demo: CuratedDemo) -> None:
+    path = curated_demo.state.audit_log
+    chain = verify_chain(path)
+    assert chain.ok, chain.problem
+    records = AuditLog(path).records()
+    run = curated_demo.summary.flow_run_id
+    first_run = [r for r in records if r["flow_run_id"] == run]
+    converted, rejected = _outcomes(curated_demo)
+
+    by_study = {r["study"]: r for r in first_run if r["event"] == "study-converted"}
+    assert set(by_study) == {c.StudyInstanceUID for c in converted}
+    for case in converted:
+        record = by_study[case.StudyInstanceUID]
+        assert record["inputs"] == {"dicom": case.fingerprint}
+        assert record["outputs"] == {"CT.nii.gz": sha256_file(case.ct.path), "PT.nii.gz": sha256_file(case.pt.path)}
+        assert record["site"] == case.site and record["outcome"] == "converted"
+
+    rejections = {r["study"]: r for r in first_run if r["event"] == "study-rejected"}
+    assert {uid: r["parameters"]["reason"] for uid, r in rejections.items()} == {
+        r.StudyInstanceUID: r.reason.value for r in rejected
+    }
+    assert all(r["outcome"] == "rejected" and r["parameters"]["message"] for r in rejections.values())
+    (phi,) = [r for r in rejections.values() if r["parameters"]["reason"] == "phi-detected"]
+    # the gate's findings by attribute (tag and keyword), as the phantom plants them
+    assert {"(0010,0030) PatientBirthDate", "(0008,0050) AccessionNumber"} <= set(phi["parameters"]["gate_findings"])
+
+    prepared = [r for r in first_run if r["event"] == "case-prepared"]
+    assert len(prepared) == len(converted)
+    defaced_sites = {s.id for s in curated_demo.config.sites if s.deface}
+    for record in prepared:
+        if record["site"] in defaced_sites:
+            cylinder = record["parameters"]["cylinder"]
+            assert record["parameters"]["defaced"] is True
+            assert cylinder["radius"] > 0 and cylinder["z_hi"] > cylinder["z_lo"]
+        else:
+            assert record["parameters"]["defaced"] is False
+
+    registry = {e.StudyInstanceUID: format_case_number(e.number) for e in Registry(curated_demo.state.registry).entries()}
+    numbered = {r["study"]: r["case"] for r in first_run if r["event"] == "case-numbered"}
+    assert numbered == registry
+
+    (packaged,) = [r for r in first_run if r["event"] == "release-packaged"]
+    assert packaged["outputs"] == {curated_demo.zip_path.name: curated_demo.zip_sha256}
+    assert packaged["parameters"]["cases"] == sorted(registry.values())
+    (verified,) = [r for r in first_run if r["event"] == "release-verified"]
+    assert verified["outcome"] == "ok" and verified["parameters"]["problems"] == []
+
+
+def test_artifacts_report_counts_and_reasons_without_identifiers(curated_demo: CuratedDemo) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    run = curated_demo.summary.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run]))
+        )
+    by_type = {a.type: a for a in artifacts}
+    assert set(by_type) == {"markdown", "table"}
+    markdown = str(by_type["markdown"].data)
+    table = by_type["table"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+
+    _, rejected = _outcomes(curated_demo)
+    assert sorted((r["site"], r["reason"]) for r in rows) == sorted((r.site, r.reason.value) for r in rejected)
+    for site in curated_demo.config.sites:
+        assert f"| {site.id} |" in markdown
+    for reason in {r.reason.value for r in rejected}:
+        assert f"`{reason}`" in markdown
+    assert f"released {curated_demo.summary.released}" in markdown
+
+    identifiers = _index_identifiers(curated_demo.state, [s.id for s in curated_demo.config.sites])
+    assert identifiers
+    published = markdown + json.dumps(rows)
+    leaked = sorted(v for v in identifiers if v in published)
+    assert leaked == [], f"identifiers in artifacts: {leaked}"
+    assert str(curated_demo.root) not in published
+
+
+def test_second_curate_has_nothing_to_do_and_reuses_the_zip(curated_demo: CuratedDemo) -> None:
+    from flows.flows import curate
+
+    log = AuditLog(curated_demo.state.audit_log)
+    before = len(log.records())
+    summary = curate(str(curated_demo.config_path))
+    assert summary.nothing_to_do
+    assert summary.failed == 0
+    assert summary.zip_path == str(curated_demo.zip_path)
+    assert summary.released == curated_demo.summary.released
+    assert summary.flow_run_id != curated_demo.summary.flow_run_id
+    assert curated_demo.zip_path.stat().st_mtime_ns == curated_demo.zip_mtime_ns
+    assert sha256_file(curated_demo.zip_path) == curated_demo.zip_sha256
+    new = [r["event"] for r in log.records()[before:]]
+    assert new == ["release-reused"]
+
+
+def test_a_second_build_refuses_while_one_holds_the_lock(curated_demo: CuratedDemo) -> None:
+    from flows.flows import BuildInProgressError, build_release
+
+    lock = curated_demo.state.build_lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import filelock, sys, time\n"
+         "lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(120)",
+         str(lock)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(BuildInProgressError, match=r"another build of this release is running") as info:
+            build_release(str(curated_demo.config_path))
+        assert str(lock) in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_unexpected_error_fails_one_task_and_the_flow_goes_on(tmp_path: Path, prefect_api_url: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    from curation.dicomindex import index_site
+    from flows.flows import ingest_site
+
+    config_path = write_demo_config(tmp_path, runner="threads", workers=2)
+    config = load_config(config_path)
+    site = config.sites[0]
+    state = StatePaths(config.release.state_dir)
+    studies = index_site(site.id, site.dicom_dir).studies
+    assert len(studies) >= 2
+    broken = studies[0]
+    # A file where the study's state folder must go: writing its volumes fails
+    # with an OSError that is not a data problem of the study.
+    state.case_dir(broken.key).parent.mkdir(parents=True, exist_ok=True)
+    state.case_dir(broken.key).write_text("in the way\n")
+
+    start = time.monotonic()
+    summary = ingest_site(str(config_path), site.id)
+    assert summary.failed == 1
+    assert summary.converted + sum(summary.rejected.values()) == len(studies) - 1
+    assert time.monotonic() - start < 120
+
+    records = [r for r in AuditLog(state.audit_log).records() if r["flow_run_id"] == summary.flow_run_id]
+    (failed,) = [r for r in records if r["outcome"] == "failed"]
+    assert failed["event"] == "ingest-failed"
+    assert failed["study"] == broken.StudyInstanceUID
+    assert "Error" in failed["parameters"]["error"]
+    others = {r["study"] for r in records if r["event"] in ("study-converted", "study-rejected")}
+    assert others == {s.StudyInstanceUID for s in studies[1:]}
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(summary.flow_run_id)
+    assert run.state is not None and run.state.is_failed()
+    assert run.state.message.startswith("1 task(s) failed")
+
+
+def test_verify_flow_accepts_the_release_and_names_a_flipped_byte(curated_demo: CuratedDemo, tmp_path: Path) -> None:
+    from flows.flows import verify_release_flow
+
+    good = verify_release_flow(str(curated_demo.zip_path), str(curated_demo.state.root))
+    assert good.problems == ()
+
+    data = bytearray(curated_demo.zip_path.read_bytes())
+    with zipfile.ZipFile(curated_demo.zip_path) as zf:
+        member = next(i for i in zf.infolist() if i.filename.endswith("labels.json"))
+    # the member's data starts after its local header: 30 bytes, the name, the extra field
+    start = member.header_offset + 30 + int.from_bytes(data[member.header_offset + 26 : member.header_offset + 28], "little")
+    start += int.from_bytes(data[member.header_offset + 28 : member.header_offset + 30], "little")
+    data[start + 5] ^= 0xFF
+    broken = tmp_path / curated_demo.zip_path.name
+    broken.write_bytes(bytes(data))
+    bad = verify_release_flow(str(broken), None)
+    assert bad.problems
+    assert any("labels.json" in problem for problem in bad.problems), bad.problems

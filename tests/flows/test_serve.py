@@ -1,0 +1,123 @@
+"""``serve``: a real Prefect server on loopback, the deployments, the cron, a run through the API."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from flows.audit import AuditLog
+from tests.flows.conftest import REPO, CuratedDemo
+
+# The serve process logs our INFO lines to stderr (Prefect's own handlers are
+# left alone: it replaces the root logger's handlers when it configures logging).
+_SERVE = (
+    "import logging, sys\n"
+    "handler = logging.StreamHandler(sys.stderr)\n"
+    "logging.getLogger('flows').addHandler(handler)\n"
+    "logging.getLogger('flows').setLevel(logging.INFO)\n"
+    "from flows.serve import serve\n"
+    "serve(sys.argv[1])\n"
+)
+
+
+class _Lines:
+    """Collect a stream's lines in a thread; wait for one matching a pattern."""
+
+    def __init__(self, stream: object) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if match := re.search(pattern, line):
+                        return match
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no line matching {pattern!r} in {timeout} s:\n{''.join(self.lines)[-4000:]}")
+                self._cond.wait(left)
+
+
+def test_serve_starts_a_server_registers_deployments_and_runs_the_build(curated_demo: CuratedDemo) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    config = curated_demo.config
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    serve = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, str(curated_demo.config_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    api_url = ""
+    try:
+        log = _Lines(serve.stderr)
+        match = log.wait_for(r"Prefect UI at (http://127\.0\.0\.1:\d+) \(API (\S+)\)", timeout=240)
+        ui_url, api_url = match.group(1), match.group(2)
+        assert api_url == f"{ui_url}/api"
+        assert (config.release.state_dir / "prefect").is_dir()
+        log.wait_for(r"serving deployments .*build-release", timeout=120)
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            with get_client(sync_client=True) as client:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        build = client.read_deployment_by_name("build_release/build-release")
+                        break
+                    except Exception:  # not registered yet
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.5)
+                crons = [s.schedule.cron for s in build.schedules]
+                assert crons == [config.schedule.build_cron]
+                assert build.parameters["config_path"] == str(config.path)
+                for site in config.sites:
+                    ingest = client.read_deployment_by_name(f"ingest_site/ingest-{site.id}")
+                    assert ingest.parameters == {"config_path": str(config.path), "site_id": site.id}
+                    assert not ingest.schedules
+
+            run = run_deployment("build_release/build-release", timeout=300, poll_interval=1, as_subflow=False)
+        assert run.state is not None and run.state.is_completed(), run.state
+        records = [r for r in AuditLog(curated_demo.state.audit_log).records() if r["flow_run_id"] == str(run.id)]
+        assert [r["event"] for r in records] == ["release-reused"]
+        assert records[0]["outputs"] == {curated_demo.zip_path.name: curated_demo.zip_sha256}
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+    if api_url:
+        # serve stopped the server it started
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{api_url}/health", timeout=1)
+            except httpx.HTTPError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the Prefect server at {api_url} still answers after serve stopped")
