@@ -128,7 +128,7 @@ def flow_pipeline(config_path: Path) -> tuple[float, int, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases-per-site", type=int, default=3)
-    parser.add_argument("--size", default="small", choices=["small", "demo"])
+    parser.add_argument("--size", default="small", choices=["small", "demo", "large"])
     parser.add_argument("--runner", default="threads", choices=["threads", "processes"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

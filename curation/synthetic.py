@@ -192,6 +192,8 @@ class _SizeSpec:
 SIZES: dict[str, _SizeSpec] = {
     "small": _SizeSpec(64, 7.0, 120, 5.0, 32, 14.0, 100, 6.0),
     "demo": _SizeSpec(96, 4.8, 160, 4.0, 48, 9.6, 130, 5.0),
+    # clinical-like in-plane sampling with labels: per-case work of realistic weight (scaling benchmark)
+    "large": _SizeSpec(256, 1.875, 256, 2.5, 128, 3.75, 162, 4.0),
     "bench": _SizeSpec(512, 0.9765625, 320, 2.5, 200, 3.0, 205, 4.0),
 }
 _CT_TOP_Z = 12.0  # most superior CT slice (the vertex is at z = 0)
@@ -302,7 +304,7 @@ class _Tissue:
 # head: cerebrum and cerebellum/brainstem ellipsoids; skull, scalp are offsets of both
 _CEREBRUM = ((0.0, 10.0, -62.0), (62.0, 80.0, 55.0))
 _CEREBELLUM = ((0.0, 35.0, -118.0), (45.0, 40.0, 30.0))
-_EYE_CENTRES = ((32.0, -67.0, -100.0), (-32.0, -67.0, -100.0))
+_EYE_CENTRES = ((32.0, -70.0, -100.0), (-32.0, -70.0, -100.0))  # clear of the skull shell at any resolution
 _EYE_RADIUS = 11.5
 _NOSE = ((0.0, -98.0, -119.0), (12.0, 18.0, 20.0))
 _FACE = ((0.0, -25.0, -120.0), (66.0, 75.0, 60.0))
@@ -590,8 +592,9 @@ def make_phantom(*, size: str = "small", seed: int = 0, feet_first: bool = False
     ----------
     size
         ``"small"`` (unit tests: CT 64x64x120 at 7 x 7 x 5 mm, PET
-        32x32x100 at 14 x 14 x 6 mm), ``"demo"`` (CT 96x96x160, PET 48x48x130)
-        or ``"bench"`` (CT 512x512x320, PET 200x200x205: the conversion
+        32x32x100 at 14 x 14 x 6 mm), ``"demo"`` (CT 96x96x160, PET 48x48x130),
+        ``"large"`` (CT 256x256x256, PET 128x128x162, with labels: the scaling
+        benchmark) or ``"bench"`` (CT 512x512x320, PET 200x200x205: the conversion
         benchmark).
     seed
         Seeds the lesion position (within a few mm) and the CT and PET noise.

@@ -67,7 +67,7 @@ from flows.runners import make_task_runner, prefect_api
 from release.assemble import ReleaseEntry, ReleaseResult
 from release.assemble import build_release as assemble_release
 from release.spreadsheets import read_clinical_sheet
-from release.verify import verify_release
+from release.verify import leak_scan_problems, verify_release
 
 logger = logging.getLogger(__name__)
 
@@ -283,9 +283,30 @@ def package_task(
 
 @task(name="verify", **_TASK_OPTIONS)
 def verify_task(zip_path: str, state_dir: str | None) -> tuple[str, ...]:
-    """Check a release zip (:func:`release.verify.verify_release`); the problems found."""
-    report = verify_release(Path(zip_path), state_dir=Path(state_dir) if state_dir else None)
+    """Check a release zip's integrity, layout, images, spreadsheets and defacing (no leak scan)."""
+    report = verify_release(Path(zip_path), state_dir=Path(state_dir) if state_dir else None, leak_scan=False)
     return tuple(report.problems)
+
+
+@task(name="leak-scan", **_TASK_OPTIONS)
+def leak_scan_task(zip_path: str, state_dir: str) -> tuple[str, ...]:
+    """Scan every decompressed byte of a release for the state's identifying values."""
+    problems = tuple(leak_scan_problems(Path(zip_path), Path(state_dir)))
+    for line in problems:
+        logger.warning("%s", line)
+    return problems
+
+
+def _verify(zip_path: str, state_dir: str | None) -> tuple[str, ...]:
+    """:func:`release.verify.verify_release` as two tasks at once: the checks and the leak scan.
+
+    Both read the whole zip; on two workers they take the time of the longer one.
+    The problems come in the order the plain function gives them.
+    """
+    checks = verify_task.submit(zip_path, state_dir)
+    scan = leak_scan_task.submit(zip_path, state_dir) if state_dir else None
+    problems = checks.result()
+    return problems + scan.result() if scan is not None else problems
 
 
 # ---------------------------------------------------------------------------
@@ -443,8 +464,15 @@ def _ingest_sites(
     state: StatePaths,
     tally: _Tally,
     audit: AuditLog,
+    *,
+    on_converted: Callable[[ConvertedCase], None] | None = None,
 ) -> None:
-    """Index every site, then ingest all their studies on the task runner."""
+    """Index every site, then ingest all their studies on the task runner.
+
+    ``on_converted`` is called in the flow's process with each case as soon as
+    its ingest completes (``curate`` submits the case's preparation right away,
+    so workers never wait for the slowest study of the ingest phase).
+    """
     root = str(state.root)
     index_futures = {site.id: index_task.submit(site.id, str(site.dicom_dir), root) for site in sites}
     indexes: dict[str, SiteIndex] = {}
@@ -481,7 +509,12 @@ def _ingest_sites(
             continue
         for study in indexes[site.id].studies:
             futures[ingest_task.submit(study, site, root)] = (site.id, study.StudyInstanceUID, "ingest")
-    _collect(futures, lambda r, _: _record_ingest(r, tally, audit), tally, audit)
+    def handle(result: StepResult, _: tuple[str, str, str]) -> None:
+        _record_ingest(result, tally, audit)
+        if on_converted is not None and isinstance(result.outcome, ConvertedCase):
+            on_converted(result.outcome)
+
+    _collect(futures, handle, tally, audit)
     progress.finish()
 
 
@@ -523,6 +556,27 @@ def _record_prepare(result: StepResult, tally: _Tally, audit: AuditLog) -> None:
     )
 
 
+@dataclass(frozen=True)
+class _BuildInputs:
+    """What every case's preparation needs, loaded once per run in the flow's process."""
+
+    release_labels: ReleaseLabels
+    source_table: SourceLabelTable
+    withdrawn: frozenset[str]  # StudyInstanceUIDs
+
+    @classmethod
+    def load(cls, config: Config, state: StatePaths) -> _BuildInputs:
+        withdrawn = frozenset(e.StudyInstanceUID for e in Registry(state.registry).entries() if e.withdrawn)
+        return cls(load_release_labels(config.release.labels), load_source_table(), withdrawn)
+
+
+def _submit_prepare(
+    case: ConvertedCase, config: Config, state: StatePaths, inputs: _BuildInputs
+) -> PrefectFuture[Any]:
+    site = config.site(case.site)
+    return prepare_task.submit(case, site, str(state.root), config, inputs.release_labels, inputs.source_table)
+
+
 def _build(
     config: Config,
     state: StatePaths,
@@ -530,18 +584,23 @@ def _build(
     audit: AuditLog,
     *,
     force: bool,
+    inputs: _BuildInputs | None = None,
+    submitted: Mapping[str, PrefectFuture[Any]] | None = None,
 ) -> None:
-    """Prepare every converted case, number, package, verify (under the build lock)."""
-    root = str(state.root)
-    release_labels = load_release_labels(config.release.labels)
-    source_table = load_source_table()
-    registry = Registry(state.registry)
-    withdrawn = {e.StudyInstanceUID for e in registry.entries() if e.withdrawn}
+    """Prepare every converted case, number, package, verify (under the build lock).
+
+    ``submitted`` maps study keys to preparations already under way (submitted
+    by ``curate`` as each ingest completed); every other converted case of the
+    state folder is submitted here.
+    """
+    inputs = inputs or _BuildInputs.load(config, state)
+    submitted = submitted or {}
+    release_labels = inputs.release_labels
     sites = {site.id: site for site in config.sites}
     cases: list[ConvertedCase] = []
     for site in config.sites:
         for outcome in site_outcomes(state, site.id):
-            if isinstance(outcome, ConvertedCase) and outcome.StudyInstanceUID not in withdrawn:
+            if isinstance(outcome, ConvertedCase) and outcome.StudyInstanceUID not in inputs.withdrawn:
                 cases.append(outcome)
                 tally.sensitive.update({outcome.StudyInstanceUID, outcome.PatientID,
                                         outcome.ct_series, outcome.pt_series})
@@ -551,7 +610,7 @@ def _build(
     progress.start(len(cases), "prepare")
     futures: dict[PrefectFuture[Any], tuple[str, str, str]] = {}
     for case in cases:
-        future = prepare_task.submit(case, sites[case.site], root, config, release_labels, source_table)
+        future = submitted.get(case.key) or _submit_prepare(case, config, state, inputs)
         futures[future] = (case.site, case.StudyInstanceUID, "prepare")
     _collect(futures, lambda r, _: _record_prepare(r, tally, audit), tally, audit)
     progress.finish()
@@ -619,7 +678,7 @@ def _build(
     )
     if not result.reused or not _verified_before(audit, Path(result.zip_path).name, result.sha256):
         progress.step("verify")
-        problems = verify_task.submit(result.zip_path, root).result()
+        problems = _verify(result.zip_path, str(state.root))
         audit.append(
             "release-verified",
             inputs={Path(result.zip_path).name: result.sha256},
@@ -791,15 +850,22 @@ def curate_flow(config_path: str, force: bool = False) -> RunSummary | State[Any
     config, state, audit = _context(config_path)
     tally = _Tally(recorded=recorded_decisions(audit))
     with _BuildLock(state):
-        _ingest_sites(config, list(config.sites), state, tally, audit)
-        _build(config, state, tally, audit, force=force)
+        inputs = _BuildInputs.load(config, state)
+        submitted: dict[str, PrefectFuture[Any]] = {}
+
+        def prepare_now(case: ConvertedCase) -> None:
+            if case.StudyInstanceUID not in inputs.withdrawn:
+                submitted[case.key] = _submit_prepare(case, config, state, inputs)
+
+        _ingest_sites(config, list(config.sites), state, tally, audit, on_converted=prepare_now)
+        _build(config, state, tally, audit, force=force, inputs=inputs, submitted=submitted)
     return _finish("curate", config, tally)
 
 
 @flow(name="verify_release", log_prints=False, validate_parameters=False)
 def verify_flow(zip_path: str, state_dir: str | None = None) -> VerifySummary:
     """Check a release zip; with ``state_dir``, also the leak scan and the defacing."""
-    problems = verify_task.submit(zip_path, state_dir).result()
+    problems = _verify(zip_path, state_dir)
     if state_dir:
         audit = AuditLog(StatePaths(Path(state_dir)).audit_log)
         audit.append(

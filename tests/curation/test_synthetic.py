@@ -95,7 +95,7 @@ def test_feet_first_puts_the_anatomy_at_the_same_patient_coordinates(small_phant
 # anatomy invariants the defacing tests rely on
 
 
-@pytest.mark.parametrize("size", ["small", "demo"])
+@pytest.mark.parametrize("size", ["small", "demo", "large"])
 @pytest.mark.parametrize("feet_first", [False, True])
 def test_eyes_and_whole_nose_lie_in_the_defacing_slab_and_brain_reaches_above(size: str, feet_first: bool) -> None:
     phantom = make_phantom(size=size, feet_first=feet_first)
@@ -117,7 +117,7 @@ def test_eyes_and_whole_nose_lie_in_the_defacing_slab_and_brain_reaches_above(si
     assert np.array_equal(phantom.labels["Peripheral-Bones"] == table["Peripheral-Bones"]["skull"], lm["skull"])
 
 
-@pytest.mark.parametrize("size", ["small", "demo"])
+@pytest.mark.parametrize("size", ["small", "demo", "large"])
 def test_the_design_cylinder_covers_eyes_and_nose_and_misses_the_arms(size: str) -> None:
     """DESIGN.md section 5 computed on the phantom's own landmarks (16 PET slices, 5 mm margin)."""
     phantom = make_phantom(size=size)
