@@ -45,6 +45,7 @@ Findings and error messages name attributes (tag and keyword), never values.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -206,6 +207,13 @@ def parse_profile(rows: Iterable[dict[str, str]], *, source: str = "deid_profile
             public[value] = rule
         rules.append(rule)
     return GateProfile(tuple(rules), public, repeating, curve_group, private)
+
+
+@lru_cache(maxsize=1)
+def profile_digest() -> str:
+    """sha256 of the packaged rule table: part of ingest's reuse key, so a changed table re-checks every study."""
+    data = resources.files("anonymization").joinpath("data", PROFILE_RESOURCE).read_bytes()
+    return hashlib.sha256(data).hexdigest()
 
 
 @lru_cache(maxsize=1)

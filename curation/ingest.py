@@ -3,13 +3,16 @@
 Each selected file is read with pydicom exactly once; the same datasets serve
 the gate, the geometry checks, the conversion and the metadata.  The outcome
 (a :class:`ConvertedCase` or a :class:`Rejection`) is written last, atomically,
-so it is the commit point: a study whose outcome holds the same fingerprint
-(content digest of every file of the study) is not worked on again, and a study
-whose files changed is redone.
+so it is the commit point: a study whose outcome holds the same
+:func:`ingest_key` (content digest of every file of the study, the gate's rule
+table and the site's pseudonym pattern) is not worked on again, and a study
+whose files or gate settings changed is redone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import struct
 from collections.abc import Iterable
@@ -20,8 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from anonymization.gate import check_datasets, raise_for_findings
-from curation.atomic import atomic_write_json
+from anonymization.gate import check_datasets, profile_digest, raise_for_findings
+from curation.atomic import atomic_write_json, sha256_file
 from curation.config import SiteConfig
 from curation.convert import convert_series, series_label
 from curation.dicomindex import index_site
@@ -45,6 +48,8 @@ logger = logging.getLogger(__name__)
 SENSITIVE_KEYWORDS: tuple[str, ...] = ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
 #: UIDs under this root are DICOM-defined (SOP classes, transfer syntaxes), not identifiers.
 _DICOM_ROOT = "1.2.840.10008."
+#: Part of every ingest key: raise it when ingest changes what it decides or writes.
+INGEST_VERSION = 1
 _READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError, TypeError)
 
 
@@ -91,18 +96,34 @@ def sensitive_values(datasets: Iterable[Dataset]) -> set[str]:
     return found
 
 
-def _cached(study: StudyRecord, state: StatePaths) -> ConvertedCase | Rejection | None:
+def ingest_key(study: StudyRecord, site: SiteConfig) -> str:
+    """The content key of a study's ingest outcome.
+
+    The sha256 of every source file (``study.fingerprint``) and everything else
+    that decides the outcome: the gate's rule table and the site's pseudonym
+    pattern (a tightened gate re-checks studies converted before) and
+    :data:`INGEST_VERSION`.
+    """
+    doc = [study.fingerprint, profile_digest(), site.pseudonym_pattern, INGEST_VERSION]
+    return hashlib.sha256(json.dumps(doc).encode("utf-8")).hexdigest()
+
+
+def _cached(study: StudyRecord, site: SiteConfig, state: StatePaths) -> ConvertedCase | Rejection | None:
     path = state.study_outcome(study.site, study.key)
     if not path.is_file():
         return None
     outcome = read_outcome(path)
-    if outcome.fingerprint != study.fingerprint:
+    if outcome.fingerprint != ingest_key(study, site):
         return None
     if isinstance(outcome, Rejection):
         return outcome if outcome.stage == "ingest" else None
-    if Path(outcome.ct.path).is_file() and Path(outcome.pt.path).is_file():
-        return outcome
-    return None
+    # the volumes must still be the ones recorded (a damaged or edited file is redone)
+    for image in (outcome.ct, outcome.pt):
+        if not Path(image.path).is_file() or sha256_file(image.path) != image.sha256:
+            logger.warning("site %s study %s: %s differs from its record; converting again",
+                           site.id, study.key, image.path)
+            return None
+    return outcome
 
 
 def _clear_case(state: StatePaths, key: str) -> None:
@@ -158,7 +179,7 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Convert
         StudyInstanceUID=study.StudyInstanceUID,
         PatientID=study.PatientID,
         StudyDate=study.StudyDate,
-        fingerprint=study.fingerprint,
+        fingerprint=ingest_key(study, site),
         ct_series=selection.ct.SeriesInstanceUID,
         pt_series=selection.pt.SeriesInstanceUID,
         ct=ct_image,
@@ -188,7 +209,7 @@ def ingest_study(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Con
     -------
     ConvertedCase | Rejection
         The outcome, also written with :func:`curation.state.write_outcome`.
-        If the recorded outcome already has ``study.fingerprint`` it is
+        If the recorded outcome already has the same :func:`ingest_key` it is
         returned without any work.
 
     Raises
@@ -196,7 +217,7 @@ def ingest_study(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Con
     Exception
         Only programming errors; every data problem is a :class:`Rejection`.
     """
-    cached = _cached(study, state)
+    cached = _cached(study, site, state)
     if cached is not None:
         logger.info("site %s study %s: unchanged since the last ingest (%s)", site.id, study.key, type(cached).__name__)
         return cached
@@ -212,7 +233,7 @@ def ingest_study(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Con
             reason=exc.reason,
             message=exc.message,
             stage="ingest",
-            fingerprint=study.fingerprint,
+            fingerprint=ingest_key(study, site),
         )
         logger.warning("site %s study %s: rejected (%s): %s", site.id, study.key, exc.reason, exc.message)
     write_outcome(state, outcome)

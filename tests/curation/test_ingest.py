@@ -237,3 +237,26 @@ def test_demo_sites_become_what_their_manifest_says(demo_sites, tmp_path):
         for uid, want in expected.items():
             got = outcomes[uid]
             assert (got.reason.value if isinstance(got, Rejection) else "case") == want, (site.id, uid, got)
+
+
+def test_a_tightened_gate_or_a_damaged_volume_redoes_the_study(tmp_path, small_phantom):
+    drop = tmp_path / "drop"
+    write_study(small_phantom, drop, vendor="siemens", seed=43, patient_id="LEI-0043", patient_name="LEI-0043",
+                decoys=False)
+    state = StatePaths(tmp_path / "state")
+    (study,) = index_site("leipzig", drop).studies
+    first = ingest_study(study, _site(drop), state)
+    assert isinstance(first, ConvertedCase)
+
+    # a damaged converted volume is not trusted: the study is converted again, to the same bytes
+    Path(first.ct.path).write_bytes(b"not a volume")
+    again = ingest_study(study, _site(drop), state)
+    assert again == first
+    assert hashlib.sha256(Path(first.ct.path).read_bytes()).hexdigest() == first.ct.sha256
+
+    # the steward sets a pseudonym pattern the study does not match: re-checked, quarantined
+    tightened = ingest_study(study, _site(drop, pattern=r"^VIE-\d{4}$"), state)
+    assert isinstance(tightened, Rejection)
+    assert tightened.reason is RejectReason.PHI_DETECTED
+    assert "PatientName" in tightened.message and "LEI-0043" not in tightened.message
+    assert not Path(first.ct.path).exists()  # the converted volumes of a quarantined study are removed
