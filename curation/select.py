@@ -125,6 +125,12 @@ DECOY_RULES: tuple[DecoyRule, ...] = (
         lambda s: s.Modality == "PT" and not s.Units.strip(),
         lambda s: "PET without Units (0054,1001): values cannot be interpreted",
     ),
+    DecoyRule(
+        # The release promises Bq/mL; counts (CNTS), SUV (GML) or other units would be mislabelled.
+        "pet-not-bqml",
+        lambda s: s.Modality == "PT" and s.Units.strip().upper() != "BQML",
+        lambda s: f"PET Units {s.Units.strip()!r} is not BQML: the release carries activity concentration in Bq/mL only",
+    ),
 )
 
 

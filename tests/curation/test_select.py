@@ -121,3 +121,13 @@ def test_tie_break_prefers_the_pair_sharing_the_frame_of_reference():
     (ignored,) = selection.ignored
     assert ignored.SeriesInstanceUID == "1.2.3.30"
     assert ignored.why.startswith("not on the frame of reference of the selected pair (1.2.3.55 vs 1.2.3.99)")
+
+
+def test_pet_in_counts_or_suv_is_never_released_as_bq_per_ml():
+    counts = _like(PT, "1.2.3.16", Units="CNTS")
+    suv = _like(PT, "1.2.3.17", Units="GML")
+    assert decoy_reason(counts) == "PET Units 'CNTS' is not BQML: the release carries activity concentration in Bq/mL only"
+    assert (decoy_reason(suv) or "").startswith("PET Units 'GML' is not BQML")
+    with pytest.raises(NoACPETError, match=r"series 1\.2\.3\.16 \('PET AC'\): PET Units 'CNTS' is not BQML"):
+        select_series(_study(CT, counts))
+    assert select_series(_study(CT, suv, PT)).pt is PT
