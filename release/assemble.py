@@ -330,11 +330,21 @@ def build_release(
         else:
             logger.warning("%s: exists with different content (%s); replacing it (force)", zip_path, why)
     if reused:
-        digest = _read_sidecar(zip_path)
-        if digest is None:
-            digest = sha256_file(zip_path)
+        # the member list and SHA256SUMS match; the bytes must also be the ones built
+        digest = sha256_file(zip_path)
+        recorded = _read_sidecar(zip_path)
+        if recorded is None:
             _write_sidecar(zip_path, digest)
-    else:
+        elif recorded != digest:
+            if not force:
+                raise ReleaseExistsError(
+                    f"{zip_path}: its sha256 {digest} is not the {recorded} recorded in "
+                    f"{_sidecar(zip_path).name} when it was built: the zip changed after the build; "
+                    "rebuild with --force to replace it"
+                )
+            logger.warning("%s: changed after it was built; replacing it (force)", zip_path)
+            reused = False
+    if not reused:
         zip_path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(zip_path)
         # a zip without its .sha256 is re-hashed on the next build; a stale .sha256 would lie

@@ -105,6 +105,23 @@ def test_reuse_restores_a_missing_sidecar(inputs: ReleaseInputs) -> None:
     assert again.reused and Path(first.zip_path + ".sha256").read_text().split()[0] == first.sha256
 
 
+def test_a_zip_changed_after_its_build_is_not_reused(inputs: ReleaseInputs) -> None:
+    first = _build(inputs)
+    zip_path = Path(first.zip_path)
+    # same member list and SHA256SUMS, but a stored NIfTI member's bytes altered in place
+    data = bytearray(zip_path.read_bytes())
+    with zipfile.ZipFile(zip_path) as zf:
+        member = next(i for i in zf.infolist() if i.filename.endswith("CT/0001.nii.gz"))
+    offset = member.header_offset + 30 + len(member.filename) + len(member.extra) + 200
+    data[offset] ^= 0xFF
+    zip_path.write_bytes(bytes(data))
+    with pytest.raises(ReleaseExistsError, match=r"changed after the build; rebuild with --force"):
+        _build(inputs)
+    repaired = _build(inputs, force=True)
+    assert not repaired.reused and repaired.sha256 == first.sha256
+    assert zip_path.read_bytes() != bytes(data)
+
+
 def test_changed_prepared_file_aborts_without_a_zip(inputs: ReleaseInputs) -> None:
     ct_path = Path(inputs.entries[2].prepared.ct.path)
     img = nib.load(ct_path)
