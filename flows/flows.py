@@ -563,11 +563,12 @@ class _BuildInputs:
     release_labels: ReleaseLabels
     source_table: SourceLabelTable
     withdrawn: frozenset[str]  # StudyInstanceUIDs
+    indications: dict[tuple[str, str], str]  # (site, StudyInstanceUID) -> clinical sheet's indication
 
     @classmethod
     def load(cls, config: Config, state: StatePaths) -> _BuildInputs:
         withdrawn = frozenset(e.StudyInstanceUID for e in Registry(state.registry).entries() if e.withdrawn)
-        return cls(load_release_labels(config.release.labels), load_source_table(), withdrawn)
+        return cls(load_release_labels(config.release.labels), load_source_table(), withdrawn, _indications(config))
 
 
 def _submit_prepare(
@@ -643,14 +644,13 @@ def _build(
         )
     tally.fresh += len(new)
 
-    indications = _indications(config)
     entries = sorted(
         (
             ReleaseEntry(
                 number=numbers[p.StudyInstanceUID],
                 prepared=p,
                 converted=converted[p.key],
-                indication=indications.get(p.StudyInstanceUID, sites[p.site].indication),
+                indication=inputs.indications.get((p.site, p.StudyInstanceUID), sites[p.site].indication),
                 license=sites[p.site].license,
             )
             for p in prepared
@@ -700,12 +700,18 @@ def _verified_before(audit: AuditLog, zip_name: str, sha256: str) -> bool:
     return False
 
 
-def _indications(config: Config) -> dict[str, str]:
-    """StudyInstanceUID -> indication from every site's clinical sheet."""
-    out: dict[str, str] = {}
+def _indications(config: Config) -> dict[tuple[str, str], str]:
+    """(site, StudyInstanceUID) -> indication from each site's own clinical sheet.
+
+    Raises
+    ------
+    release.spreadsheets.ClinicalSheetError
+        A configuration error naming the sheet, row and problem.
+    """
+    out: dict[tuple[str, str], str] = {}
     for site in config.sites:
         if site.clinical_sheet is not None:
-            out.update(read_clinical_sheet(site.clinical_sheet))
+            out.update({(site.id, uid): text for uid, text in read_clinical_sheet(site.clinical_sheet).items()})
     return out
 
 
@@ -893,6 +899,7 @@ def _sha256_or_missing(path: Path) -> str:
 
 def _run(flow_obj: Any, config_path: str, **parameters: Any) -> RunSummary:
     config = load_config(config_path)  # a ConfigError surfaces before Prefect starts
+    _indications(config)  # and so does an unreadable clinical sheet
     with prefect_api() as api_url:
         runner = make_task_runner(config.execution, api_url=api_url)
         state = flow_obj.with_options(task_runner=runner)(

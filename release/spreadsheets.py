@@ -25,6 +25,7 @@ from openpyxl.utils import get_column_letter
 
 from anonymization.gate import GateAction, iter_rules
 from curation.atomic import atomic_write_bytes
+from curation.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,11 @@ _MODIFIED_RE = re.compile(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)
 _CREATED_RE = re.compile(rb"(<dcterms:created[^>]*>)[^<]*(</dcterms:created>)")
 
 
-class ClinicalSheetError(ValueError):
-    """The clinical sheet cannot be read; the message names file, row and problem."""
+class ClinicalSheetError(ConfigError):
+    """The clinical sheet cannot be read; the message names file, row and problem.
+
+    A configuration error (the sheet is named in ``release.toml``): exit code 2.
+    """
 
 
 @functools.cache
@@ -324,6 +328,8 @@ def read_clinical_sheet(path: Path) -> dict[str, str]:
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix in (".csv", ".xlsx") and not path.is_file():
+        raise ClinicalSheetError(f"{path}: the clinical sheet does not exist (site clinical_sheet in the config)")
     if suffix == ".csv":
         rows = _csv_rows(path)
     elif suffix == ".xlsx":

@@ -374,3 +374,14 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path: Path, capsys: pytest
     assert main(["demo", "--out", str(tmp_path)]) == 2
     assert "is not a demo folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+def test_a_missing_clinical_sheet_is_a_config_error_before_any_flow(
+    tmp_path: Path, demo_toml: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = _set_key(demo_toml, "clinical_sheet", '"clinical/nowhere.csv"')
+    config = _config_with(tmp_path, demo_toml, old, new)
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere.csv: the clinical sheet does not exist" in err
+    assert not (tmp_path / ".petct").exists()  # refused before any state was written
