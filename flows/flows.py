@@ -43,6 +43,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Failed, State
 
+from anonymization.leakscan import load_sensitive_values
 from curation.atomic import atomic_write_json
 from curation.config import Config, SiteConfig, load_config
 from curation.dicomindex import index_site
@@ -744,19 +745,37 @@ _UID_RE = re.compile(r"\b\d+(?:\.\d+){2,}\b")
 _PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\'\"(),;:]+)+[/\\]?")
 
 
-def public_sentence(text: str, identifiers: Iterable[str]) -> str:
+def public_sentence(text: str, identifiers: Iterable[str], roots: Iterable[str] = ()) -> str:
     """``text`` with every identifier, UID-looking number and file path replaced.
 
     Rejection sentences name series UIDs and files as evidence; artifacts go to
-    a server a whole team reads, so these are blanked.
+    a server a whole team reads, so these are blanked.  A path under one of
+    ``roots`` (the configured folders) is blanked up to the ``": "`` that ends
+    it in our sentences, so folder names with spaces (a patient's name, say)
+    never reach the artifact in part.
     """
-    for value in sorted((v for v in identifiers if v), key=len, reverse=True):
+    for root in sorted((r for r in roots if r), key=len, reverse=True):
+        text = re.sub(re.escape(root) + r".*?(?=: |$)", "<path>", text, flags=re.MULTILINE)
+    for value in sorted((v for v in identifiers if len(v) >= 3), key=len, reverse=True):
         text = text.replace(value, "<id>")
     text = _UID_RE.sub("<uid>", text)
     return _PATH_RE.sub("<path>", text)
 
 
+def _config_roots(config: Config) -> list[str]:
+    folders = [config.release.state_dir, config.release.output_dir]
+    for site in config.sites:
+        folders += [site.dicom_dir, site.segmentations_dir, site.lesions_dir, site.clinical_sheet]
+    return [str(f) for f in folders if f is not None]
+
+
 def _publish(flow_name: str, config: Config, tally: _Tally, summary: RunSummary) -> None:
+    roots = _config_roots(config)
+    hidden = set(tally.sensitive)
+    try:  # every identifying value ingest recorded (names too), not only the ones this run saw
+        hidden |= load_sensitive_values(config.release.state_dir)
+    except ValueError as exc:
+        logger.warning("artifacts: the recorded sensitive values cannot be read (%s); UIDs and paths are still blanked", exc)
     sites = sorted(set(tally.studies) | {c.site for c in tally.converted.values()} |
                    {r.site for r in tally.rejected} | set(tally.released),
                    key=[s.id for s in config.sites].index)
@@ -784,7 +803,7 @@ def _publish(flow_name: str, config: Config, tally: _Tally, summary: RunSummary)
         lines += [f"- {site}: {', '.join(nums)}" for site, nums in tally.released.items()]
     rows = [
         {"site": r.site, "stage": r.stage, "reason": r.reason.value,
-         "sentence": public_sentence(r.message, tally.sensitive)}
+         "sentence": public_sentence(r.message, hidden, roots)}
         for r in sorted(tally.rejected, key=lambda r: (r.site, r.reason.value, r.message))
     ]
     if rows:
@@ -792,7 +811,7 @@ def _publish(flow_name: str, config: Config, tally: _Tally, summary: RunSummary)
         lines += [f"| {r['site']} | `{r['reason']}` | {r['sentence']} |" for r in rows]
     if tally.failed:
         lines += ["", "## Failed (unexpected errors; see the logs and the audit log)", ""]
-        lines += [f"- {site or '(release)'}: {step}: {public_sentence(error, tally.sensitive)}"
+        lines += [f"- {site or '(release)'}: {step}: {public_sentence(error, hidden, roots)}"
                   for site, step, error in tally.failed]
     key = re.sub(r"[^a-z0-9-]", "-", f"{config.release.name}-{flow_name}".lower())
     create_markdown_artifact("\n".join(lines) + "\n", key=f"{key}-summary",

@@ -254,3 +254,16 @@ def test_verify_flow_accepts_the_release_and_names_a_flipped_byte(curated_demo: 
     bad = verify_release_flow(str(broken), None)
     assert bad.problems
     assert any("labels.json" in problem for problem in bad.problems), bad.problems
+
+
+def test_public_sentence_blanks_whole_paths_under_configured_folders_and_identifiers() -> None:
+    from flows.flows import public_sentence
+
+    text = (
+        "/drops/leipzig/Mustermann Max (1957)/CT/IM0001: file of CT series 1.2.840.99.7 cannot be read; "
+        "PatientName Doe^Jane at /elsewhere/a b/c"
+    )
+    got = public_sentence(text, {"Doe^Jane", "M"}, roots=["/drops/leipzig"])
+    assert got == "<path>: file of CT series <uid> cannot be read; PatientName <id> at <path> b<path>"
+    for fragment in ("Mustermann", "Max", "1957", "Doe", "1.2.840"):
+        assert fragment not in got
