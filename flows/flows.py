@@ -690,7 +690,27 @@ def _build(
         if problems:
             for problem in problems:
                 logger.error("%s: %s", result.zip_path, problem)
-            tally.failed.append(("", "verify", f"{len(problems)} problem(s) in {Path(result.zip_path).name}"))
+            quarantined = _quarantine(Path(result.zip_path))
+            audit.append(
+                "release-quarantined",
+                inputs={Path(result.zip_path).name: result.sha256},
+                outputs={quarantined.name: result.sha256},
+                parameters={"problems": len(problems)},
+                outcome="failed",
+                flow_run_id=_flow_run_id(),
+            )
+            tally.zip_path = None
+            tally.failed.append(("", "verify", f"{len(problems)} problem(s) in {Path(result.zip_path).name}; "
+                                               f"moved aside as {quarantined.name}"))
+
+
+def _quarantine(zip_path: Path) -> Path:
+    """Move a zip that failed verify out of the way, so nothing finished-looking is left to publish."""
+    target = zip_path.with_name(zip_path.name + ".failed-verify")
+    zip_path.replace(target)
+    zip_path.with_name(zip_path.name + ".sha256").unlink(missing_ok=True)
+    logger.error("%s failed verify: moved to %s; it must not be published", zip_path, target)
+    return target
 
 
 def _verified_before(audit: AuditLog, zip_name: str, sha256: str) -> bool:

@@ -267,3 +267,35 @@ def test_public_sentence_blanks_whole_paths_under_configured_folders_and_identif
     assert got == "<path>: file of CT series <uid> cannot be read; PatientName <id> at <path> b<path>"
     for fragment in ("Mustermann", "Max", "1957", "Doe", "1.2.840"):
         assert fragment not in got
+
+
+def test_a_release_that_fails_the_leak_scan_is_moved_aside_and_the_build_exits_1(
+    curated_demo: CuratedDemo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from curation.synthetic import read_manifest
+    from flows.cli import main
+
+    root = tmp_path / "copy"
+    shutil.copytree(curated_demo.root, root)
+    config_path = root / curated_demo.config_path.name
+    text = config_path.read_text(encoding="utf-8")
+    config_path.write_text(text.replace('version = "1.0.0"', 'version = "1.0.1"', 1), encoding="utf-8")
+    # a steward's clinical sheet that carries a patient's pseudonym in the indication text
+    vienna = next(s for s in read_manifest(config_path)["vienna"] if s["expected"] == "case")
+    sheet = root / "clinical" / "vienna.csv"
+    sheet.write_text(f"StudyInstanceUID,indication\n{vienna['StudyInstanceUID']},follow-up {vienna['PatientID']}\n",
+                     encoding="utf-8")
+
+    assert main(["build", str(config_path)]) == 1
+    dist = load_config(config_path).release.output_dir
+    zip_name = load_config(config_path).release.zip_name
+    assert not (dist / zip_name).exists()
+    assert not (dist / f"{zip_name}.sha256").exists()
+    assert (dist / f"{zip_name}.failed-verify").is_file()
+    err = capsys.readouterr().err
+    assert "an identifying value" in err and "details.xlsx" in err
+    assert vienna["PatientID"] not in err
+    events = [r["event"] for r in AuditLog(load_config(config_path).release.state_dir / "audit.jsonl").records()]
+    assert events[-1] == "release-quarantined"
