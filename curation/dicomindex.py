@@ -116,31 +116,47 @@ def is_dicom_file(path: str | Path) -> bool:
     return "SOPInstanceUID" in ds
 
 
+def _pixel_data_element(data: bytes, at: int) -> tuple[int, int] | None:
+    """(start of the value, declared length) of a PixelData element header at ``at``, or None."""
+    vr = data[at + 4 : at + 6]
+    if vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
+        if len(data) < at + 12:
+            return None
+        return at + 12, struct.unpack("<I", data[at + 8 : at + 12])[0]
+    if len(data) < at + 8:  # implicit VR little endian
+        return None
+    return at + 8, struct.unpack("<I", data[at + 4 : at + 8])[0]
+
+
 def _pixel_data_complete(data: bytes, ds: Dataset) -> str | None:
-    """Why the pixel data of an in-memory file is incomplete, or None if it is whole."""
+    """Why the pixel data of an in-memory file is incomplete, or None if it is whole.
+
+    The PixelData tag's bytes can also occur inside pixel values (PET uint16
+    0x7FE0 followed by 0x0010), so every occurrence is tried from the last one
+    back: the file is whole when one of them is an element whose value fits.
+    """
     if "Rows" not in ds or "Columns" not in ds:
         return None  # not an image (e.g. a structured report): nothing to check
     at = data.rfind(_PIXEL_DATA_TAG)
     if at < 0:
         return "has Rows/Columns but no PixelData element (truncated before the pixel data)"
-    vr = data[at + 4 : at + 6]
-    if vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
-        if len(data) < at + 12:
-            return "ends inside the PixelData element header (truncated)"
-        (length,) = struct.unpack("<I", data[at + 8 : at + 12])
-        start = at + 12
-    else:  # implicit VR little endian
-        if len(data) < at + 8:
-            return "ends inside the PixelData element header (truncated)"
-        (length,) = struct.unpack("<I", data[at + 4 : at + 8])
-        start = at + 8
-    if length == 0xFFFFFFFF:  # encapsulated: must end with the sequence delimiter
-        if b"\xfe\xff\xdd\xe0" not in data[-16:]:
-            return "encapsulated PixelData has no sequence delimiter (truncated)"
-        return None
-    if start + length > len(data):
-        return f"PixelData declares {length} bytes but only {len(data) - start} are present (truncated)"
-    return None
+    why = ""
+    while at >= 0:
+        element = _pixel_data_element(data, at)
+        if element is None:
+            why = why or "ends inside the PixelData element header (truncated)"
+        else:
+            start, length = element
+            if length == 0xFFFFFFFF:  # encapsulated: must end with the sequence delimiter
+                if b"\xfe\xff\xdd\xe0" in data[-16:]:
+                    return None
+                why = why or "encapsulated PixelData has no sequence delimiter (truncated)"
+            elif start + length <= len(data):
+                return None
+            else:
+                why = why or f"PixelData declares {length} bytes but only {len(data) - start} are present (truncated)"
+        at = data.rfind(_PIXEL_DATA_TAG, 0, at)
+    return why
 
 
 def _read_header(path: Path) -> tuple[str, Dataset | None, str]:

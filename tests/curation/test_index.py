@@ -136,3 +136,26 @@ def test_dicom_is_recognised_by_content(tmp_path, small_study):
 def test_missing_dicom_dir_is_a_caller_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"site 'x': dicom_dir .*nope is not a folder"):
         index_site("x", tmp_path / "nope")
+
+
+def test_pixel_values_that_look_like_the_pixel_data_tag_do_not_make_a_slice_truncated(tmp_path, small_phantom):
+    drop = tmp_path / "drop"
+    study = write_study(small_phantom, drop, vendor="siemens", seed=7, patient_id="P", patient_name="P", decoys=False)
+    victim = study.files["pt"][3]
+    ds = pydicom.dcmread(victim)
+    pixels = bytearray(ds.PixelData)
+    # uint16 values 0x7FE0, 0x0010, 0xFFFF, 0x7FFF: the bytes of the (7FE0,0010) tag and a huge "length"
+    pixels[-8:] = bytes.fromhex("e07f1000ffffff7f")
+    ds.PixelData = bytes(pixels)
+    ds.save_as(victim, enforce_file_format=True)
+    index = index_site("leipzig", drop)
+    assert index.skipped == ()
+    (record,) = index.studies
+    pt = next(s for s in record.series if s.Modality == "PT")
+    assert str(victim) in pt.files
+
+    # a really truncated file is still caught
+    data = Path(victim).read_bytes()
+    Path(victim).write_bytes(data[: len(data) - 100])
+    (skipped,) = index_site("leipzig", drop).skipped
+    assert skipped.path == str(victim) and "truncated" in skipped.why
