@@ -267,7 +267,7 @@ def apply_cylinder(
             raise ValueError(
                 f"label map {category!r} has shape {arr.shape}, the CT grid is {ct_arr.shape}"
             )
-        label_arrs[category] = arr.copy()
+        label_arrs[category] = np.array(arr, copy=True, order="K")  # keep NIfTI's Fortran order
 
     ct_box, ct_inside = _cylinder_box(cylinder, ct_arr.shape, ct.affine)
     pt_box, pt_inside = _cylinder_box(cylinder, pt_arr.shape, pt.affine)
@@ -358,7 +358,12 @@ def landmark_masks(
     for category, name in (("Organs", "brain"), ("Peripheral-Bones", "skull")):
         values = [int(v) for v, n in label_names.get(category, {}).items() if n == name]
         arr = labels.get(category)
-        found.append(None if arr is None or not values else np.isin(np.asanyarray(arr), values))
+        if arr is None or not values:
+            found.append(None)
+        else:  # a lookup table: one byte-sized pass (np.isin sorts)
+            lut = np.zeros(max(256, max(values) + 1), dtype=bool)
+            lut[values] = True
+            found.append(lut[np.asanyarray(arr)])
     return found[0], found[1]
 
 

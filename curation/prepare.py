@@ -201,9 +201,10 @@ def _prepare(
     lesion = load_lesion_mask(lesion_path, ct_img)
     removed = 0
     if lesion is not None:
+        where = np.nonzero(lesion)  # lesions are small: index them once, not mask 7 volumes twice
         for array in maps.values():
-            removed += int(np.count_nonzero(array[lesion]))
-            array[lesion] = 0
+            removed += int(np.count_nonzero(array[where]))
+            array[where] = 0
         logger.info("case %s: lesion mask removed %d label voxels", case.key, removed)
 
     cylinder: DefaceCylinder | None = None
