@@ -11,11 +11,19 @@ seed, so the same DICOM and the same zip):
 It prints the speed-up (2) / (3) (target at least 1.7 on 2 cores) and the
 orchestration overhead ((2) - (1)) per case and as a fraction of (1)
 (target under 10 %).  The Prefect API is started and warmed up before any
-timing, as it is once per process in real use.
+timing, as it is once per process in real use.  The runner's one-off start-up
+(worker processes spawned, imports) is measured on its own and both figures
+are also printed without it, since a release pays it once however many cases
+it holds.
+
+The figures for the record come from clinical in-plane sampling and enough
+cases to amortise start-up (the work per case then weighs as in real data)::
+
+    .venv/bin/python benchmarks/scaling.py --size large --cases-per-site 4 --runner processes
 
 Usage::
 
-    .venv/bin/python benchmarks/scaling.py [--cases-per-site N] [--size small|demo] [--runner threads|processes]
+    .venv/bin/python benchmarks/scaling.py [--cases-per-site N] [--size small|demo|large] [--runner threads|processes]
 """
 
 from __future__ import annotations
