@@ -134,9 +134,9 @@ def flow_pipeline(config_path: Path) -> tuple[float, int, str]:
 
 
 def runner_startup(runner: str, workers: int) -> float:
-    """Seconds for a flow on this runner to run ``workers`` trivial tasks: the one-off start-up
-    (worker processes spawned, Prefect and our packages imported in each) that a release
-    pays once, however many cases it holds."""
+    """Seconds for a flow on this runner to run ``workers`` trivial tasks that import our
+    packages: the one-off start-up (worker processes spawned, Prefect and our packages
+    imported in each) that a release pays once, however many cases it holds."""
     from prefect import flow, task
 
     from curation.config import ExecutionSettings, Runner
@@ -144,6 +144,10 @@ def runner_startup(runner: str, workers: int) -> float:
 
     @task
     def nothing(i: int) -> int:
+        # what every worker pays once before its first real task: our packages and
+        # their dependencies (pydicom, nibabel, scikit-image, openpyxl) imported
+        import flows.flows  # noqa: F401
+
         return i
 
     @flow(name="runner-start-up")
