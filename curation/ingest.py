@@ -28,7 +28,7 @@ from curation.atomic import atomic_write_json, sha256_file
 from curation.config import SiteConfig
 from curation.convert import convert_series, series_label
 from curation.dicomindex import index_site
-from curation.errors import CurationError, UnreadableError
+from curation.errors import CurationError, RejectReason, UnreadableError
 from curation.geometry import check_series_geometry
 from curation.metadata import ct_metadata, pet_metadata
 from curation.model import (
@@ -124,6 +124,15 @@ def _cached(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Converte
                            site.id, study.key, image.path)
             return None
     return outcome
+
+
+def _converted_for_another_site(study: StudyRecord, site: SiteConfig, state: StatePaths) -> str | None:
+    """The id of another site whose recorded outcome for this StudyInstanceUID is a converted case."""
+    for path in sorted((state.root / "sites").glob(f"*/studies/{study.key}.json")):
+        other = path.parent.parent.name
+        if other != site.id and isinstance(read_outcome(path), ConvertedCase):
+            return other
+    return None
 
 
 def _clear_case(state: StatePaths, key: str) -> None:
@@ -222,6 +231,23 @@ def ingest_study(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Con
         logger.info("site %s study %s: unchanged since the last ingest (%s)", site.id, study.key, type(cached).__name__)
         return cached
     outcome: ConvertedCase | Rejection
+    other = _converted_for_another_site(study, site, state)
+    if other is not None:
+        # one study is one case: the volumes under cases/<key> belong to the other site's case
+        outcome = Rejection(
+            site=site.id,
+            StudyInstanceUID=study.StudyInstanceUID,
+            reason=RejectReason.AMBIGUOUS_SERIES,
+            message=(
+                f"study {study.StudyInstanceUID} is also delivered by site {other!r}, where it was converted "
+                "already: a study is released once; remove it from one of the two drops"
+            ),
+            stage="ingest",
+            fingerprint=ingest_key(study, site),
+        )
+        logger.warning("site %s study %s: rejected (%s): %s", site.id, study.key, outcome.reason, outcome.message)
+        write_outcome(state, outcome)
+        return outcome
     try:
         outcome = _convert(study, site, state)
         logger.info("site %s study %s: converted", site.id, study.key)

@@ -260,3 +260,23 @@ def test_a_tightened_gate_or_a_damaged_volume_redoes_the_study(tmp_path, small_p
     assert tightened.reason is RejectReason.PHI_DETECTED
     assert "PatientName" in tightened.message and "LEI-0043" not in tightened.message
     assert not Path(first.ct.path).exists()  # the converted volumes of a quarantined study are removed
+
+
+def test_a_study_delivered_by_two_sites_is_released_once(tmp_path, small_phantom):
+    drop = tmp_path / "drop"
+    write_study(small_phantom, drop, vendor="siemens", seed=44, patient_id="LEI-0044", patient_name="LEI-0044",
+                decoys=False)
+    state = StatePaths(tmp_path / "state")
+    (study,) = index_site("leipzig", drop).studies
+    first = ingest_study(study, _site(drop), state)
+    assert isinstance(first, ConvertedCase)
+    ct_bytes = Path(first.ct.path).read_bytes()
+
+    (again,) = index_site("vienna", drop).studies
+    second = ingest_study(again, _site(drop, site_id="vienna"), state)
+    assert isinstance(second, Rejection)
+    assert second.reason is RejectReason.AMBIGUOUS_SERIES
+    assert "also delivered by site 'leipzig'" in second.message
+    # the first site's case is untouched
+    assert Path(first.ct.path).read_bytes() == ct_bytes
+    assert read_outcome(state.study_outcome("leipzig", first.key)) == first
