@@ -123,10 +123,14 @@ def _cached(record: Path, fingerprint: str) -> PreparedCase | None:
     except (ValueError, KeyError, TypeError) as exc:  # damaged or from another version: redo
         logger.warning("%s: unreadable prepared record (%s); preparing again", record, exc)
         return None
-    outputs = [prepared.ct.path, prepared.pt.path, *(f.path for f in prepared.labels.values())]
-    if prepared.fingerprint == fingerprint and all(Path(p).is_file() for p in outputs):
-        return prepared
-    return None
+    if prepared.fingerprint != fingerprint:
+        return None
+    # the outputs must still be the bytes recorded: a damaged or edited file is prepared again
+    for image in (prepared.ct, prepared.pt, *prepared.labels.values()):
+        if not Path(image.path).is_file() or sha256_file(image.path) != image.sha256:
+            logger.warning("%s differs from its record %s; preparing the case again", image.path, record)
+            return None
+    return prepared
 
 
 # ---------------------------------------------------------------------------

@@ -189,6 +189,14 @@ def test_idempotent_and_redone_when_a_segmentation_changes(small_phantom, ingest
     assert second == first
     assert mtimes(out_dir) == before  # no file was written again
 
+    # a damaged output is not trusted: prepared again, to the same bytes
+    ribs = out_dir / "Ribs.nii.gz"
+    good = ribs.read_bytes()
+    ribs.write_bytes(good[:-10])
+    repaired = prepare(ingested, site, tmp_path)
+    assert repaired == first and ribs.read_bytes() == good
+    before = mtimes(out_dir)
+
     # new content in one segmentation file (the liver relabelled as spleen): everything is redone
     organs = next(p for p in files if p.name == "Organs.nii.gz")
     img = nib.load(organs)
