@@ -142,8 +142,11 @@ def _clear_case(state: StatePaths, key: str) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-def _index_values(study: StudyRecord) -> set[str]:
-    """The identifying values the index already knows, kept even when the study is rejected early."""
+def index_identifiers(study: StudyRecord) -> set[str]:
+    """The identifying values the index already knows of a study: its UIDs and PatientID.
+
+    Recorded even when the study is rejected early; the flows blank them in artifacts.
+    """
     values = {study.StudyInstanceUID, study.PatientID}
     for series in study.series:
         values.update((series.SeriesInstanceUID, series.FrameOfReferenceUID))
@@ -159,7 +162,7 @@ def _write_sensitive(state: StatePaths, site: SiteConfig, study: StudyRecord, va
 
 def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths) -> ConvertedCase:
     # recorded before anything can reject the study: the leak scan covers every study seen
-    _write_sensitive(state, site, study, _index_values(study))
+    _write_sensitive(state, site, study, index_identifiers(study))
     selection = select_series(study)
     ct_datasets = _read_series(selection.ct, pixels=True)
     pt_datasets = _read_series(selection.pt, pixels=True)
@@ -172,7 +175,7 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Convert
 
     report = check_datasets([*ct_datasets, *pt_datasets], pseudonym_pattern=site.pseudonym_pattern)
     sensitive = sensitive_values([*ct_datasets, *pt_datasets, *others]) | set(report.sensitive_values)
-    _write_sensitive(state, site, study, sensitive | _index_values(study))
+    _write_sensitive(state, site, study, sensitive | index_identifiers(study))
     raise_for_findings(
         report,
         context=f"{series_label(ct_datasets)} / {series_label(pt_datasets)} of study {study.StudyInstanceUID}",

@@ -48,7 +48,7 @@ from curation.atomic import atomic_write_json
 from curation.config import Config, SiteConfig, load_config
 from curation.dicomindex import index_site
 from curation.errors import RejectReason
-from curation.ingest import ingest_study
+from curation.ingest import index_identifiers, ingest_study
 from curation.labels import ReleaseLabels, SourceLabelTable, load_release_labels, load_source_table
 from curation.model import (
     ConvertedCase,
@@ -490,7 +490,7 @@ def _ingest_sites(
         indexes[site.id] = index
         tally.studies[site.id] = len(index.studies)
         for study in index.studies:
-            tally.sensitive.update(_study_identifiers(study))
+            tally.sensitive.update(index_identifiers(study))
         if changed:
             audit.append(
                 "site-indexed",
@@ -517,13 +517,6 @@ def _ingest_sites(
 
     _collect(futures, handle, tally, audit)
     progress.finish()
-
-
-def _study_identifiers(study: StudyRecord) -> set[str]:
-    values = {study.StudyInstanceUID, study.PatientID}
-    for series in study.series:
-        values.update({series.SeriesInstanceUID, series.FrameOfReferenceUID})
-    return {v for v in values if v}
 
 
 def _record_prepare(result: StepResult, tally: _Tally, audit: AuditLog) -> None:

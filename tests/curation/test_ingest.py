@@ -239,14 +239,20 @@ def test_demo_sites_become_what_their_manifest_says(demo_sites, tmp_path):
             assert (got.reason.value if isinstance(got, Rejection) else "case") == want, (site.id, uid, got)
 
 
-def test_a_tightened_gate_or_a_damaged_volume_redoes_the_study(tmp_path, small_phantom):
+def _one_converted_study(tmp_path: Path, phantom, seed: int, pseudonym: str):  # type: ignore[no-untyped-def]
+    """Write, index and ingest one clean study for site leipzig: (drop, state, study record, case)."""
     drop = tmp_path / "drop"
-    write_study(small_phantom, drop, vendor="siemens", seed=43, patient_id="LEI-0043", patient_name="LEI-0043",
+    write_study(phantom, drop, vendor="siemens", seed=seed, patient_id=pseudonym, patient_name=pseudonym,
                 decoys=False)
     state = StatePaths(tmp_path / "state")
     (study,) = index_site("leipzig", drop).studies
-    first = ingest_study(study, _site(drop), state)
-    assert isinstance(first, ConvertedCase)
+    case = ingest_study(study, _site(drop), state)
+    assert isinstance(case, ConvertedCase)
+    return drop, state, study, case
+
+
+def test_a_tightened_gate_or_a_damaged_volume_redoes_the_study(tmp_path, small_phantom):
+    drop, state, study, first = _one_converted_study(tmp_path, small_phantom, 43, "LEI-0043")
 
     # a damaged converted volume is not trusted: the study is converted again, to the same bytes
     Path(first.ct.path).write_bytes(b"not a volume")
@@ -263,13 +269,7 @@ def test_a_tightened_gate_or_a_damaged_volume_redoes_the_study(tmp_path, small_p
 
 
 def test_a_study_delivered_by_two_sites_is_released_once(tmp_path, small_phantom):
-    drop = tmp_path / "drop"
-    write_study(small_phantom, drop, vendor="siemens", seed=44, patient_id="LEI-0044", patient_name="LEI-0044",
-                decoys=False)
-    state = StatePaths(tmp_path / "state")
-    (study,) = index_site("leipzig", drop).studies
-    first = ingest_study(study, _site(drop), state)
-    assert isinstance(first, ConvertedCase)
+    drop, state, _, first = _one_converted_study(tmp_path, small_phantom, 44, "LEI-0044")
     ct_bytes = Path(first.ct.path).read_bytes()
 
     (again,) = index_site("vienna", drop).studies
