@@ -80,6 +80,17 @@ def test_curate_releases_every_converted_case_and_rejects_with_reason_codes(cura
     assert report.ok, report.problems
 
 
+#: sha256 of the small phantom sites' release zip (threads runner), as built by the code before
+#: the architecture change of issue 8.  A refactoring must leave it byte-identical; a change that
+#: alters the release on purpose (a new spreadsheet column, a date policy) updates this pin and
+#: says so in its commit.
+PINNED_DEMO_ZIP_SHA256 = "ebe3aa7113e8d06cc34447f54729b6924284e9d8faa4c5d92f9cfd053e0542c3"
+
+
+def test_the_demo_release_is_byte_identical_to_the_pinned_zip(curated_demo: CuratedDemo) -> None:
+    assert curated_demo.zip_sha256 == PINNED_DEMO_ZIP_SHA256
+
+
 def test_audit_log_records_each_decision_with_hashes(curated_demo: CuratedDemo) -> None:
     path = curated_demo.state.audit_log
     chain = verify_chain(path)
