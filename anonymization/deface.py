@@ -1,4 +1,4 @@
-"""Defacing of a PET/CT case with a cylinder along world z (DESIGN.md section 5).
+"""Defacing of a PET/CT case with a cylinder along world z (README, section "Defacing").
 
 The cylinder is planned once, in NIfTI world (RAS+) millimetres, from the brain
 and skull landmarks on the CT grid, and then applied to every grid of the case
@@ -50,7 +50,7 @@ import numpy as np
 from skimage import measure
 
 from curation.errors import HeadNotFoundError
-from curation.model import DefaceCylinder
+from curation.model import DefaceCylinder, Landmarks
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +154,14 @@ def plan_cylinder(
         brain = _check_mask(brain, hu.shape, "brain")
     if skull is not None:
         skull = _check_mask(skull, hu.shape, "skull")
-    source = "segmentation"
+    source = Landmarks.SEGMENTATION
     if brain is None or skull is None or not brain.any() or not skull.any():
         missing = [n for n, m in (("brain", brain), ("skull", skull)) if m is None or not np.any(m)]
         logger.info(
             "%s: no %s segmentation, using the CT-only fallback", _name(ct), " and ".join(missing)
         )
         brain, skull = ct_fallback_landmarks(ct)
-        source = "ct-fallback"
+        source = Landmarks.CT_FALLBACK
 
     affine = np.asarray(ct.affine, dtype=float)
     z_axis = _z_axis(affine)
@@ -312,6 +312,11 @@ def cylinder_mask(
     -------
     numpy.ndarray
         ``bool`` array of ``shape``.
+
+    Raises
+    ------
+    ValueError
+        When ``shape`` is not 3-D.
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3:
@@ -327,6 +332,21 @@ def pet_slice_spacing(affine: np.ndarray) -> float:
 
     The slice axis is the voxel axis whose direction is closest to world z;
     the result does not depend on the axis order or on flips.
+
+    Parameters
+    ----------
+    affine
+        The grid's voxel -> world (RAS+) affine (4 x 4).
+
+    Returns
+    -------
+    float
+        The spacing in mm, positive.
+
+    Raises
+    ------
+    ValueError
+        When the grid has no extent along world z.
     """
     affine = np.asarray(affine, dtype=float)
     z_axis = _z_axis(affine)
@@ -378,6 +398,11 @@ def ct_fallback_landmarks(ct: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
     tissue making up at least FALLBACK_MIN_SOFT_FRACTION of the enclosed volume,
     which turns away a rib cage (it encloses the lungs) and long bones.
 
+    Parameters
+    ----------
+    ct
+        The converted CT (HU), 3-D.
+
     Returns
     -------
     tuple of numpy.ndarray
@@ -387,6 +412,8 @@ def ct_fallback_landmarks(ct: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
     ------
     HeadNotFoundError
         No bone component in the upper part of the scan encloses a brain.
+    ValueError
+        When the CT is not 3-D.
     """
     _check_3d(ct, "CT")
     hu = np.asanyarray(ct.dataobj)

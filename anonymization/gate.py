@@ -35,7 +35,8 @@ Actions
     in :attr:`GateReport.private_review`.
 
 Besides the rows: every value of VR UI outside the DICOM root ``1.2.840.10008``
-is collected as sensitive wherever it appears, a non-empty private element of VR
+is collected as sensitive wherever it appears (:func:`curation.uids.iter_uids`,
+the walk ingest uses too), a non-empty private element of VR
 PN is a ``phi-detected`` finding, and private elements without a row are listed
 for review (they never reach the release: conversion carries no private data).
 
@@ -56,19 +57,23 @@ from importlib import resources
 from typing import Any
 
 import pydicom
-from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import PersonName
 
-from curation.errors import BurnedInAnnotationError, PHIDetectedError, RejectReason
+from curation.errors import (
+    AttributeFinding,
+    BurnedInAnnotationError,
+    PHIDetectedError,
+    RejectReason,
+)
+from curation.uids import element_vr, iter_uids, uid_strings
 
 logger = logging.getLogger(__name__)
 
 PROFILE_RESOURCE = "deid_profile.csv"
-DICOM_UID_ROOT = "1.2.840.10008."
 _PATIENT_IDENTITY_REMOVED = Tag(0x0012, 0x0062)
 _MEDIA_STORAGE_SOP_INSTANCE_UID = Tag(0x0002, 0x0003)
 
@@ -88,9 +93,23 @@ class GateAction(StrEnum):
 
 @dataclass(frozen=True)
 class GateRule:
-    """One row of the rule table."""
+    """One row of the rule table.
 
-    tag: str  # "(gggg,eeee)"; private rows "(gggg,xxee)", repeating groups "(60xx,3000)"
+    Attributes
+    ----------
+    tag
+        ``"(gggg,eeee)"``; private rows ``"(gggg,xxee)"``, repeating groups ``"(60xx,3000)"``.
+    keyword
+        The attribute's DICOM keyword (a private row: the name the table gives it).
+    action
+        What the gate does with the attribute.
+    reason
+        Why, for the data steward (the profile option or basic profile action).
+    creator
+        The private creator of a private row; ``""`` for public rows.
+    """
+
+    tag: str
     keyword: str
     action: GateAction
     reason: str
@@ -99,7 +118,22 @@ class GateRule:
 
 @dataclass(frozen=True)
 class GateFinding:
-    """One attribute that stops a study.  Never holds the attribute's value."""
+    """One attribute that stops a study.  Never holds the attribute's value.
+
+    Attributes
+    ----------
+    tag
+        ``"(gggg,eeee)"`` as found (private elements with their block).
+    keyword
+        The keyword, or ``"<creator>:<keyword>"`` for private elements.
+    rule
+        The action of the rule broken (``"must-be-empty"``, ...) or
+        ``"private-person-name"``.
+    reason_code
+        ``phi-detected`` or ``burned-in-annotation``.
+    why
+        A sentence saying what is wrong (naming the attribute, never its value).
+    """
 
     tag: str
     keyword: str
@@ -112,33 +146,48 @@ class GateFinding:
 class GateReport:
     """Result of :func:`check_datasets` over the instances of one study.
 
-    ``findings`` are deduplicated across instances (first occurrence order);
-    ``private_review`` lists private elements that are neither known-safe nor
-    known-identifying, as ``"(gggg,xxee) creator 'X'"``; ``sensitive_values``
-    holds every identifying value seen (UIDs, pseudonyms, every value of a
-    must-be-empty attribute, ...), stripped and non-empty, for the leak scan.
-    It is never released.
+    Attributes
+    ----------
+    findings
+        What stops the study, deduplicated across instances (first occurrence
+        order); empty when the study may proceed.
+    private_review
+        Private elements that are neither known-safe nor known-identifying,
+        as ``"(gggg,xxee) creator 'X'"``, sorted.
+    sensitive_values
+        Every identifying value seen (UIDs, pseudonyms, every value of a
+        must-be-empty attribute, ...), stripped and non-empty, for the leak
+        scan.  Never released.
     """
 
     findings: tuple[GateFinding, ...] = ()
     private_review: tuple[str, ...] = ()
     sensitive_values: frozenset[str] = field(default_factory=frozenset)
 
-    @property
-    def passed(self) -> bool:
-        """True when nothing stops the study."""
-        return not self.findings
-
 
 @dataclass(frozen=True)
 class GateProfile:
-    """The rule table, precompiled for lookups by tag."""
+    """The rule table, precompiled for lookups by tag.
+
+    Attributes
+    ----------
+    rules
+        Every row, in table order.
+    public
+        Public rows by tag (``0xggggeeee``).
+    repeating
+        Repeating-group rows by tag with the group's low byte masked (0x60xx -> 0x6000).
+    curve_group
+        The ``(50xx,xxxx)`` row (every element of a curve group), if any.
+    private
+        Private rows by (creator, group, element offset).
+    """
 
     rules: tuple[GateRule, ...]
     public: dict[int, GateRule]
-    repeating: dict[int, GateRule]  # key: tag with the group's low byte masked (0x60xx -> 0x6000)
-    curve_group: GateRule | None  # (50xx,xxxx): every element of a curve group
-    private: dict[tuple[str, int, int], GateRule]  # (creator, group, element offset)
+    repeating: dict[int, GateRule]
+    curve_group: GateRule | None
+    private: dict[tuple[str, int, int], GateRule]
 
 
 def _parse_tag(text: str, *, where: str) -> tuple[str, str]:
@@ -157,6 +206,11 @@ def parse_profile(rows: Iterable[dict[str, str]], *, source: str = "deid_profile
         Mappings with the columns ``tag, creator, keyword, action, reason``.
     source
         Name used in error messages.
+
+    Returns
+    -------
+    GateProfile
+        The rows, in order and indexed by tag.
 
     Raises
     ------
@@ -211,14 +265,33 @@ def parse_profile(rows: Iterable[dict[str, str]], *, source: str = "deid_profile
 
 @lru_cache(maxsize=1)
 def profile_digest() -> str:
-    """sha256 of the packaged rule table: part of ingest's reuse key, so a changed table re-checks every study."""
+    """sha256 of the packaged rule table.
+
+    Part of ingest's fingerprint, so a changed table re-checks every study.
+
+    Returns
+    -------
+    str
+        The hex digest of ``anonymization/data/deid_profile.csv``'s bytes.
+    """
     data = resources.files("anonymization").joinpath("data", PROFILE_RESOURCE).read_bytes()
     return hashlib.sha256(data).hexdigest()
 
 
 @lru_cache(maxsize=1)
 def load_profile() -> GateProfile:
-    """The packaged rule table (parsed once per process)."""
+    """The packaged rule table (parsed once per process).
+
+    Returns
+    -------
+    GateProfile
+        ``anonymization/data/deid_profile.csv``, parsed by :func:`parse_profile`.
+
+    Raises
+    ------
+    ValueError
+        When the packaged table is malformed (see :func:`parse_profile`).
+    """
     text = resources.files("anonymization").joinpath("data", PROFILE_RESOURCE).read_text(encoding="utf-8")
     return parse_profile(csv.DictReader(text.splitlines()), source=PROFILE_RESOURCE)
 
@@ -290,16 +363,6 @@ def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _uid_strings(raw_value: Any) -> Iterator[str]:
-    if isinstance(raw_value, (bytes, bytearray)):
-        raw_value = bytes(raw_value).decode("ascii", errors="replace")
-    items = raw_value if isinstance(raw_value, (list, MultiValue)) else str(raw_value).split("\\")
-    for item in items:
-        uid = str(item).strip(" \x00")
-        if uid and not uid.startswith(DICOM_UID_ROOT):
-            yield uid
-
-
 # ---------------------------------------------------------------------------
 # walking
 
@@ -343,13 +406,10 @@ class _Collector:
                 if not self._settled_from_raw(ds, tag, rule):
                     self._apply(ds[tag], rule)
                 continue
-            vr = self._vr(ds, tag)
+            vr = element_vr(ds, tag)  # UI values are collected by iter_uids in check_datasets
             if vr == "SQ":
                 for item in ds[tag].value or ():
                     self.walk(item, top_level=False)
-            elif vr == "UI":
-                raw = ds.get_item(tag)
-                self.sensitive.update(_uid_strings(raw.value if raw is not None else None))
             elif vr is None:
                 self.review.add(f"{_tag_text(tag_int)} public element not in the DICOM dictionary")
 
@@ -358,18 +418,16 @@ class _Collector:
 
         Converting an element (charset, VR parsing) is the gate's main cost, so
         retained elements, empty must-be-empty/pseudonym elements and plain UIDs
-        are settled without it; everything else goes through :meth:`_apply`.
+        (collected by :func:`curation.uids.iter_uids`) are settled without it;
+        everything else goes through :meth:`_apply`.
         """
         raw = ds.get_item(tag)
-        if not isinstance(raw, RawDataElement) or self._vr(ds, tag) == "SQ":
+        if not isinstance(raw, RawDataElement) or element_vr(ds, tag) == "SQ":
             return False
         action = rule.action
-        if action in (GateAction.RETAIN, GateAction.DESCRIPTOR):
+        if action in (GateAction.RETAIN, GateAction.DESCRIPTOR, GateAction.UID):
             return True
         data = raw.value
-        if action is GateAction.UID:
-            self.sensitive.update(_uid_strings(data or b""))
-            return True
         empty = data is None or not bytes(data).strip(b" \x00\\^=")
         return empty and action in (GateAction.MUST_BE_EMPTY, GateAction.PSEUDONYM)
 
@@ -378,17 +436,6 @@ class _Collector:
         if group & 0xFF00 == 0x5000 and group % 2 == 0 and self.profile.curve_group is not None:
             return self.profile.curve_group
         return self.profile.repeating.get(((group >> 8) << 24) | (tag_int & 0xFFFF))
-
-    @staticmethod
-    def _vr(ds: pydicom.Dataset, tag: BaseTag) -> str | None:
-        raw = ds.get_item(tag)
-        vr = getattr(raw, "VR", None)
-        if vr and vr != "UN":
-            return str(vr)
-        try:
-            return str(dictionary_VR(tag))
-        except KeyError:
-            return None
 
     def _check_identity_removed(self, ds: pydicom.Dataset) -> None:
         rule = self.profile.public.get(int(_PATIENT_IDENTITY_REMOVED))
@@ -430,24 +477,19 @@ class _Collector:
                     rule.tag, keyword, action.value, RejectReason.BURNED_IN_ANNOTATION,
                     f"{keyword} is YES: identifying text may be drawn into the pixels",
                 )
-        elif action is GateAction.UID:
-            if isinstance(value, DicomSequence):  # walking collects the UIDs inside
-                for item in value:
-                    self.walk(item, top_level=False)
-            else:
-                self.sensitive.update(_uid_strings(value if value is not None else ""))
-        elif isinstance(value, DicomSequence):  # retain / descriptor / review sequences
+        elif isinstance(value, DicomSequence):  # uid / retain / descriptor / review sequences
             for item in value:
                 self.walk(item, top_level=False)
 
     def _collect_sequence(self, seq: DicomSequence) -> None:
-        """Walk a sequence's items (for nested findings) and collect every string in it."""
+        """Walk a sequence's items (for nested findings) and collect every string in it.
+
+        Its UIDs are collected by :func:`curation.uids.iter_uids` like all others.
+        """
         for item in seq:
             self.walk(item, top_level=False)
             for element in item.iterall():
-                if element.VR == "UI":
-                    self.sensitive.update(_uid_strings(element.value if element.value is not None else ""))
-                elif element.VR != "SQ" and not element.tag.is_private:
+                if element.VR not in ("SQ", "UI") and not element.tag.is_private:
                     self.collect(element.value, str(element.VR))
 
     def _check_pseudonym(self, element: DataElement, rule: GateRule) -> None:
@@ -516,9 +558,7 @@ class _Collector:
                 text_tag, f"{creator}:private person name", "private-person-name", RejectReason.PHI_DETECTED,
                 f"private element {generic} is a person name (VR PN) and holds a value",
             )
-        else:
-            if vr == "UI":
-                self.sensitive.update(_uid_strings(value if value is not None else ""))
+        else:  # a private UID is collected by iter_uids
             self.review.add(generic)
 
     def report(self) -> GateReport:
@@ -559,10 +599,11 @@ def check_datasets(datasets: Sequence[pydicom.Dataset], *, pseudonym_pattern: st
         raise ValueError(f"pseudonym_pattern {pseudonym_pattern!r} is not a valid regular expression ({exc})") from None
     for ds in datasets:
         collector.walk(ds, top_level=True)
+        collector.sensitive.update(iter_uids(ds))
         meta = getattr(ds, "file_meta", None)
         if meta is not None and _MEDIA_STORAGE_SOP_INSTANCE_UID in meta:
             # the other file-meta UIDs name transfer syntaxes and toolkits, not the patient
-            collector.sensitive.update(_uid_strings(meta[_MEDIA_STORAGE_SOP_INSTANCE_UID].value or ""))
+            collector.sensitive.update(uid_strings(meta[_MEDIA_STORAGE_SOP_INSTANCE_UID].value))
     report = collector.report()
     if report.findings:
         logger.info("gate: %d finding(s) over %d instance(s)", len(report.findings), len(datasets))
@@ -570,7 +611,18 @@ def check_datasets(datasets: Sequence[pydicom.Dataset], *, pseudonym_pattern: st
 
 
 def describe_findings(findings: Iterable[GateFinding]) -> str:
-    """One line naming every finding's attribute and rule (never a value)."""
+    """One line naming every finding's attribute and rule (never a value).
+
+    Parameters
+    ----------
+    findings
+        Findings of a :class:`GateReport`.
+
+    Returns
+    -------
+    str
+        ``"(gggg,eeee) Keyword [rule]"`` per finding, joined by ``"; "``.
+    """
     return "; ".join(f"{f.tag} {f.keyword} [{f.rule}]" for f in findings)
 
 
@@ -601,10 +653,23 @@ def raise_for_findings(report: GateReport, *, context: str = "") -> None:
         message = f"{prefix}identifying attributes present: {describe_findings(phi)}"
         if burned:
             message += f"; also {describe_findings(burned)}"
-        raise PHIDetectedError(message)
-    raise BurnedInAnnotationError(f"{prefix}burned-in annotation declared: {describe_findings(burned)}")
+        raise PHIDetectedError(message, findings=_attribute_findings([*phi, *burned]))
+    raise BurnedInAnnotationError(
+        f"{prefix}burned-in annotation declared: {describe_findings(burned)}",
+        findings=_attribute_findings(burned),
+    )
+
+
+def _attribute_findings(findings: Iterable[GateFinding]) -> tuple[AttributeFinding, ...]:
+    return tuple(AttributeFinding(tag=f.tag, keyword=f.keyword, rule=f.rule) for f in findings)
 
 
 def iter_rules() -> tuple[GateRule, ...]:
-    """Every row of the packaged rule table (for review and tests)."""
+    """Every row of the packaged rule table (for review and tests).
+
+    Returns
+    -------
+    tuple[GateRule, ...]
+        The rows in table order.
+    """
     return load_profile().rules

@@ -1,4 +1,4 @@
-"""Scan a file tree or a zip for identifying values: the release's last PHI check.
+r"""Scan a release zip for identifying values: the release's last PHI check.
 
 Ingest collects, per study, every identifying value it saw (every UID,
 PatientID, PatientName, accession number and every value the gate refused:
@@ -11,7 +11,7 @@ Decisions
 ---------
 * **Exact bytes.**  A leak happens when a value is copied, so it appears byte
   for byte in UTF-8, or escaped the way our writers escape text: XML (openpyxl
-  writes ``&`` as ``&amp;``) and JSON (``\\"``, ``\\uXXXX``).  Matching is
+  writes ``&`` as ``&amp;``) and JSON (``\"``, ``\uXXXX``).  Matching is
   case-sensitive: case-folding would turn generic words that sites put into
   refused attributes ("DEFAULT", "Radiology") into false alarms on our own
   README, and no writer of ours changes the case of a copied value.
@@ -55,6 +55,9 @@ from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 
+from curation.state import StatePaths
+from curation.uids import is_dicom_defined
+
 logger = logging.getLogger(__name__)
 
 MIN_VALUE_LENGTH = 6
@@ -62,7 +65,6 @@ CHUNK_SIZE = 8 << 20
 MAX_NESTING = 4  # zip inside zip inside zip ... (the release: zip > xlsx > xml)
 IN_MEMORY_ZIP_LIMIT = 256 << 20  # nested zips up to this size are read into memory
 _PREFIX = MIN_VALUE_LENGTH  # bytes compared by the vectorised stage
-DICOM_UID_ROOT = "1.2.840.10008."
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -76,13 +78,19 @@ class UnscannableError(ValueError):
 class Leak:
     """One occurrence of a sensitive value.
 
-    ``file`` is the path relative to the scanned root (or the zip's name), with
-    ``!`` before each member name inside a zip (``x.zip!a/b.xlsx!xl/sharedStrings.xml``);
-    ``offset`` is counted in the stream named by ``kind``'s layer: ``bytes`` (the
-    file or member content) or ``gunzip`` (the decompressed gzip stream).
-    ``value_digest`` is the sha256 of the value, so a report never repeats it.
-    ``kind`` is ``"<layer>:<encoding>"`` with encoding ``verbatim``,
-    ``xml-escaped`` or ``json-escaped``.
+    Attributes
+    ----------
+    file
+        The zip's name, with ``!`` before each member name inside it
+        (``x.zip!a/b.xlsx!xl/sharedStrings.xml``).
+    offset
+        Counted in the stream named by ``kind``'s layer: ``bytes`` (the file
+        or member content) or ``gunzip`` (the decompressed gzip stream).
+    value_digest
+        The sha256 of the value (:func:`value_digest`), so a report never repeats it.
+    kind
+        ``"<layer>:<encoding>"`` with encoding ``verbatim``, ``xml-escaped``
+        or ``json-escaped``.
     """
 
     file: str
@@ -99,7 +107,18 @@ class _Pattern:
 
 
 def value_digest(value: str) -> str:
-    """sha256 hex digest of a sensitive value (what reports carry instead of it)."""
+    """sha256 hex digest of a sensitive value (what reports carry instead of it).
+
+    Parameters
+    ----------
+    value
+        The value, as searched for.
+
+    Returns
+    -------
+    str
+        The hex digest of its UTF-8 bytes.
+    """
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
@@ -107,12 +126,23 @@ def usable_values(values: Iterable[str]) -> frozenset[str]:
     """The stripped values worth searching for.
 
     Values shorter than :data:`MIN_VALUE_LENGTH` and UIDs under the DICOM root
-    (transfer syntaxes, SOP classes: public constants, not identifiers) are dropped.
+    (:data:`curation.uids.DICOM_UID_ROOT`: transfer syntaxes, SOP classes,
+    public constants, not identifiers) are dropped.
+
+    Parameters
+    ----------
+    values
+        Sensitive values as recorded.
+
+    Returns
+    -------
+    frozenset[str]
+        The values stripped of surrounding white space, without the dropped ones.
     """
     out = set()
     for value in values:
         text = str(value).strip()
-        if len(text) >= MIN_VALUE_LENGTH and not text.startswith(DICOM_UID_ROOT):
+        if len(text) >= MIN_VALUE_LENGTH and not is_dicom_defined(text):
             out.add(text)
     return frozenset(out)
 
@@ -139,7 +169,14 @@ def _encodings(value: str) -> Iterator[tuple[str, bytes]]:
 
 
 class Matcher:
-    """Multi-pattern exact matcher over byte chunks (build once, scan many files)."""
+    """Multi-pattern exact matcher over byte chunks (build once, scan many files).
+
+    Parameters
+    ----------
+    values
+        Sensitive values; only :func:`usable_values` are searched for, each in
+        every encoding a writer of the release could give it.
+    """
 
     def __init__(self, values: Iterable[str]) -> None:
         self.patterns: dict[bytes, list[_Pattern]] = {}
@@ -161,10 +198,23 @@ class Matcher:
 
     @property
     def empty(self) -> bool:
+        """True when no value is long enough to search for (nothing can match)."""
         return not self.patterns
 
     def find(self, buf: bytes) -> Iterator[tuple[int, int, _Pattern]]:
-        """Yield ``(position, length, pattern)`` for every match in ``buf``."""
+        """Yield every match in ``buf``.
+
+        Parameters
+        ----------
+        buf
+            A chunk of a stream.
+
+        Yields
+        ------
+        tuple[int, int, _Pattern]
+            ``(position, length, pattern)`` for each pattern found at each
+            position, not in position order.
+        """
         n = len(buf)
         if n < MIN_VALUE_LENGTH or self.empty:
             return
@@ -290,42 +340,6 @@ def _file_opener(path: Path) -> _Opener:
     return _Opener(lambda: open(path, "rb"), path.stat().st_size)
 
 
-def scan_tree(root: Path, values: Iterable[str]) -> list[Leak]:
-    """Search every file under ``root`` for any of ``values``.
-
-    Parameters
-    ----------
-    root
-        Folder to scan (symbolic links are not followed).
-    values
-        Sensitive values (e.g. from :func:`load_sensitive_values`); values
-        shorter than :data:`MIN_VALUE_LENGTH` are ignored.
-
-    Returns
-    -------
-    list[Leak]
-        Every occurrence, files in sorted path order; empty when clean.
-
-    Raises
-    ------
-    NotADirectoryError
-        ``root`` is not a folder.
-    UnscannableError
-        A gzip or zip file cannot be read to its end (its content is unknown).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root}: not a folder to scan")
-    matcher = Matcher(values)
-    leaks: list[Leak] = []
-    for path in sorted(root.rglob("*")):
-        if path.is_symlink() or not path.is_file():
-            continue
-        leaks += _scan_source(_file_opener(path), matcher, path.relative_to(root).as_posix(), 0)
-    logger.info("leak scan of %s: %d leak(s)", root, len(leaks))
-    return leaks
-
-
 def scan_zip(zip_path: Path, values: Iterable[str]) -> list[Leak]:
     """Search a zip file (its own bytes and every member, recursively) for ``values``.
 
@@ -334,7 +348,9 @@ def scan_zip(zip_path: Path, values: Iterable[str]) -> list[Leak]:
     zip_path
         The zip (e.g. the release); leaks are named ``<zip name>!<member>``.
     values
-        Sensitive values; see :func:`scan_tree`.
+        Sensitive values (e.g. from :func:`load_sensitive_values`); values
+        shorter than :data:`MIN_VALUE_LENGTH` and DICOM-defined UIDs are
+        ignored (:func:`usable_values`).
 
     Returns
     -------
@@ -363,20 +379,28 @@ def scan_zip(zip_path: Path, values: Iterable[str]) -> list[Leak]:
 def load_sensitive_values(state_dir: Path) -> frozenset[str]:
     """Every sensitive value ingest recorded under ``state_dir``.
 
-    Reads ``state_dir/sites/*/sensitive/*.json`` (one file per study) and, if
-    present, ``state_dir/sites/*/sensitive.json`` (one per site).  A file holds
-    either a JSON list of strings or an object whose ``values`` is such a list
-    (its other string fields, e.g. ``StudyInstanceUID``, count as values too).
+    Reads every study's file (:meth:`curation.state.StatePaths.sensitive_files`).
+    A file holds either a JSON list of strings or an object whose ``values``
+    is such a list (its other string fields, e.g. ``StudyInstanceUID``, count
+    as values too).
+
+    Parameters
+    ----------
+    state_dir
+        The pipeline's state folder.
+
+    Returns
+    -------
+    frozenset[str]
+        The values, stripped, empty ones left out.
 
     Raises
     ------
     ValueError
         A file of another shape (naming the file).
     """
-    sites = Path(state_dir) / "sites"
-    files = sorted(sites.glob("*/sensitive/*.json")) + sorted(sites.glob("*/sensitive.json"))
     values: set[str] = set()
-    for path in files:
+    for path in StatePaths(Path(state_dir)).sensitive_files():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:

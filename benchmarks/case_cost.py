@@ -48,10 +48,10 @@ def one_case(root: Path, phantom: object) -> dict[str, float]:
     from curation.ingest import ingest_study
     from curation.labels import load_release_labels, load_source_table
     from curation.model import ConvertedCase, PreparedCase
+    from curation.phantom import write_lesion, write_segmentations, write_study
     from curation.prepare import prepare_case
     from curation.state import StatePaths
-    from curation.synthetic import write_lesion, write_segmentations, write_study
-    from release.assemble import ReleaseEntry, build_release
+    from release.assemble import ReleaseEntry, assemble_release
     from release.verify import leak_scan_problems, verify_release
 
     study = write_study(phantom, root / "drop", vendor="siemens", seed=1, patient_id="SITE-0001",
@@ -82,7 +82,7 @@ def one_case(root: Path, phantom: object) -> dict[str, float]:
     assert isinstance(prepared, PreparedCase), prepared
 
     start = time.perf_counter()
-    result = build_release(config, [ReleaseEntry(1, prepared, case, "benchmark", site.license)], labels,
+    result = assemble_release(config, [ReleaseEntry(1, prepared, case, "benchmark", site.license)], labels,
                            pipeline_version="benchmark")
     times["package (zip)"] = time.perf_counter() - start
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="cases timed (median reported)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from curation.synthetic import make_phantom
+    from curation.phantom import make_phantom
 
     phantom = make_phantom(size="bench", with_labels=True)
     runs = []

@@ -34,8 +34,8 @@ from curation.config import MissingHeadPolicy, SiteConfig
 from curation.dicomindex import index_site
 from curation.ingest import ingest_study
 from curation.model import ConvertedCase
+from curation.phantom import make_phantom, write_study
 from curation.state import StatePaths
-from curation.synthetic import make_phantom, write_study
 
 
 def _site(dicom_dir: Path) -> SiteConfig:

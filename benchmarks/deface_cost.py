@@ -42,7 +42,7 @@ from anonymization.deface import apply_cylinder, ct_fallback_landmarks, plan_cyl
 from curation.convert import convert_series
 from curation.dicomindex import index_site
 from curation.model import Modality
-from curation.synthetic import make_phantom, write_study
+from curation.phantom import make_phantom, write_study
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ logger = logging.getLogger("benchmarks.scaling")
 
 def write_sites(root: Path, *, cases_per_site: int, size: str, runner: str, workers: int) -> Path:
     """Phantom sites in ``root`` with ``[execution]`` set; returns the config path."""
-    from curation.synthetic import write_demo_sites
+    from curation.phantom import write_demo_sites
 
     config_path = Path(write_demo_sites(root, cases_per_site=cases_per_site, size=size))
     text = config_path.read_text(encoding="utf-8")
@@ -67,6 +67,7 @@ def write_sites(root: Path, *, cases_per_site: int, size: str, runner: str, work
 
 def plain_pipeline(config: Config) -> tuple[float, int, str]:
     """Every stage function serially on ``config``; (seconds, cases, zip sha256)."""
+    from curation.clinical import read_clinical_sheet
     from curation.dicomindex import index_site
     from curation.ingest import ingest_study
     from curation.labels import load_release_labels, load_source_table
@@ -75,8 +76,7 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
     from curation.registry import NumberingCandidate, Registry
     from curation.state import StatePaths
     from flows.flows import PIPELINE_VERSION
-    from release.assemble import ReleaseEntry, build_release
-    from release.spreadsheets import read_clinical_sheet
+    from release.assemble import ReleaseEntry, assemble_release
     from release.verify import verify_release
 
     start = time.perf_counter()
@@ -114,7 +114,7 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
         )
         for p, c in prepared
     ]
-    result = build_release(config, entries, labels, pipeline_version=PIPELINE_VERSION)
+    result = assemble_release(config, entries, labels, pipeline_version=PIPELINE_VERSION)
     report = verify_release(Path(result.zip_path), state_dir=state.root)
     if not report.ok:
         raise RuntimeError(f"plain pipeline release fails verify: {report.problems}")
@@ -123,10 +123,10 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
 
 def flow_pipeline(config_path: Path) -> tuple[float, int, str]:
     """The curate flow; (seconds, cases, zip sha256)."""
-    from flows.flows import curate
+    from flows.flows import run_curate
 
     start = time.perf_counter()
-    summary = curate(str(config_path))
+    summary = run_curate(str(config_path))
     seconds = time.perf_counter() - start
     if summary.failed or not summary.zip_path:
         raise RuntimeError(f"curate failed: {summary}")

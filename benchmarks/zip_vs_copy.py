@@ -9,7 +9,7 @@ them), then, in one run and for several repetitions:
 * ``copy``: ``shutil.copyfile`` of the same member files into a folder;
 * ``copy+fsync``: the same, then every copy fsynced (the zip is fsynced before
   its rename, so this is the like-for-like reference);
-* ``build``: the whole :func:`release.assemble.build_release` (spreadsheets,
+* ``build``: the whole :func:`release.assemble.assemble_release` (spreadsheets,
   card, SHA256SUMS, zip, ``.sha256`` of the zip, manifest);
 
 and prints the median times and the ratios zip/copy and build/copy.
@@ -41,7 +41,7 @@ from curation.config import config_from_dict
 from curation.labels import load_release_labels
 from curation.metadata import CT_FIELDS, PT_FIELDS
 from curation.model import CATEGORIES, ConvertedCase, ImageFile, PreparedCase
-from release.assemble import ReleaseEntry, build_release
+from release.assemble import ReleaseEntry, assemble_release
 from release.zipper import ZipMember, write_zip
 
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 root / "release.toml",
             )
             shutil.rmtree(root / "dist", ignore_errors=True)
-            build_release(config, entries, labels, pipeline_version="bench")
+            assemble_release(config, entries, labels, pipeline_version="bench")
 
         times: dict[str, list[float]] = {"copy": [], "copy+fsync": [], "zip": [], "build": []}
         for rep in range(args.reps):

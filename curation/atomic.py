@@ -25,6 +25,23 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     The temporary name keeps the final suffixes (``.nii.gz``, ``.xlsx``) so that
     libraries choosing a format by extension write the right one.  On error the
     temporary file is removed and the target is left untouched.
+
+    Parameters
+    ----------
+    path
+        The file to write; its folder is created if missing.
+
+    Yields
+    ------
+    Path
+        The temporary file (``.<stem>.<random>.tmp<suffix>``, already
+        created and empty) for the caller to write.
+
+    Raises
+    ------
+    OSError
+        When the folder or the temporary file cannot be created, or the
+        rename fails; whatever the ``with`` block raises is re-raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,23 +60,58 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+    """Write ``data`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path
+        The file to write (see :func:`atomic_output`).
+    data
+        Its whole content.
+    """
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
+    """Write UTF-8 ``text`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path
+        The file to write (see :func:`atomic_output`).
+    text
+        Its whole content.
+    """
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically.
+
+    Parameters
+    ----------
+    path
+        The file to write (see :func:`atomic_output`).
+    obj
+        A JSON-serialisable value (e.g. from :func:`curation.model.to_jsonable`).
+    """
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def sha256_file(path: str | Path) -> str:
-    """The hex sha256 of a file's content, read in 1 MiB chunks."""
+    """The hex sha256 of a file's content, read in 1 MiB chunks.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    str
+        64 lower-case hex digits.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):

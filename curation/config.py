@@ -9,6 +9,8 @@ allowed; the CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -17,7 +19,12 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
+#: ``[release] labels`` naming the ENHANCE.PET label set shipped with the package.
 BUILTIN_LABELS = "builtin:enhance-pet"
+#: ``[release] output_dir`` when it is not given (relative to the config file).
+DEFAULT_OUTPUT_DIR = "dist"
+#: ``[release] state_dir`` when it is not given (relative to the config file).
+DEFAULT_STATE_DIR = ".petct"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SITE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 KNOWN_LICENSES = (
@@ -35,18 +42,39 @@ class ConfigError(ValueError):
 
 
 class Runner(StrEnum):
+    """Where the flows run their tasks (``[execution] runner``)."""
+
     THREADS = "threads"
     PROCESSES = "processes"
     DASK = "dask"
 
 
 class MissingHeadPolicy(StrEnum):
+    """What to do with a case of a defaced site whose head cannot be found (``deface_missing_head``)."""
+
     HOLD = "hold"
     RELEASE = "release"
 
 
 @dataclass(frozen=True)
 class ReleaseSettings:
+    """The ``[release]`` table: what the release is called and where things go.
+
+    Attributes
+    ----------
+    name
+        Release name (names the folder inside the zip and the zip).
+    version
+        Release version such as ``"1.0.0"``.
+    output_dir
+        Absolute folder the zip is written to (default :data:`DEFAULT_OUTPUT_DIR`).
+    state_dir
+        Absolute folder of the pipeline's state, never released (default
+        :data:`DEFAULT_STATE_DIR`; layout in :mod:`curation.state`).
+    labels
+        :data:`BUILTIN_LABELS` or the absolute path of a ``labels.json``.
+    """
+
     name: str
     version: str
     output_dir: Path
@@ -55,15 +83,32 @@ class ReleaseSettings:
 
     @property
     def zip_name(self) -> str:
+        """File name of the release zip: ``<name>-<version>.zip``."""
         return f"{self.name}-{self.version}.zip"
 
     @property
     def zip_path(self) -> Path:
+        """Where the release zip is written: :attr:`zip_name` in :attr:`output_dir`."""
         return self.output_dir / self.zip_name
 
 
 @dataclass(frozen=True)
 class DefacingSettings:
+    """The ``[defacing]`` table: the cylinder that removes the face of defaced sites.
+
+    The field defaults are the defaults of the configuration file.
+
+    Attributes
+    ----------
+    height_voxels
+        Height of the cylinder above the most inferior brain voxel, in PET
+        slice spacings (1 to 200).
+    margin_mm
+        How far the cylinder reaches beyond the skull, in mm (0 to 100).
+    clear_labels
+        Whether label maps are set to 0 inside the cylinder too.
+    """
+
     height_voxels: int = 16
     margin_mm: float = 5.0
     clear_labels: bool = True
@@ -71,6 +116,21 @@ class DefacingSettings:
 
 @dataclass(frozen=True)
 class ExecutionSettings:
+    """The ``[execution]`` table: how the flows run their tasks.
+
+    The field defaults are the defaults of the configuration file.
+
+    Attributes
+    ----------
+    runner
+        Threads, processes or a Dask cluster.
+    workers
+        How many tasks run at once (1 to 1024).
+    dask_address
+        Address of an existing Dask scheduler (``tcp://host:8786``), only
+        with ``runner = "dask"``; ``""`` starts a local cluster.
+    """
+
     runner: Runner = Runner.THREADS
     workers: int = 2
     dask_address: str = ""
@@ -78,11 +138,50 @@ class ExecutionSettings:
 
 @dataclass(frozen=True)
 class ScheduleSettings:
+    """The ``[schedule]`` table: when the served build flow runs.
+
+    The field defaults are the defaults of the configuration file.
+
+    Attributes
+    ----------
+    build_cron
+        A 5-field cron expression.
+    """
+
     build_cron: str = "0 2 * * 1"
 
 
 @dataclass(frozen=True)
 class SiteConfig:
+    """One ``[[site]]`` table: a delivering site, its folders and its rules.
+
+    Attributes
+    ----------
+    id
+        Public site label (lower-case letters, digits, ``_``, ``-``), unique.
+    dicom_dir
+        Absolute folder of the site's anonymised DICOM drop.
+    segmentations_dir
+        Absolute folder of the site's label maps (``<StudyInstanceUID>/<category>.nii.gz``).
+    lesions_dir
+        Absolute folder of the site's lesion masks, or None when it has none.
+    license
+        The licence of the site's cases, one of :data:`KNOWN_LICENSES`.
+    deface
+        Whether the site's cases are defaced.
+    indication
+        Clinical indication of every case of the site (``""``: none); a
+        clinical sheet overrides it per study.
+    clinical_sheet
+        Absolute path of a ``.csv``/``.xlsx`` with an indication per
+        StudyInstanceUID (:mod:`curation.clinical`), or None.
+    pseudonym_pattern
+        Regular expression PatientName / PatientID must match in full
+        (``""``: none; see :mod:`anonymization.gate`).
+    deface_missing_head
+        What to do with a case of a defaced site whose head is not found.
+    """
+
     id: str
     dicom_dir: Path
     segmentations_dir: Path
@@ -97,6 +196,24 @@ class SiteConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A validated ``release.toml``.
+
+    Attributes
+    ----------
+    path
+        The absolute path of the configuration file.
+    release
+        The ``[release]`` table.
+    defacing
+        The ``[defacing]`` table.
+    execution
+        The ``[execution]`` table.
+    schedule
+        The ``[schedule]`` table.
+    sites
+        The ``[[site]]`` tables, in file order.
+    """
+
     path: Path
     release: ReleaseSettings
     defacing: DefacingSettings
@@ -105,7 +222,23 @@ class Config:
     sites: tuple[SiteConfig, ...]
 
     def site(self, site_id: str) -> SiteConfig:
-        """Return the site called ``site_id``; raise :class:`ConfigError` naming the known ids."""
+        """Return the site called ``site_id``.
+
+        Parameters
+        ----------
+        site_id
+            A ``[[site]] id``.
+
+        Returns
+        -------
+        SiteConfig
+            The site's configuration.
+
+        Raises
+        ------
+        ConfigError
+            When no site has that id (the message names the known ids).
+        """
         for site in self.sites:
             if site.id == site_id:
                 return site
@@ -200,6 +333,11 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
     source
         The config file; relative paths are resolved against its folder.
 
+    Returns
+    -------
+    Config
+        Every table checked, absent keys at their defaults, paths absolute.
+
     Raises
     ------
     ConfigError
@@ -217,8 +355,8 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
     version = rel.string("version")
     if not _NAME_RE.match(version):
         raise rel._fail("version", version, "letters, digits, '.', '_' or '-' such as '1.0.0'")
-    output_dir = rel.path("output_dir", base, required=False) or (base / "dist").resolve()
-    state_dir = rel.path("state_dir", base, required=False) or (base / ".petct").resolve()
+    output_dir = rel.path("output_dir", base, required=False) or (base / DEFAULT_OUTPUT_DIR).resolve()
+    state_dir = rel.path("state_dir", base, required=False) or (base / DEFAULT_STATE_DIR).resolve()
     labels = rel.string("labels", BUILTIN_LABELS, allowed=f"{BUILTIN_LABELS!r} or a path to a labels.json")
     if labels != BUILTIN_LABELS:
         p = Path(labels).expanduser()
@@ -229,22 +367,26 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
     release = ReleaseSettings(name, version, output_dir, state_dir, labels)
 
     dt = _Table(top.get("defacing", dict, {}, "a [defacing] table"), "defacing", source)
-    height = dt.get("height_voxels", int, 16, "a whole number of PET voxels from 1 to 200")
+    default_defacing = DefacingSettings()
+    height = dt.get("height_voxels", int, default_defacing.height_voxels, "a whole number of PET voxels from 1 to 200")
     if not 1 <= height <= 200:
         raise dt._fail("height_voxels", height, "a whole number of PET voxels from 1 to 200")
-    margin = dt.get("margin_mm", (int, float), 5.0, "a number of millimetres from 0 to 100")
+    margin = dt.get("margin_mm", (int, float), default_defacing.margin_mm, "a number of millimetres from 0 to 100")
     if not 0 <= margin <= 100:
         raise dt._fail("margin_mm", margin, "a number of millimetres from 0 to 100")
-    clear = dt.get("clear_labels", bool, True, "true or false")
+    clear = dt.get("clear_labels", bool, default_defacing.clear_labels, "true or false")
     dt.finish()
     defacing = DefacingSettings(int(height), float(margin), clear)
 
     ex = _Table(top.get("execution", dict, {}, "an [execution] table"), "execution", source)
-    runner = ex.choice("runner", Runner, Runner.THREADS)
-    workers = ex.get("workers", int, 2, "a whole number of workers from 1 to 1024")
+    default_execution = ExecutionSettings()
+    runner = ex.choice("runner", Runner, default_execution.runner)
+    workers = ex.get("workers", int, default_execution.workers, "a whole number of workers from 1 to 1024")
     if not 1 <= workers <= 1024:
         raise ex._fail("workers", workers, "a whole number of workers from 1 to 1024")
-    dask_address = ex.get("dask_address", str, "", "'' or an address such as 'tcp://host:8786'")
+    dask_address = ex.get(
+        "dask_address", str, default_execution.dask_address, "'' or an address such as 'tcp://host:8786'"
+    )
     if dask_address and not re.match(r"^(tcp|tls|inproc|ucx)://", dask_address):
         raise ex._fail("dask_address", dask_address, "'' or an address such as 'tcp://host:8786'")
     if dask_address and runner is not Runner.DASK:
@@ -253,7 +395,7 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
     execution = ExecutionSettings(runner, workers, dask_address)
 
     sc = _Table(top.get("schedule", dict, {}, "a [schedule] table"), "schedule", source)
-    cron = sc.get("build_cron", str, "0 2 * * 1", "a 5-field cron expression")
+    cron = sc.get("build_cron", str, ScheduleSettings().build_cron, "a 5-field cron expression")
     _check_cron(cron, source)
     sc.finish()
     schedule = ScheduleSettings(cron)
@@ -310,6 +452,16 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
 def load_config(path: str | Path) -> Config:
     """Read and validate ``release.toml``.
 
+    Parameters
+    ----------
+    path
+        The configuration file.
+
+    Returns
+    -------
+    Config
+        The validated configuration (see :func:`config_from_dict`).
+
     Raises
     ------
     ConfigError
@@ -325,3 +477,51 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     return config_from_dict(raw, path)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def default_config_toml(name: str, version: str) -> str:
+    """Render the tables of a ``release.toml`` with every default written out.
+
+    The ``[release]``, ``[defacing]``, ``[execution]`` and ``[schedule]``
+    tables, each key at the default :func:`config_from_dict` uses when it is
+    absent; a caller appends its ``[[site]]`` tables.
+
+    Parameters
+    ----------
+    name
+        ``[release] name``.
+    version
+        ``[release] version``.
+
+    Returns
+    -------
+    str
+        TOML text, tables separated by a blank line, ending with a newline.
+    """
+    tables: dict[str, dict[str, Any]] = {
+        "release": {
+            "name": name,
+            "version": version,
+            "output_dir": DEFAULT_OUTPUT_DIR,
+            "state_dir": DEFAULT_STATE_DIR,
+            "labels": BUILTIN_LABELS,
+        },
+        "defacing": dataclasses.asdict(DefacingSettings()),
+        "execution": dataclasses.asdict(ExecutionSettings()),
+        "schedule": dataclasses.asdict(ScheduleSettings()),
+    }
+    blocks = [
+        "\n".join([f"[{table}]", *(f"{key} = {_toml_value(value)}" for key, value in keys.items())])
+        for table, keys in tables.items()
+    ]
+    return "\n\n".join(blocks) + "\n"

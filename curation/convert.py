@@ -59,7 +59,19 @@ def configure_dicom2nifti() -> None:
 
 
 def series_label(datasets: Sequence[Dataset]) -> str:
-    """How messages name the series of ``datasets``."""
+    """How messages name the series of ``datasets``.
+
+    Parameters
+    ----------
+    datasets
+        Instances of one series (the first one is read; may be empty).
+
+    Returns
+    -------
+    str
+        ``"<Modality> series <SeriesInstanceUID> ('<SeriesDescription>')"``,
+        ``?`` for what is missing.
+    """
     first = datasets[0] if datasets else Dataset()
     return (
         f"{first.get('Modality', '?')} series {first.get('SeriesInstanceUID', '?')} "

@@ -58,7 +58,17 @@ _BARE_START_GROUPS = (0x0002, 0x0008)
 
 @dataclass(frozen=True)
 class IndexTiming:
-    """How long the last :func:`index_site` took (for logs and benchmarks)."""
+    """How long the last :func:`index_site` took (for logs and benchmarks).
+
+    Attributes
+    ----------
+    files
+        Files read.
+    bytes_read
+        Bytes read (whole files: they are hashed).
+    seconds
+        Wall-clock time of the index.
+    """
 
     files: int
     bytes_read: int
@@ -66,6 +76,7 @@ class IndexTiming:
 
     @property
     def mb_per_s(self) -> float:
+        """Read throughput in MB/s (infinite for an instantaneous run)."""
         return self.bytes_read / 1e6 / self.seconds if self.seconds > 0 else float("inf")
 
 
@@ -81,39 +92,6 @@ def _looks_like_bare_dataset(head: bytes) -> bool:
         return False
     (group,) = struct.unpack("<H", head[:2])
     return group in _BARE_START_GROUPS
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """Whether ``path`` holds DICOM, judged by content (never by name).
-
-    A file is DICOM if it has the 128-byte preamble followed by ``DICM``, or,
-    without preamble, if it starts with a group-0002/0008 element and parses as
-    a dataset holding a SOPInstanceUID.
-
-    Parameters
-    ----------
-    path
-        The file to look at.
-
-    Returns
-    -------
-    bool
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    if _has_preamble(head):
-        return True
-    if not _looks_like_bare_dataset(head):
-        return False
-    try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-    except (InvalidDicomError, OSError, ValueError, EOFError, struct.error, KeyError, TypeError):
-        return False
-    return "SOPInstanceUID" in ds
 
 
 def _pixel_data_element(data: bytes, at: int) -> tuple[int, int] | None:

@@ -41,17 +41,37 @@ GAP_RTOL = 0.1
 
 @dataclass(frozen=True, eq=False)
 class SliceStack:
-    """A checked series: its datasets sorted along the slice normal, and the geometry."""
+    """A checked series: its datasets sorted along the slice normal, and the geometry.
 
-    datasets: tuple[Dataset, ...]  # sorted by position along the normal, ascending
-    order: tuple[int, ...]  # index into the input sequence of each sorted dataset
-    orientation: tuple[float, ...]  # ImageOrientationPatient: row cosines, column cosines
-    normal: tuple[float, float, float]  # row x column (DICOM LPS)
-    positions: tuple[float, ...]  # position of each sorted slice along the normal, mm
-    spacing: float  # mean step along the normal, mm
+    Attributes
+    ----------
+    datasets
+        The instances sorted by position along the normal, ascending.
+    order
+        Index into the input sequence of each sorted dataset.
+    orientation
+        ImageOrientationPatient: row cosines, then column cosines.
+    normal
+        Row x column cosines (DICOM LPS).
+    positions
+        Position of each sorted slice along the normal, mm.
+    spacing
+        Mean step along the normal, mm.
+    rows, columns
+        Rows and Columns of every slice.
+    pixel_spacing
+        PixelSpacing: (row spacing, column spacing), mm.
+    """
+
+    datasets: tuple[Dataset, ...]
+    order: tuple[int, ...]
+    orientation: tuple[float, ...]
+    normal: tuple[float, float, float]
+    positions: tuple[float, ...]
+    spacing: float
     rows: int
     columns: int
-    pixel_spacing: tuple[float, float]  # (row spacing, column spacing), mm
+    pixel_spacing: tuple[float, float]
 
 
 def _floats(ds: Dataset, keyword: str, count: int, label: str, index: int) -> np.ndarray:

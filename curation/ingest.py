@@ -1,22 +1,21 @@
 """Ingest one study: select -> read once -> de-identification gate -> geometry QA -> convert -> metadata.
 
 Each selected file is read with pydicom exactly once; the same datasets serve
-the gate, the geometry checks, the conversion and the metadata.  The outcome
-(a :class:`ConvertedCase` or a :class:`Rejection`) is written last, atomically,
-so it is the commit point: a study whose outcome holds the same
-:func:`ingest_key` (content digest of every file of the study, the gate's rule
-table and the site's pseudonym pattern) is not worked on again, and a study
-whose files or gate settings changed is redone.
+the gate, the geometry checks, the conversion and the metadata.  The step is
+the :class:`IngestStage` (see :mod:`curation.stage` for reuse and records): a
+study whose recorded outcome has the same fingerprint (content digest of every
+file of the study, the gate's rule table and the site's pseudonym pattern) is
+not worked on again, and a study whose files or gate settings changed is redone.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -24,32 +23,31 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from anonymization.gate import check_datasets, profile_digest, raise_for_findings
-from curation.atomic import atomic_write_json, sha256_file
+from curation.atomic import atomic_write_json
 from curation.config import SiteConfig
 from curation.convert import convert_series, series_label
-from curation.dicomindex import index_site
-from curation.errors import CurationError, RejectReason, UnreadableError
+from curation.errors import AmbiguousSeriesError, CurationError, UnreadableError
 from curation.geometry import check_series_geometry
 from curation.metadata import ct_metadata, pet_metadata
 from curation.model import (
     ConvertedCase,
+    ImageFile,
     Modality,
+    Phase,
     Rejection,
     SeriesRecord,
     StudyRecord,
     to_jsonable,
 )
 from curation.select import select_series
-from curation.state import StatePaths, read_outcome, write_outcome
+from curation.stage import CaseStage, StudySubject, read_record
+from curation.state import StatePaths
+from curation.uids import iter_uids
 
 logger = logging.getLogger(__name__)
 
 #: Identifying attributes whose values are recorded for the release leak scan.
 SENSITIVE_KEYWORDS: tuple[str, ...] = ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
-#: UIDs under this root are DICOM-defined (SOP classes, transfer syntaxes), not identifiers.
-_DICOM_ROOT = "1.2.840.10008."
-#: Part of every ingest key: raise it when ingest changes what it decides or writes.
-INGEST_VERSION = 1
 _READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError, TypeError)
 
 
@@ -67,26 +65,11 @@ def _read_series(series: SeriesRecord, *, pixels: bool) -> list[Dataset]:
     return datasets
 
 
-def _uids(ds: Dataset) -> Iterable[str]:
-    """Every UID value in ``ds`` and its sequences, converting only UI and SQ elements (fast)."""
-    for raw in ds.elements():  # raw elements: other values are never decoded
-        vr = raw.VR or ds[raw.tag].VR
-        if vr == "UI":
-            value = ds[raw.tag].value
-            for text in value if isinstance(value, MultiValue | list | tuple) else [value]:
-                text = str(text or "").strip()
-                if text and not text.startswith(_DICOM_ROOT):
-                    yield text
-        elif vr == "SQ":
-            for item in ds[raw.tag].value or ():
-                yield from _uids(item)
-
-
 def sensitive_values(datasets: Iterable[Dataset]) -> set[str]:
     """Every UID and identifying value (:data:`SENSITIVE_KEYWORDS`) in ``datasets``."""
     found: set[str] = set()
     for ds in datasets:
-        found.update(_uids(ds))
+        found.update(iter_uids(ds))
         for keyword in SENSITIVE_KEYWORDS:
             value = ds.get(keyword)
             if value in (None, ""):
@@ -96,41 +79,11 @@ def sensitive_values(datasets: Iterable[Dataset]) -> set[str]:
     return found
 
 
-def ingest_key(study: StudyRecord, site: SiteConfig) -> str:
-    """The content key of a study's ingest outcome.
-
-    The sha256 of every source file (``study.fingerprint``) and everything else
-    that decides the outcome: the gate's rule table and the site's pseudonym
-    pattern (a tightened gate re-checks studies converted before) and
-    :data:`INGEST_VERSION`.
-    """
-    doc = [study.fingerprint, profile_digest(), site.pseudonym_pattern, INGEST_VERSION]
-    return hashlib.sha256(json.dumps(doc).encode("utf-8")).hexdigest()
-
-
-def _cached(study: StudyRecord, site: SiteConfig, state: StatePaths) -> ConvertedCase | Rejection | None:
-    path = state.study_outcome(study.site, study.key)
-    if not path.is_file():
-        return None
-    outcome = read_outcome(path)
-    if outcome.fingerprint != ingest_key(study, site):
-        return None
-    if isinstance(outcome, Rejection):
-        return outcome if outcome.stage == "ingest" else None
-    # the volumes must still be the ones recorded (a damaged or edited file is redone)
-    for image in (outcome.ct, outcome.pt):
-        if not Path(image.path).is_file() or sha256_file(image.path) != image.sha256:
-            logger.warning("site %s study %s: %s differs from its record; converting again",
-                           site.id, study.key, image.path)
-            return None
-    return outcome
-
-
 def _converted_for_another_site(study: StudyRecord, site: SiteConfig, state: StatePaths) -> str | None:
     """The id of another site whose recorded outcome for this StudyInstanceUID is a converted case."""
-    for path in sorted((state.root / "sites").glob(f"*/studies/{study.key}.json")):
+    for path in state.study_outcomes_of_every_site(study.key):
         other = path.parent.parent.name
-        if other != site.id and isinstance(read_outcome(path), ConvertedCase):
+        if other != site.id and isinstance(read_record(path, ConvertedCase), ConvertedCase):
             return other
     return None
 
@@ -160,7 +113,7 @@ def _write_sensitive(state: StatePaths, site: SiteConfig, study: StudyRecord, va
     )
 
 
-def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths) -> ConvertedCase:
+def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprint: str) -> ConvertedCase:
     # recorded before anything can reject the study: the leak scan covers every study seen
     _write_sensitive(state, site, study, index_identifiers(study))
     selection = select_series(study)
@@ -191,7 +144,7 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Convert
         StudyInstanceUID=study.StudyInstanceUID,
         PatientID=study.PatientID,
         StudyDate=study.StudyDate,
-        fingerprint=ingest_key(study, site),
+        fingerprint=fingerprint,
         ct_series=selection.ct.SeriesInstanceUID,
         pt_series=selection.pt.SeriesInstanceUID,
         ct=ct_image,
@@ -205,6 +158,75 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Convert
     return case
 
 
+@dataclass(frozen=True)
+class IngestStage(CaseStage[ConvertedCase]):
+    """Gate, select, check and convert one study of ``site`` (upstream: ``(StudyRecord,)``).
+
+    The fingerprint covers the sha256 of every source file of the study
+    (``StudyRecord.fingerprint``) and everything else that decides the outcome:
+    the gate's rule table and the site's pseudonym pattern, so a tightened gate
+    re-checks studies converted before.
+
+    Attributes
+    ----------
+    site
+        The site's configuration.
+    state
+        Where volumes, ``case.json``, identifying values and the record go.
+    """
+
+    name: ClassVar[str] = "ingest"
+    phase: ClassVar[Phase] = Phase.INGEST
+    version: ClassVar[int] = 2
+    record_type: ClassVar[type] = ConvertedCase
+    done: ClassVar[str] = "converted"
+    done_event: ClassVar[str] = "study-converted"
+    input_name: ClassVar[str] = "dicom"
+
+    site: SiteConfig
+    state: StatePaths
+
+    def record_path(self, subject: StudySubject) -> Path:
+        """``sites/<site>/studies/<key>.json``."""
+        return self.state.study_outcome(subject.site, subject.key)
+
+    def fingerprint_parts(self, upstream: tuple[Any, ...]) -> dict[str, Any]:
+        """Source files' content, gate rule table, pseudonym pattern."""
+        (study,) = upstream
+        return {"dicom": study.fingerprint, "gate": profile_digest(), "pseudonym_pattern": self.site.pseudonym_pattern}
+
+    def produce(self, upstream: tuple[Any, ...], fingerprint: str) -> ConvertedCase:
+        """Convert the study; a study another site converted already is ``ambiguous-series``."""
+        (study,) = upstream
+        if study.site != self.site.id:
+            raise ValueError(f"study {study.key} belongs to site {study.site!r}, not {self.site.id!r}")
+        other = _converted_for_another_site(study, self.site, self.state)
+        if other is not None:
+            # one study is one case: the volumes under cases/<key> belong to the other site's case
+            raise AmbiguousSeriesError(
+                f"study {study.StudyInstanceUID} is also delivered by site {other!r}, where it was converted "
+                "already: a study is released once; remove it from one of the two drops"
+            )
+        try:
+            return _convert(study, self.site, self.state, fingerprint)
+        except CurationError:
+            _clear_case(self.state, study.key)  # no stale volumes of an earlier conversion
+            raise
+
+    def outputs(self, record: ConvertedCase) -> dict[str, ImageFile]:
+        """The converted CT and PET volumes."""
+        return {"CT.nii.gz": record.ct, "PT.nii.gz": record.pt}
+
+    def parameters(self, record: ConvertedCase) -> dict[str, Any]:
+        """The selected series, the ignored ones and why, private attributes listed for review."""
+        return {
+            "ct_series": record.ct_series,
+            "pt_series": record.pt_series,
+            "ignored_series": [{"series": s.SeriesInstanceUID, "why": s.why} for s in record.ignored],
+            "private_attributes_for_review": list(record.private_review),
+        }
+
+
 def ingest_study(study: StudyRecord, site: SiteConfig, state: StatePaths) -> ConvertedCase | Rejection:
     """Make one study into a converted case, or reject it with a reason code.
 
@@ -215,75 +237,17 @@ def ingest_study(study: StudyRecord, site: SiteConfig, state: StatePaths) -> Con
     site
         The site's configuration (``pseudonym_pattern`` for the gate).
     state
-        Where volumes, ``case.json``, sensitive values and the outcome go.
+        Where volumes, ``case.json``, identifying values and the record go.
 
     Returns
     -------
     ConvertedCase | Rejection
-        The outcome, also written with :func:`curation.state.write_outcome`.
-        If the recorded outcome already has the same :func:`ingest_key` it is
-        returned without any work.
+        The outcome, also recorded in ``state``; an unchanged study's recorded
+        outcome is returned without any work (:class:`IngestStage`).
 
     Raises
     ------
-    Exception
-        Only programming errors; every data problem is a :class:`Rejection`.
+    ValueError
+        When ``study`` is not a study of ``site``.
     """
-    cached = _cached(study, site, state)
-    if cached is not None:
-        logger.info("site %s study %s: unchanged since the last ingest (%s)", site.id, study.key, type(cached).__name__)
-        return cached
-    outcome: ConvertedCase | Rejection
-    other = _converted_for_another_site(study, site, state)
-    if other is not None:
-        # one study is one case: the volumes under cases/<key> belong to the other site's case
-        outcome = Rejection(
-            site=site.id,
-            StudyInstanceUID=study.StudyInstanceUID,
-            reason=RejectReason.AMBIGUOUS_SERIES,
-            message=(
-                f"study {study.StudyInstanceUID} is also delivered by site {other!r}, where it was converted "
-                "already: a study is released once; remove it from one of the two drops"
-            ),
-            stage="ingest",
-            fingerprint=ingest_key(study, site),
-        )
-        logger.warning("site %s study %s: rejected (%s): %s", site.id, study.key, outcome.reason, outcome.message)
-        write_outcome(state, outcome)
-        return outcome
-    try:
-        outcome = _convert(study, site, state)
-        logger.info("site %s study %s: converted", site.id, study.key)
-    except CurationError as exc:
-        _clear_case(state, study.key)
-        outcome = Rejection(
-            site=site.id,
-            StudyInstanceUID=study.StudyInstanceUID,
-            reason=exc.reason,
-            message=exc.message,
-            stage="ingest",
-            fingerprint=ingest_key(study, site),
-        )
-        logger.warning("site %s study %s: rejected (%s): %s", site.id, study.key, exc.reason, exc.message)
-    write_outcome(state, outcome)
-    return outcome
-
-
-def ingest_site(site: SiteConfig, state: StatePaths) -> list[ConvertedCase | Rejection]:
-    """Index ``site.dicom_dir`` and ingest every study, one after the other.
-
-    Parameters
-    ----------
-    site
-        The site to ingest.
-    state
-        The state folder; the index goes to ``state.site_index(site.id)``.
-
-    Returns
-    -------
-    list
-        One outcome per study, in index order (by StudyInstanceUID).
-    """
-    index = index_site(site.id, site.dicom_dir)
-    atomic_write_json(state.site_index(site.id), to_jsonable(index))
-    return [ingest_study(study, site, state) for study in index.studies]
+    return IngestStage(site=site, state=state).run((study,)).outcome

@@ -37,21 +37,11 @@ _BUILTIN_FILE = "enhance_pet_labels.json"
 _MOOSE_FILE = "moose_label_codes.csv"
 _VALUE_RE = re.compile(r"^[1-9][0-9]{0,2}$")
 
-#: MOOSE model names as written in the ``model`` column of the MOOSE label
-#: table, and the release category each one fills.  Models not listed here
-#: (``body``, ``digestive``, ``face``, ``fat_old``) have no release category
-#: and are not read.
-MOOSE_MODEL_CATEGORY: dict[str, str] = {
-    "body_composition": "Body-Composition",
-    "cardiac": "Cardiac",
-    "muscles": "Muscles",
-    "organs": "Organs",
-    "peripheral_bones": "Peripheral-Bones",
-    "ribs": "Ribs",
-    "vertebrae": "Vertebrae",
-}
-# the table above and CATEGORY_ALIASES must name the same seven models
-assert {f"clin_ct_{m}": c for m, c in MOOSE_MODEL_CATEGORY.items()} == CATEGORY_ALIASES
+#: The ``model`` column of the MOOSE label table names a model without this
+#: prefix (``organs`` for ``clin_ct_organs``, a key of
+#: :data:`curation.model.CATEGORY_ALIASES`).  Models without a release
+#: category (``body``, ``digestive``, ``face``, ``fat_old``) are not read.
+MOOSE_MODEL_PREFIX = "clin_ct_"
 
 
 class LabelTableError(ConfigError):
@@ -76,12 +66,19 @@ class ReleaseLabels:
     source: str
 
     def values_by_name(self, category: str) -> dict[str, int]:
-        """Name -> release value for one category."""
-        return {name: value for value, name in self.categories[category].items()}
+        """Name -> release value for one category.
 
-    def value_of(self, category: str, name: str) -> int | None:
-        """The release value of ``name`` in ``category``, or None when the release lacks it."""
-        return self.values_by_name(category).get(name)
+        Parameters
+        ----------
+        category
+            One of :data:`curation.model.CATEGORIES`.
+
+        Returns
+        -------
+        dict[str, int]
+            Region name -> release value.
+        """
+        return {name: value for value, name in self.categories[category].items()}
 
     @property
     def region_count(self) -> int:
@@ -108,7 +105,18 @@ class SourceLabelTable:
     digest: str
 
     def names(self, category: str) -> dict[int, str]:
-        """Source value -> label name for one category."""
+        """Source value -> label name for one category.
+
+        Parameters
+        ----------
+        category
+            One of :data:`curation.model.CATEGORIES`.
+
+        Returns
+        -------
+        dict[int, str]
+            Source value -> source label name.
+        """
         return self.categories[category]
 
 
@@ -129,6 +137,11 @@ def release_labels_from_dict(raw: Any, where: str) -> ReleaseLabels:
         The parsed JSON: ``{"<Category>": {"<value>": "<name>", ...}, ...}``.
     where
         The file (or ``builtin:...``) named in error messages.
+
+    Returns
+    -------
+    ReleaseLabels
+        Categories in release order, values in increasing order.
 
     Raises
     ------
@@ -186,6 +199,11 @@ def load_release_labels(spec: str) -> ReleaseLabels:
         ``"builtin:enhance-pet"`` for the packaged ENHANCE.PET set, otherwise
         the path of a ``labels.json`` of the same form.
 
+    Returns
+    -------
+    ReleaseLabels
+        The validated label set (see :func:`release_labels_from_dict`).
+
     Raises
     ------
     LabelTableError
@@ -213,6 +231,16 @@ def labels_json_bytes(labels: ReleaseLabels) -> bytes:
 
     The bytes depend only on the label set (fixed indentation, ASCII, final
     newline), so two builds write identical files.
+
+    Parameters
+    ----------
+    labels
+        The release label set.
+
+    Returns
+    -------
+    bytes
+        The file's content.
     """
     doc = {
         category: {str(value): labels.categories[category][value] for value in sorted(labels.categories[category])}
@@ -227,19 +255,28 @@ def labels_json_bytes(labels: ReleaseLabels) -> bytes:
 
 def _category_of_model(model: str) -> str | None:
     """Release category of a ``model`` column value (MOOSE short name, clin_ct_ name or category)."""
-    if model in MOOSE_MODEL_CATEGORY:
-        return MOOSE_MODEL_CATEGORY[model]
-    if model in CATEGORY_ALIASES:
-        return CATEGORY_ALIASES[model]
     if model in CATEGORIES:
         return model
-    return None
+    return CATEGORY_ALIASES.get(model) or CATEGORY_ALIASES.get(MOOSE_MODEL_PREFIX + model)
 
 
 def source_table_from_csv(data: bytes, where: str) -> SourceLabelTable:
     """Parse a source label table (csv with columns ``model``, ``label_name``, ``label_id``).
 
     Rows of models without a release category are skipped.
+
+    Parameters
+    ----------
+    data
+        The csv file's bytes (UTF-8, a byte-order mark allowed).
+    where
+        The file named in error messages and recorded as the table's source.
+
+    Returns
+    -------
+    SourceLabelTable
+        Per release category, source value -> label name; ``digest`` is the
+        sha256 of ``data``.
 
     Raises
     ------
@@ -302,6 +339,11 @@ def load_source_table(path: str | Path | None = None) -> SourceLabelTable:
     path
         A csv of the same form as ``curation/data/moose_label_codes.csv``;
         None for the packaged MOOSE table.
+
+    Returns
+    -------
+    SourceLabelTable
+        The validated table (see :func:`source_table_from_csv`).
 
     Raises
     ------

@@ -15,7 +15,7 @@ import typing
 from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
-from curation.errors import RejectReason
+from curation.errors import AttributeFinding, RejectReason
 
 T = TypeVar("T")
 
@@ -43,8 +43,24 @@ CATEGORY_ALIASES: dict[str, str] = {
 
 
 class Modality(StrEnum):
+    """The two modalities a case is made of (DICOM Modality values)."""
+
     CT = "CT"
     PT = "PT"
+
+
+class Phase(StrEnum):
+    """Where in the pipeline a study was stopped: rejected at ingest, or held back at build."""
+
+    INGEST = "ingest"
+    BUILD = "build"
+
+
+class Landmarks(StrEnum):
+    """Where a defacing cylinder's brain and skull landmarks came from."""
+
+    SEGMENTATION = "segmentation"  # the study's Organs (brain) and Peripheral-Bones (skull) maps
+    CT_FALLBACK = "ct-fallback"  # bone threshold and connected components on the CT
 
 
 def study_key(study_instance_uid: str) -> str:
@@ -93,6 +109,7 @@ class StudyRecord:
 
     @property
     def key(self) -> str:
+        """The study's key in ``state_dir`` (:func:`study_key`)."""
         return study_key(self.StudyInstanceUID)
 
 
@@ -130,17 +147,38 @@ class ImageFile:
 
 @dataclasses.dataclass(frozen=True)
 class Rejection:
-    """A study that was not made into a case (or a case held back), with its reason."""
+    """A study that was not made into a case (or a case held back), with its reason.
+
+    Attributes
+    ----------
+    site, StudyInstanceUID
+        The study.
+    reason
+        The reason code.
+    message
+        A sentence naming the series or file and the evidence (no identifying value).
+    phase
+        :attr:`Phase.INGEST` (the study was rejected) or :attr:`Phase.BUILD` (held back).
+    stage
+        The name of the stage that stopped it (``"ingest"``, ``"prepare"``, ...).
+    fingerprint
+        The stage's content key: the rejection stands while the inputs are unchanged.
+    findings
+        The attributes behind the reason, as data (the de-identification gate's findings).
+    """
 
     site: str
     StudyInstanceUID: str
     reason: RejectReason
     message: str
-    stage: str  # "ingest" or "build"
+    phase: Phase
+    stage: str
     fingerprint: str
+    findings: tuple[AttributeFinding, ...] = ()
 
     @property
     def key(self) -> str:
+        """The study's key in ``state_dir`` (:func:`study_key`)."""
         return study_key(self.StudyInstanceUID)
 
 
@@ -164,6 +202,7 @@ class ConvertedCase:
 
     @property
     def key(self) -> str:
+        """The study's key in ``state_dir`` (:func:`study_key`)."""
         return study_key(self.StudyInstanceUID)
 
 
@@ -180,7 +219,7 @@ class DefaceCylinder:
     axis_x: float
     axis_y: float
     radius: float
-    landmarks: str  # "segmentation" | "ct-fallback"
+    landmarks: Landmarks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +242,7 @@ class PreparedCase:
 
     @property
     def key(self) -> str:
+        """The study's key in ``state_dir`` (:func:`study_key`)."""
         return study_key(self.StudyInstanceUID)
 
 

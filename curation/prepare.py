@@ -20,19 +20,20 @@
 Images of cases that are not defaced are not rewritten: the prepared case
 refers to the converted files.
 
-The step is idempotent: its fingerprint covers every input (the converted
-volumes' sha256, the content of every segmentation and lesion file, the
-defacing settings and site switches, both label tables and
-:data:`PREPARE_VERSION`), and a case whose ``prepared.json`` carries the same
-fingerprint is returned without any work.
+The step is the :class:`PrepareStage` (see :mod:`curation.stage` for reuse and
+records): its fingerprint covers every input (the converted volumes' sha256,
+the content of every segmentation and lesion file, the defacing settings and
+site switches, both label tables), and a case whose record carries the same
+fingerprint and whose outputs are intact is returned without any work.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import nibabel as nib
 import numpy as np
@@ -41,13 +42,14 @@ from nibabel.filebasedimages import ImageFileError
 from anonymization.deface import apply_cylinder, landmark_masks, plan_cylinder
 from curation.atomic import sha256_file
 from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
-from curation.errors import CurationError, HeadNotFoundError, UnreadableError
+from curation.errors import HeadNotFoundError, UnreadableError
 from curation.labels import ReleaseLabels, SourceLabelTable, labels_json_bytes
 from curation.model import (
     CATEGORIES,
     ConvertedCase,
     DefaceCylinder,
     ImageFile,
+    Phase,
     PreparedCase,
     Rejection,
     to_jsonable,
@@ -59,18 +61,10 @@ from curation.segmentations import (
     load_category,
     load_lesion_mask,
 )
-from curation.state import StatePaths, read_prepared, write_prepared
+from curation.stage import CaseStage, StudySubject
+from curation.state import StatePaths
 
 logger = logging.getLogger(__name__)
-
-#: Part of every fingerprint: raise it when preparation changes what it writes.
-PREPARE_VERSION = 1
-_RECORD = "prepared.json"
-
-
-# ---------------------------------------------------------------------------
-# fingerprint
-
 
 def _input_files(case: ConvertedCase, site: SiteConfig) -> tuple[list[Path], Path | None]:
     """Every segmentation file of the study's folder, and the lesion file if there is one."""
@@ -81,56 +75,6 @@ def _input_files(case: ConvertedCase, site: SiteConfig) -> tuple[list[Path], Pat
         candidate = site.lesions_dir / f"{case.StudyInstanceUID}.nii.gz"
         lesion = candidate if candidate.is_file() else None
     return segs, lesion
-
-
-def prepare_fingerprint(
-    case: ConvertedCase,
-    site: SiteConfig,
-    *,
-    defacing: DefacingSettings,
-    release_labels: ReleaseLabels,
-    source_table: SourceLabelTable,
-) -> str:
-    """The content key of a case's preparation (sha256 hex).
-
-    Covers the converted CT/PT (their recorded sha256), the name and content
-    sha256 of every ``.nii.gz`` in the study's segmentation folder and of the
-    lesion file, the site's ``deface`` and ``deface_missing_head``, the
-    defacing settings (only for defaced sites), both label tables and
-    :data:`PREPARE_VERSION`.
-    """
-    segs, lesion = _input_files(case, site)
-    doc = {
-        "version": PREPARE_VERSION,
-        "ct": case.ct.sha256,
-        "pt": case.pt.sha256,
-        "segmentations": [[p.name, sha256_file(p)] for p in segs],
-        "lesion": sha256_file(lesion) if lesion is not None else None,
-        "deface": site.deface,
-        "deface_missing_head": site.deface_missing_head.value,
-        "defacing": to_jsonable(defacing) if site.deface else None,
-        "release_labels": hashlib.sha256(labels_json_bytes(release_labels)).hexdigest(),
-        "source_table": source_table.digest,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _cached(record: Path, fingerprint: str) -> PreparedCase | None:
-    if not record.is_file():
-        return None
-    try:
-        prepared = read_prepared(record)
-    except (ValueError, KeyError, TypeError) as exc:  # damaged or from another version: redo
-        logger.warning("%s: unreadable prepared record (%s); preparing again", record, exc)
-        return None
-    if prepared.fingerprint != fingerprint:
-        return None
-    # the outputs must still be the bytes recorded: a damaged or edited file is prepared again
-    for image in (prepared.ct, prepared.pt, *prepared.labels.values()):
-        if not Path(image.path).is_file() or sha256_file(image.path) != image.sha256:
-            logger.warning("%s differs from its record %s; preparing the case again", image.path, record)
-            return None
-    return prepared
 
 
 # ---------------------------------------------------------------------------
@@ -261,6 +205,88 @@ def _prepare(
     )
 
 
+@dataclass(frozen=True)
+class PrepareStage(CaseStage[PreparedCase]):
+    """Segmentations, lesion subtraction and defacing of one case (upstream: ``(ConvertedCase,)``).
+
+    Attributes
+    ----------
+    site
+        The case's site (``segmentations_dir``, ``lesions_dir``, ``deface``,
+        ``deface_missing_head``).
+    state
+        The state folder; outputs go to ``state.prepared_dir(case.key)``.
+    defacing
+        The ``[defacing]`` settings.
+    release_labels, source_table
+        The release label set and the source label table.
+    """
+
+    name: ClassVar[str] = "prepare"
+    phase: ClassVar[Phase] = Phase.BUILD
+    version: ClassVar[int] = 2
+    record_type: ClassVar[type] = PreparedCase
+    done: ClassVar[str] = "prepared"
+    done_event: ClassVar[str] = "case-prepared"
+    input_name: ClassVar[str] = "case"
+
+    site: SiteConfig
+    state: StatePaths
+    defacing: DefacingSettings
+    release_labels: ReleaseLabels
+    source_table: SourceLabelTable
+
+    def record_path(self, subject: StudySubject) -> Path:
+        """``prepared/<key>/prepared.json``."""
+        return self.state.prepared_record(subject.key)
+
+    def fingerprint_parts(self, upstream: tuple[Any, ...]) -> dict[str, Any]:
+        """Converted volumes, every segmentation and lesion file, site switches, settings, label tables."""
+        (case,) = upstream[:1]
+        segs, lesion = _input_files(case, self.site)
+        return {
+            "ct": case.ct.sha256,
+            "pt": case.pt.sha256,
+            "segmentations": [[p.name, sha256_file(p)] for p in segs],
+            "lesion": sha256_file(lesion) if lesion is not None else None,
+            "deface": self.site.deface,
+            "deface_missing_head": self.site.deface_missing_head.value,
+            "defacing": to_jsonable(self.defacing) if self.site.deface else None,
+            "release_labels": hashlib.sha256(labels_json_bytes(self.release_labels)).hexdigest(),
+            "source_table": self.source_table.digest,
+        }
+
+    def produce(self, upstream: tuple[Any, ...], fingerprint: str) -> PreparedCase:
+        """Read, subtract, deface and write the case's images and label maps."""
+        case: ConvertedCase = upstream[0]
+        if case.site != self.site.id:
+            raise ValueError(f"case {case.key} belongs to site {case.site!r}, not {self.site.id!r}")
+        prepared = _prepare(
+            case, self.site, self.state.prepared_dir(case.key), fingerprint,
+            defacing=self.defacing, release_labels=self.release_labels, source_table=self.source_table,
+        )
+        logger.info(
+            "case %s: prepared (defaced=%s, dropped %s, %d lesion voxels removed)",
+            case.key, prepared.defaced, prepared.dropped_labels or "nothing", prepared.lesion_voxels_removed,
+        )
+        return prepared
+
+    def outputs(self, record: PreparedCase) -> dict[str, ImageFile]:
+        """CT, PET and the seven label maps."""
+        return {"CT.nii.gz": record.ct, "PT.nii.gz": record.pt,
+                **{f"{cat}.nii.gz": img for cat, img in sorted(record.labels.items())}}
+
+    def parameters(self, record: PreparedCase) -> dict[str, Any]:
+        """Defacing (cylinder, landmarks), dropped labels, lesion voxels removed."""
+        return {
+            "defaced": record.defaced,
+            "cylinder": to_jsonable(record.cylinder),
+            "head_missing_released": record.head_missing_released,
+            "dropped_labels": record.dropped_labels,
+            "lesion_voxels_removed": record.lesion_voxels_removed,
+        }
+
+
 def prepare_case(
     case: ConvertedCase,
     site: SiteConfig,
@@ -277,8 +303,7 @@ def prepare_case(
     case
         A converted case of ``site``.
     site
-        Its site configuration (``segmentations_dir``, ``lesions_dir``,
-        ``deface``, ``deface_missing_head``).
+        Its site configuration.
     state
         The state folder; outputs go to ``state.prepared_dir(case.key)``.
     defacing
@@ -289,52 +314,18 @@ def prepare_case(
     Returns
     -------
     PreparedCase | Rejection
-        The prepared case (also written as ``prepared.json``), or a rejection
-        with stage ``"build"`` and the preparation fingerprint for a data
+        The prepared case, or a rejection in phase ``build`` for a data
         problem (segmentation missing, invalid or off the CT grid, head not
-        found).  A rejection is not written here: the caller records it.
-        ``lesion_voxels_removed`` counts label voxels set to 0 by the lesion
-        mask over all seven categories; ``dropped_voxels`` counts, per
-        category, voxels of source labels the release does not carry.
+        found); either is recorded in ``state``.  ``lesion_voxels_removed``
+        counts label voxels set to 0 by the lesion mask over all seven
+        categories; ``dropped_voxels`` counts, per category, voxels of source
+        labels the release does not carry.
 
     Raises
     ------
     ValueError
         When ``case`` is not a case of ``site``.
     """
-    if case.site != site.id:
-        raise ValueError(f"case {case.key} belongs to site {case.site!r}, not {site.id!r}")
-    fingerprint = prepare_fingerprint(
-        case, site, defacing=defacing, release_labels=release_labels, source_table=source_table
-    )
-    out_dir = state.prepared_dir(case.key)
-    record = out_dir / _RECORD
-    cached = _cached(record, fingerprint)
-    if cached is not None:
-        logger.info("case %s: prepared already with the same inputs", case.key)
-        return cached
-    # a stale record must not outlive a failed or interrupted redo
-    record.unlink(missing_ok=True)
-    try:
-        prepared = _prepare(
-            case, site, out_dir, fingerprint,
-            defacing=defacing, release_labels=release_labels, source_table=source_table,
-        )
-    except CurationError as exc:
-        logger.warning("case %s of site %s: held back (%s): %s", case.key, site.id, exc.reason, exc.message)
-        return Rejection(
-            site=case.site,
-            StudyInstanceUID=case.StudyInstanceUID,
-            reason=exc.reason,
-            message=exc.message,
-            stage="build",
-            fingerprint=fingerprint,
-        )
-    write_prepared(state, prepared)
-    logger.info(
-        "case %s: prepared (defaced=%s, dropped %s, %d lesion voxels removed)",
-        case.key, prepared.defaced, prepared.dropped_labels or "nothing", prepared.lesion_voxels_removed,
-    )
-    return prepared
-
-
+    stage = PrepareStage(site=site, state=state, defacing=defacing,
+                         release_labels=release_labels, source_table=source_table)
+    return stage.run((case,)).outcome

@@ -37,9 +37,19 @@ _BUSY_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class NumberingCandidate:
-    """A study that may be numbered, with the keys that order it."""
+    """A study that may be numbered, with the keys that order it.
 
-    site_rank: int  # position of the site in the config
+    Attributes
+    ----------
+    site_rank
+        Position of the site in the config.
+    site
+        The site's id.
+    PatientID, StudyDate, StudyInstanceUID
+        The study's, from the index.
+    """
+
+    site_rank: int
     site: str
     PatientID: str
     StudyDate: str
@@ -47,23 +57,50 @@ class NumberingCandidate:
 
     @property
     def order_key(self) -> tuple[int, str, str, str, str]:
+        """Numbering order: site (config order), PatientID, StudyDate, StudyInstanceUID."""
         return (self.site_rank, self.site, self.PatientID, self.StudyDate, self.StudyInstanceUID)
 
 
 @dataclass(frozen=True)
 class RegistryEntry:
-    """One numbered study as the registry holds it."""
+    """One numbered study as the registry holds it.
+
+    Attributes
+    ----------
+    number
+        The case number (see :func:`format_case_number`).
+    StudyInstanceUID
+        The numbered study.
+    site
+        The site that delivered it.
+    withdrawn
+        True once the case is withdrawn from later releases.
+    reason
+        Why it was withdrawn (``""`` while it is not).
+    assigned_at
+        When the number was given: UTC, ISO 8601.
+    """
 
     number: int
     StudyInstanceUID: str
     site: str
     withdrawn: bool
     reason: str
-    assigned_at: str  # UTC, ISO 8601
+    assigned_at: str
 
 
 def format_case_number(number: int) -> str:
     """The case number as released: at least four digits (``0001``), wider past 9999.
+
+    Parameters
+    ----------
+    number
+        A case number from the registry.
+
+    Returns
+    -------
+    str
+        The zero-padded number.
 
     Raises
     ------
@@ -77,6 +114,16 @@ def format_case_number(number: int) -> str:
 
 def parse_case_number(text: str) -> int:
     """Read a case number as a steward types it (``0007`` or ``7``).
+
+    Parameters
+    ----------
+    text
+        Digits, leading zeros allowed, surrounding spaces ignored.
+
+    Returns
+    -------
+    int
+        The number.
 
     Raises
     ------
@@ -219,6 +266,18 @@ class Registry:
         Withdrawing a case that is already withdrawn changes nothing and
         returns its entry (with the first reason).
 
+        Parameters
+        ----------
+        number
+            The case number.
+        reason
+            Why (recorded; must not be empty).
+
+        Returns
+        -------
+        RegistryEntry
+            The case's entry after the withdrawal.
+
         Raises
         ------
         ValueError
@@ -244,7 +303,13 @@ class Registry:
         return entry
 
     def entries(self) -> list[RegistryEntry]:
-        """Every numbered study, withdrawn ones included, by number."""
+        """Every numbered study, withdrawn ones included, by number.
+
+        Returns
+        -------
+        list[RegistryEntry]
+            In increasing number order.
+        """
         with self._transaction(write=False) as db:
             rows = db.execute(
                 "SELECT number, study_uid, site, withdrawn, reason, assigned_at FROM cases ORDER BY number"
@@ -252,7 +317,18 @@ class Registry:
         return [RegistryEntry(n, uid, site, bool(w), reason, at) for n, uid, site, w, reason, at in rows]
 
     def number_of(self, study_uid: str) -> int | None:
-        """The number given to ``study_uid`` (withdrawn or not), or None."""
+        """The number given to ``study_uid`` (withdrawn or not), or None.
+
+        Parameters
+        ----------
+        study_uid
+            A StudyInstanceUID.
+
+        Returns
+        -------
+        int or None
+            Its case number, or None when it was never numbered.
+        """
         with self._transaction(write=False) as db:
             row = db.execute("SELECT number FROM cases WHERE study_uid = ?", (study_uid,)).fetchone()
         return None if row is None else int(row[0])

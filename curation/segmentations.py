@@ -73,14 +73,36 @@ class CategoryMap:
 
 
 def category_of_stem(stem: str) -> str | None:
-    """The release category a file stem names (category or MOOSE alias), else None."""
+    """The release category a file stem names (category or MOOSE alias), else None.
+
+    Parameters
+    ----------
+    stem
+        A file name without ``.nii.gz`` (``Organs`` or ``clin_ct_organs``).
+
+    Returns
+    -------
+    str or None
+        One of :data:`curation.model.CATEGORIES`, or None for another name.
+    """
     if stem in CATEGORIES:
         return stem
     return CATEGORY_ALIASES.get(stem)
 
 
 def is_release_named(path: Path) -> bool:
-    """True when ``path`` is named by a release category (so it carries release values)."""
+    """True when ``path`` is named by a release category (so it carries release values).
+
+    Parameters
+    ----------
+    path
+        A label map file (``<name>.nii.gz``).
+
+    Returns
+    -------
+    bool
+        False for a MOOSE model name (the map carries MOOSE values) or any other name.
+    """
     return path.name.removesuffix(_SUFFIX) in CATEGORIES
 
 

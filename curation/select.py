@@ -29,6 +29,10 @@ from curation.errors import (
 )
 from curation.model import IgnoredSeries, SeriesRecord, StudyRecord
 
+#: The CT and PET SOP classes the pipeline converts: one slice per file.  Enhanced
+#: and legacy-converted enhanced CT/PET are multi-frame (one file, per-frame
+#: geometry in functional groups), which the geometry checks and the conversion
+#: do not read, so such a series is a decoy with a clear reason.
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 #: Secondary capture SOP classes (single- and multi-frame variants).
@@ -70,7 +74,17 @@ def _is_derived(s: SeriesRecord) -> bool:
 
 @dataclass(frozen=True)
 class DecoyRule:
-    """One reason a series is not the case's CT or PET."""
+    """One reason a series is not the case's CT or PET.
+
+    Attributes
+    ----------
+    name
+        Short name of the rule (``"localiser"``).
+    applies
+        True for a series the rule makes a decoy.
+    why
+        The sentence recorded for such a series, with the attribute values that decided.
+    """
 
     name: str
     applies: Callable[[SeriesRecord], bool]
@@ -116,6 +130,11 @@ DECOY_RULES: tuple[DecoyRule, ...] = (
         lambda s: f"CT SOP class {s.SOPClassUID} is not CT Image Storage ({CT_IMAGE_STORAGE})",
     ),
     DecoyRule(
+        "pet-not-pet-image-storage",
+        lambda s: s.Modality == "PT" and s.SOPClassUID != PET_IMAGE_STORAGE,
+        lambda s: f"PET SOP class {s.SOPClassUID} is not PET Image Storage ({PET_IMAGE_STORAGE})",
+    ),
+    DecoyRule(
         "pet-not-attenuation-corrected",
         lambda s: s.Modality == "PT" and "ATTN" not in {w.upper() for w in s.CorrectedImage},
         lambda s: f"PET not attenuation-corrected (CorrectedImage '{_joined(s.CorrectedImage)}' has no ATTN)",
@@ -136,7 +155,17 @@ DECOY_RULES: tuple[DecoyRule, ...] = (
 
 @dataclass(frozen=True)
 class Selection:
-    """The two series that make a case, and every other series with why it was ignored."""
+    """The two series that make a case, and every other series with why it was ignored.
+
+    Attributes
+    ----------
+    ct
+        The diagnostic axial CT.
+    pt
+        The attenuation-corrected PET on the CT's frame of reference.
+    ignored
+        Every other series of the study with the reason, by SeriesInstanceUID.
+    """
 
     ct: SeriesRecord
     pt: SeriesRecord
@@ -144,7 +173,18 @@ class Selection:
 
 
 def decoy_reason(series: SeriesRecord) -> str | None:
-    """The recorded reason ``series`` is a decoy, or None if it is a candidate."""
+    """The recorded reason ``series`` is a decoy, or None if it is a candidate.
+
+    Parameters
+    ----------
+    series
+        A series of the index.
+
+    Returns
+    -------
+    str or None
+        The sentence of the first :data:`DECOY_RULES` rule that applies.
+    """
     for rule in DECOY_RULES:
         if rule.applies(series):
             return rule.why(series)
@@ -207,7 +247,7 @@ def select_series(study: StudyRecord) -> Selection:
         )
     if not pts:
         raise NoACPETError(
-            f"{where}: no attenuation-corrected PET (CorrectedImage with ATTN and Units present); "
+            f"{where}: no attenuation-corrected PET (PET Image Storage, CorrectedImage with ATTN, Units BQML); "
             f"{_listing(decoys)}"
         )
     pairs = [(c, p) for c in cts for p in pts if c.FrameOfReferenceUID and c.FrameOfReferenceUID == p.FrameOfReferenceUID]

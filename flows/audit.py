@@ -63,6 +63,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,29 @@ RECORD_KEYS = frozenset(
         "time",
     }
 )
-#: The event written when an append repairs what a crash left behind.
-RECOVERED_EVENT = "audit-recovered"
+
+
+class AuditEvent(StrEnum):
+    """The events of the flows and the CLI.
+
+    A stage's own events are declared by the stage (``done_event``, e.g.
+    ``study-converted``, ``case-prepared``; ``<stage>-failed`` for a task that
+    raised), so a new stage brings its events with it.
+    """
+
+    SITE_INDEXED = "site-indexed"
+    INDEX_FAILED = "index-failed"
+    STUDY_REJECTED = "study-rejected"
+    CASE_HELD_BACK = "case-held-back"
+    CASE_NUMBERED = "case-numbered"
+    RELEASE_PACKAGED = "release-packaged"
+    RELEASE_REUSED = "release-reused"
+    RELEASE_VERIFIED = "release-verified"
+    RELEASE_QUARANTINED = "release-quarantined"
+    WITHDRAWN = "withdrawn"
+    #: written when an append repairs what a crash left behind
+    AUDIT_RECOVERED = "audit-recovered"
+
 _LOCK_TIMEOUT_S = 600.0
 _TAIL_CHUNK = 64 * 1024
 
@@ -358,7 +380,7 @@ class AuditLog:
             body = {
                 "actor": current_actor(),
                 "case": "",
-                "event": RECOVERED_EVENT,
+                "event": AuditEvent.AUDIT_RECOVERED.value,
                 "flow_run_id": "",
                 "inputs": {},
                 "outcome": "ok",

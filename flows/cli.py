@@ -1,4 +1,4 @@
-"""The ``petct-release`` command line (DESIGN.md section 4).
+"""The ``petct-release`` command line (the commands of the README's usage section).
 
 Every command that does work runs through the Prefect flows of
 :mod:`flows.flows`, so a CLI run and a deployment run are the same code and
@@ -31,18 +31,17 @@ import json
 import logging
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from curation.atomic import atomic_write_json
 from curation.config import Config, ConfigError, load_config
-from curation.model import ConvertedCase, Rejection, study_key
+from curation.errors import RunRefusedError
 from curation.registry import Registry, format_case_number, parse_case_number
-from curation.state import StatePaths, site_outcomes
+from curation.state import StatePaths
 from flows import progress
-from flows.audit import AuditError, AuditLog, case_history, verify_chain
+from flows.audit import AuditError, AuditEvent, AuditLog, case_history, verify_chain
+from flows.status import format_table, rejected_text, site_status
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ PROG = "petct-release"
 #: Our packages: their INFO lines are what a steward reads while work runs.
 OUR_LOGGERS = ("curation", "anonymization", "release", "flows")
 #: Prefect's console output is kept to warnings; its run logs still reach the
-#: API at INFO (PREFECT_LOGGING_LEVEL stays INFO, see PREFECT_NOTES.md).
+#: API at INFO (PREFECT_LOGGING_LEVEL stays INFO: at WARNING, Prefect drops INFO run logs everywhere).
 _PREFECT_ENV_DEFAULTS = {
     # a steward's machine holding patient data does not phone home unless asked to
     "DO_NOT_TRACK": "1",
@@ -62,8 +61,6 @@ _PREFECT_ENV_DEFAULTS = {
 }
 DEMO_CASES_DEFAULT = 2
 DEMO_OUT_DEFAULT = "demo-output"
-#: Written into a demo folder once its sites exist: a second ``demo`` reuses them.
-DEMO_MARKER = ".demo.json"
 
 
 class UsageError(Exception):
@@ -106,7 +103,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``petct-release`` (one sub-command per DESIGN.md line)."""
+    """The argument parser of ``petct-release`` (one sub-command per command of the README)."""
     parser = _Parser(
         prog=PROG,
         description="Turn anonymised multi-site PET/CT DICOM into a public dataset release.",
@@ -219,18 +216,11 @@ def _state(config: Config) -> StatePaths:
     return StatePaths(config.release.state_dir)
 
 
-def _rejected_text(by_reason: dict[str, int]) -> str:
-    if not by_reason:
-        return "0"
-    total = sum(by_reason.values())
-    return f"{total} (" + ", ".join(f"{code} {n}" for code, n in sorted(by_reason.items())) + ")"
-
-
 def _print_summary(summary: Any, out: Any) -> None:
     """Print a :class:`flows.flows.RunSummary`; raise CheckFailed when a task failed."""
     progress.close()
     print(
-        f"converted {summary.converted}, rejected {_rejected_text(summary.rejected)}, "
+        f"converted {summary.converted}, rejected {rejected_text(summary.rejected)}, "
         f"released {summary.released}, failed {summary.failed}",
         file=out,
     )
@@ -249,9 +239,9 @@ def _print_zip(summary: Any, out: Any) -> None:
 
 
 def _verify(zip_path: Path, state_dir: Path | None, out: Any) -> None:
-    from flows.flows import verify_release_flow
+    from flows.flows import run_verify
 
-    result = verify_release_flow(str(zip_path), str(state_dir) if state_dir else None)
+    result = run_verify(str(zip_path), str(state_dir) if state_dir else None)
     progress.close()
     for problem in result.problems:
         print(f"problem: {problem}", file=out)
@@ -265,40 +255,17 @@ def _verify(zip_path: Path, state_dir: Path | None, out: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, out: Any) -> None:
-    """Synthesise the phantom sites (once per ``--out``), curate, verify, print the zip.
+    """Synthesise the phantom sites (once per ``--out``), curate, verify, print the zip."""
+    from curation.phantom import DemoFolderError, demo_sites
 
-    ``--out/.demo.json`` records the ``--cases`` the sites were made with and
-    whether writing them finished, so an interrupted demo writes them again and
-    a finished one is reused (the second demo then has nothing left to do).
-    """
-    out_dir: Path = args.out.resolve()
-    config_path = out_dir / "release.toml"
-    marker = out_dir / DEMO_MARKER
-    if marker.is_file():
-        made = json.loads(marker.read_text(encoding="utf-8"))
-        if made.get("cases_per_site") != args.cases:
-            raise UsageError(
-                f"{out_dir} holds a demo made with --cases {made.get('cases_per_site')}, not "
-                f"--cases {args.cases}; use the same --cases or another --out"
-            )
-        complete = made.get("complete") is True and config_path.is_file()
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise UsageError(f"{out_dir} exists and is not a demo folder; choose an empty or new --out")
-    else:
-        complete = False
-    if complete:
-        logger.info("reusing the phantom sites in %s", out_dir)
-    else:
-        from curation.synthetic import write_demo_sites
-
-        atomic_write_json(marker, {"cases_per_site": args.cases, "complete": False})
-        logger.info("writing %d phantom case(s) per site to %s", args.cases, out_dir)
-        config_path = Path(write_demo_sites(out_dir, cases_per_site=args.cases))
-        atomic_write_json(marker, {"cases_per_site": args.cases, "complete": True})
+    try:
+        config_path = demo_sites(args.out.resolve(), cases_per_site=args.cases)
+    except DemoFolderError as exc:
+        raise UsageError(str(exc)) from None
     config = _config(config_path)
-    from flows.flows import curate
+    from flows.flows import run_curate
 
-    summary = curate(str(config_path))
+    summary = run_curate(str(config_path))
     _print_summary(summary, out)
     if not summary.zip_path:
         raise CheckFailed(f"{config_path}: the demo built no zip (no case was ready for release)")
@@ -307,33 +274,38 @@ def cmd_demo(args: argparse.Namespace, out: Any) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, out: Any) -> None:
+    """Ingest one site (``--site``) or every site; print the summary."""
     config = _config(args.config)
     if args.site is not None:
         config.site(args.site)  # ConfigError naming the known sites
-    from flows.flows import ingest_site
+    from flows.flows import run_ingest
 
-    summary = ingest_site(str(config.path), args.site)
+    summary = run_ingest(str(config.path), args.site)
     _print_summary(summary, out)
 
 
-def _build_like(args: argparse.Namespace, out: Any, entry_point: str) -> None:
+def cmd_build(args: argparse.Namespace, out: Any) -> None:
+    """Build the release from the ingested cases; print the summary and the zip."""
     config = _config(args.config)  # before importing Prefect: a config error is quick
-    import flows.flows
+    from flows.flows import run_build
 
-    summary = getattr(flows.flows, entry_point)(str(config.path), force=args.force)
+    summary = run_build(str(config.path), force=args.force)
     _print_summary(summary, out)
     _print_zip(summary, out)
 
 
-def cmd_build(args: argparse.Namespace, out: Any) -> None:
-    _build_like(args, out, "build_release")
-
-
 def cmd_run(args: argparse.Namespace, out: Any) -> None:
-    _build_like(args, out, "curate")
+    """Ingest every site, then build; print the summary and the zip."""
+    config = _config(args.config)
+    from flows.flows import run_curate
+
+    summary = run_curate(str(config.path), force=args.force)
+    _print_summary(summary, out)
+    _print_zip(summary, out)
 
 
 def cmd_verify(args: argparse.Namespace, out: Any) -> None:
+    """Verify a release zip (with ``--state``: also the leak scan and the defacing)."""
     if not args.zip.is_file():
         raise UsageError(f"{args.zip}: no such release zip")
     if args.state is not None and not args.state.is_dir():
@@ -341,132 +313,8 @@ def cmd_verify(args: argparse.Namespace, out: Any) -> None:
     _verify(args.zip.resolve(), args.state.resolve() if args.state else None, out)
 
 
-def site_status(config: Config) -> list[dict[str, Any]]:
-    """Per site: studies seen, cases ready, rejected by reason, released, withdrawn.
-
-    Read from ``state_dir`` only: the site indexes and study outcomes, the
-    registry, and the manifest of this config's release zip.
-    """
-    state = _state(config)
-    registry_entries = _registry_entries(state)
-    withdrawn = Counter(e.site for e in registry_entries if e.withdrawn)
-    withdrawn_uids = {e.StudyInstanceUID for e in registry_entries if e.withdrawn}
-    released = Counter(c.get("site", "") for c in _manifest_cases(config))
-    outcomes = {site.id: site_outcomes(state, site.id) for site in config.sites}
-    converted = {
-        o.StudyInstanceUID
-        for site_list in outcomes.values()
-        for o in site_list
-        if isinstance(o, ConvertedCase) and o.StudyInstanceUID not in withdrawn_uids
-    }
-    held_back = _held_back(state, converted)
-    rows = []
-    for site in config.sites:
-        site_list = outcomes[site.id]
-        rejected = Counter(o.reason.value for o in site_list if isinstance(o, Rejection))
-        rejected.update(
-            held_back[o.StudyInstanceUID] for o in site_list if o.StudyInstanceUID in held_back
-        )
-        ready = sum(
-            1
-            for o in site_list
-            if o.StudyInstanceUID in converted and o.StudyInstanceUID not in held_back
-        )
-        rows.append(
-            {
-                "site": site.id,
-                "studies seen": _studies_seen(state, site.id, len(site_list)),
-                "cases ready": ready,
-                "released": released.get(site.id, 0),
-                "withdrawn": withdrawn.get(site.id, 0),
-                # last: the widest column, so the numbers stay together
-                "rejected": dict(sorted(rejected.items())),
-            }
-        )
-    return rows
-
-
-def _registry_entries(state: StatePaths) -> list[Any]:
-    if not state.registry.is_file():
-        return []
-    return Registry(state.registry).entries()
-
-
-def _manifest_cases(config: Config) -> list[dict[str, Any]]:
-    from release.assemble import manifest_path
-
-    path = manifest_path(config.release.state_dir, config.release.zip_name)
-    if not path.is_file() or not config.release.zip_path.is_file():
-        return []
-    return list(json.loads(path.read_text(encoding="utf-8")).get("cases", []))
-
-
-def _studies_seen(state: StatePaths, site: str, fallback: int) -> int:
-    path = state.site_index(site)
-    if not path.is_file():
-        return fallback
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return len(data.get("studies", ()))
-
-
-#: Audit events of the build's prepare step (flows.flows): the last one of a study decides.
-PREPARED_EVENT = "case-prepared"
-HELD_BACK_EVENT = "case-held-back"
-
-
-def _held_back(state: StatePaths, studies: set[str]) -> dict[str, str]:
-    """StudyInstanceUID -> reason code for converted cases held back at build.
-
-    Build-stage rejections are not state files (``prepare_case`` writes only
-    ``prepared.json``), so the audit log is the record: a study without
-    ``prepared.json`` whose last prepare-step record is a hold-back is held back.
-    """
-    pending = {uid for uid in studies if not (state.prepared_dir(study_key(uid)) / "prepared.json").is_file()}
-    if not pending:
-        return {}
-    last: dict[str, dict[str, Any]] = {}
-    for record in AuditLog(state.audit_log).records():
-        if record["study"] in pending and record["event"] in (PREPARED_EVENT, HELD_BACK_EVENT):
-            last[record["study"]] = record
-    return {
-        uid: str(rec["parameters"].get("reason", "unknown"))
-        for uid, rec in last.items()
-        if rec["event"] == HELD_BACK_EVENT
-    }
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of equal keys as an aligned text table (numbers right-aligned), with a total row."""
-    if not rows:
-        return ""
-    headers = list(rows[0])
-    total: dict[str, Any] = {"site": "total"}
-    for key in headers[1:]:
-        if isinstance(rows[0][key], dict):
-            merged: Counter[str] = Counter()
-            for row in rows:
-                merged.update(row[key])
-            total[key] = dict(sorted(merged.items()))
-        else:
-            total[key] = sum(row[key] for row in rows)
-    cells = [
-        [_rejected_text(v) if isinstance(v, dict) else str(v) for v in (row[k] for k in headers)]
-        for row in [*rows, total]
-    ]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    numeric = [all(c[i].isdigit() for c in cells) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), sep, *(line(c) for c in cells[:-1]), sep, line(cells[-1])])
-
-
 def cmd_status(args: argparse.Namespace, out: Any) -> None:
+    """Print the per-site status table."""
     config = _config(args.config)
     state = _state(config)
     print(f"release {config.release.zip_name}   state {state.root}", file=out)
@@ -474,6 +322,7 @@ def cmd_status(args: argparse.Namespace, out: Any) -> None:
 
 
 def cmd_withdraw(args: argparse.Namespace, out: Any) -> None:
+    """Withdraw a case from later releases (its number is never given again)."""
     config = _config(args.config)
     state = _state(config)
     reason = args.reason.strip()
@@ -494,7 +343,7 @@ def cmd_withdraw(args: argparse.Namespace, out: Any) -> None:
         return
     entry = registry.withdraw(number, reason)
     AuditLog(state.audit_log).append(
-        "withdrawn",
+        AuditEvent.WITHDRAWN,
         site=entry.site,
         study=entry.StudyInstanceUID,
         case=args.case,
@@ -535,6 +384,7 @@ def format_record(record: dict[str, Any], *, full: bool) -> str:
 
 
 def cmd_audit(args: argparse.Namespace, out: Any) -> None:
+    """Show the audit log, one case's history, or verify the chain."""
     config = _config(args.config)
     state = _state(config)
     path = state.audit_log
@@ -561,6 +411,7 @@ def cmd_audit(args: argparse.Namespace, out: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, out: Any) -> None:
+    """Serve the deployments with their schedules until interrupted."""
     from flows.serve import serve
 
     config = _config(args.config)
@@ -583,20 +434,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], None]] = {
 }
 #: Commands that do long work (a progress bar on a terminal).
 _LONG = frozenset({"demo", "ingest", "build", "run", "verify", "serve"})
-
-
-def _refusals() -> tuple[type[BaseException], ...]:
-    """Errors by which a run refuses to go on (exit 1), from modules already imported.
-
-    Looked up lazily: importing :mod:`flows.flows` here would import Prefect
-    for every command.
-    """
-    found: list[type[BaseException]] = []
-    for module, name in (("flows.flows", "BuildInProgressError"), ("release.assemble", "ReleaseExistsError")):
-        cls = getattr(sys.modules.get(module), name, None)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            found.append(cls)
-    return tuple(found)
 
 
 def _error(text: str) -> None:
@@ -628,11 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except AuditError as exc:
             _error(str(exc))
             return 1
-        except Exception as exc:
-            if isinstance(exc, _refusals()):
-                _error(str(exc))
-                return 1
-            raise
+        except RunRefusedError as exc:  # another build holds the lock, or a different release exists
+            _error(str(exc))
+            return 1
         finally:
             undo_logging()
     return 0

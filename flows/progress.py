@@ -40,14 +40,17 @@ class LogProgress:
         self._done = 0
 
     def start(self, total: int, label: str) -> None:
+        """Begin a phase of ``total`` cases."""
         with self._lock:
             self._label, self._total, self._done = label, max(0, int(total)), 0
         logger.info("%s: %d cases to do", label, self._total)
 
     def step(self, step: str) -> None:
+        """Report a step of the current phase."""
         logger.info("%s: %s", self._label, step)
 
     def advance(self, step: str = "") -> None:
+        """Count one case of the current phase as done."""
         with self._lock:
             self._done += 1
             done, total = self._done, self._total
@@ -55,6 +58,7 @@ class LogProgress:
         logger.info("%s: %d/%d cases done%s", self._label, done, total, suffix)
 
     def finish(self) -> None:
+        """End the current phase."""
         with self._lock:
             done, total = self._done, self._total
         logger.info("%s: finished, %d/%d cases done", self._label, done, total)
@@ -89,6 +93,7 @@ class BarProgress:
         self._running = False
 
     def start(self, total: int, label: str) -> None:
+        """Begin a phase of ``total`` cases."""
         with self._lock:
             if not self._running:
                 self._bar.start()
@@ -96,16 +101,19 @@ class BarProgress:
             self._task = self._bar.add_task(label, total=max(0, int(total)), step="")
 
     def step(self, step: str) -> None:
+        """Report a step of the current phase."""
         with self._lock:
             if self._task is not None:
                 self._bar.update(self._task, step=step)
 
     def advance(self, step: str = "") -> None:
+        """Count one case of the current phase as done."""
         with self._lock:
             if self._task is not None:
                 self._bar.update(self._task, advance=1, step=step)
 
     def finish(self) -> None:
+        """End the current phase."""
         # The finished phase stays current: a step reported after it (packaging
         # after the last case) is shown on its line.
         with self._lock:

@@ -3,7 +3,7 @@
 With no ``PREFECT_API_URL``, Prefect starts a temporary API server on the first
 call, in whatever process makes that call.  Process-pool and Dask workers are
 other processes: left alone, each would start its own server on the same
-SQLite file, and the flow would not see their task runs (see PREFECT_NOTES.md).
+SQLite file, and the flow would not see their task runs (a process- or Dask-pool worker with no PREFECT_API_URL starts a temporary server of its own).
 :func:`prefect_api` therefore starts exactly one server in the flow's own
 process and puts its URL into the settings that Prefect serialises into every
 task it ships to a worker (and into the Dask workers' environment).

@@ -1,12 +1,17 @@
-"""Assemble the release zip (DESIGN.md section 5b) from prepared cases.
+"""Assemble the release zip from prepared cases.
 
-:func:`build_release` plans every member (images, label maps, labels.json,
+:func:`assemble_release` plans every member (images, label maps, labels.json,
 spreadsheets, dataset card, SHA256SUMS), then streams them into
 ``<output_dir>/<name>-<version>.zip`` with :func:`release.zipper.write_zip`.
 A zip of the same name with the same content is reused untouched; one with
 different content is refused unless ``force``.  A manifest for ``verify
---state`` goes to ``state_dir/releases/<name>-<version>.json`` (internal: it
-holds study keys).
+--state`` goes to ``state_dir/releases/<name>-<version>.json``
+(:meth:`curation.state.StatePaths.release_manifest`; internal: it holds study
+keys).
+
+The members and their layout (the public ENHANCE.PET 1.6k layout) are listed
+in the README, section "The release"; :func:`image_member` and
+:func:`label_member` name the volumes.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from typing import Any
 
 from curation.atomic import atomic_write_json, atomic_write_text, sha256_file
 from curation.config import Config
+from curation.errors import RunRefusedError
 from curation.labels import ReleaseLabels, labels_json_bytes
 from curation.metadata import CT_FIELDS, PT_FIELDS
 from curation.model import CATEGORIES, ConvertedCase, PreparedCase, to_jsonable
 from curation.registry import format_case_number
+from curation.state import StatePaths
 from release.card import CardCase, CardSite, render_card
 from release.checksums import sha256sums_text
 from release.spreadsheets import details_xlsx_bytes
@@ -46,13 +53,27 @@ SUMS_NAME = "SHA256SUMS"
 MANIFEST_FORMAT = 1
 
 
-class ReleaseExistsError(Exception):
+class ReleaseExistsError(RunRefusedError):
     """A release of the same name and version with different content exists already."""
 
 
 @dataclass(frozen=True)
 class ReleaseEntry:
-    """One case to release: its number, its prepared and converted records, and site facts."""
+    """One case to release: its number, its prepared and converted records, and site facts.
+
+    Attributes
+    ----------
+    number
+        The case number from the registry.
+    prepared
+        The prepared case (defaced images, label maps).
+    converted
+        The converted case (metadata for the spreadsheets).
+    indication
+        The clinical indication shown in the spreadsheets and the card.
+    license
+        The licence of the case's site.
+    """
 
     number: int
     prepared: PreparedCase
@@ -63,7 +84,23 @@ class ReleaseEntry:
 
 @dataclass(frozen=True)
 class ReleaseResult:
-    """What :func:`build_release` produced (or found already built)."""
+    """What :func:`assemble_release` produced (or found already built).
+
+    Attributes
+    ----------
+    zip_path
+        The release zip.
+    sha256
+        The zip's sha256 (also in ``<zip>.sha256``).
+    cases
+        How many cases it holds.
+    members
+        How many zip members it holds.
+    bytes
+        The zip's size.
+    reused
+        True when an identical zip was already there (nothing rewritten).
+    """
 
     zip_path: str
     sha256: str
@@ -74,23 +111,59 @@ class ReleaseResult:
 
 
 def image_member(case: str, modality: str) -> str:
-    """Path of a case's CT or PT inside ``<name>/``."""
+    """Path of a case's CT or PT inside ``<name>/``.
+
+    Parameters
+    ----------
+    case
+        The formatted case number (``"0001"``).
+    modality
+        ``"CT"`` or ``"PT"``.
+
+    Returns
+    -------
+    str
+        ``imaging-data/images/<modality>/<case>.nii.gz``.
+    """
     return f"imaging-data/images/{modality}/{case}.nii.gz"
 
 
 def label_member(case: str, category: str) -> str:
-    """Path of a case's label map of ``category`` inside ``<name>/``."""
+    """Path of a case's label map of ``category`` inside ``<name>/``.
+
+    Parameters
+    ----------
+    case
+        The formatted case number (``"0001"``).
+    category
+        One of :data:`curation.model.CATEGORIES`.
+
+    Returns
+    -------
+    str
+        ``imaging-data/ground-truth/<category>/<case>.nii.gz``.
+    """
     return f"imaging-data/ground-truth/{category}/{case}.nii.gz"
 
 
-def manifest_path(state_dir: Path, zip_name: str) -> Path:
-    """Where the manifest of the release zip called ``zip_name`` lives in ``state_dir``."""
-    stem = zip_name[: -len(".zip")] if zip_name.endswith(".zip") else zip_name
-    return Path(state_dir) / "releases" / f"{stem}.json"
-
-
 def details_columns(fields: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The columns of a details spreadsheet: the case columns, then every metadata field."""
+    """The columns of a details spreadsheet: the case columns, then every metadata field.
+
+    Parameters
+    ----------
+    fields
+        ``(name, kind)`` of the metadata fields (:data:`curation.metadata.CT_FIELDS` or ``PT_FIELDS``).
+
+    Returns
+    -------
+    tuple[tuple[str, str], ...]
+        :data:`CASE_COLUMNS` followed by ``fields``.
+
+    Raises
+    ------
+    ValueError
+        When a field has the name of a case column.
+    """
     leading = {name for name, _ in CASE_COLUMNS}
     clash = [name for name, _ in fields if name in leading]
     if clash:
@@ -267,7 +340,7 @@ def _remove_stale_temporaries(zip_path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def build_release(
+def assemble_release(
     config: Config,
     entries: Sequence[ReleaseEntry],
     labels: ReleaseLabels,
@@ -364,7 +437,7 @@ def build_release(
         "members": dict(sorted(plan.digests.items())),
         "cases": list(plan.manifest_cases),
     }
-    path = manifest_path(config.release.state_dir, zip_path.name)
+    path = StatePaths(config.release.state_dir).release_manifest(zip_path.name)
     if _read_json(path) != manifest:
         atomic_write_json(path, manifest)
     result = ReleaseResult(

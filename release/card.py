@@ -17,9 +17,26 @@ from curation.model import CATEGORIES
 
 @dataclass(frozen=True)
 class CardCase:
-    """What the card needs to know of one released case (no identifiers)."""
+    """What the card needs to know of one released case (no identifiers).
 
-    case: str  # "0001"
+    Attributes
+    ----------
+    case
+        The formatted case number (``"0001"``).
+    site
+        The site's id.
+    license
+        The case's licence.
+    indication
+        Its clinical indication (``""``: not given).
+    defaced
+        Whether the case was defaced.
+    head_missing_released
+        True for a case of a defaced site released without defacing because
+        its scan does not reach the head.
+    """
+
+    case: str
     site: str
     license: str
     indication: str
@@ -29,14 +46,38 @@ class CardCase:
 
 @dataclass(frozen=True)
 class CardSite:
-    """A site as the card shows it, in config order."""
+    """A site as the card shows it, in config order.
+
+    Attributes
+    ----------
+    id
+        The site's id.
+    license
+        The site's licence.
+    deface
+        Whether the site's cases are defaced.
+    """
 
     id: str
     license: str
     deface: bool
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A markdown table's lines: the header, the ``|---|`` rule and one line per row.
+
+    Parameters
+    ----------
+    header
+        Column titles.
+    rows
+        Cells, each shown with ``str``.
+
+    Returns
+    -------
+    list of str
+        The table's lines, without newlines.
+    """
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return lines
@@ -68,6 +109,11 @@ def render_card(
         The release label set (``labels.json``).
     defacing
         The ``[defacing]`` settings the defaced sites were processed with.
+
+    Returns
+    -------
+    str
+        The card's Markdown, ending with a newline; the same inputs give the same text.
     """
     per_site = Counter(c.site for c in cases)
     defaced_per_site = Counter(c.site for c in cases if c.defaced)
@@ -93,9 +139,9 @@ def render_card(
         "`CT-details.xlsx` and `PT-details.xlsx` gives it per case).",
         "",
     ]
-    out += _table(["licence", "cases"], sorted(licences.items()))
+    out += markdown_table(["licence", "cases"], sorted(licences.items()))
     out += ["", "## Sites", ""]
-    out += _table(
+    out += markdown_table(
         ["site", "cases", "licence", "defaced"],
         [
             (s.id, per_site[s.id], ", ".join(licence_of_site[s.id]), "yes" if s.deface else "no")
@@ -103,7 +149,7 @@ def render_card(
         ],
     )
     out += ["", "## Clinical indications", ""]
-    out += _table(["indication", "cases"], sorted(per_indication.items(), key=lambda kv: (-kv[1], kv[0])))
+    out += markdown_table(["indication", "cases"], sorted(per_indication.items(), key=lambda kv: (-kv[1], kv[0])))
     out += [
         "",
         "## Layout",
@@ -127,7 +173,7 @@ def render_card(
         "## Label categories",
         "",
     ]
-    out += _table(
+    out += markdown_table(
         ["category", "regions", "values"],
         [
             (c, len(labels.categories[c]), f"1-{max(labels.categories[c])}" if labels.categories[c] else "-")

@@ -11,6 +11,16 @@ _LINE_RE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 def sha256sums_text(digests: Mapping[str, str]) -> str:
     """The ``SHA256SUMS`` text for ``path -> sha256``, one line per path, sorted by path.
 
+    Parameters
+    ----------
+    digests
+        Path (relative, ``/``-separated) -> sha256 hex digest.
+
+    Returns
+    -------
+    str
+        One ``<sha256>  <path>`` line per path, each ending with a newline.
+
     Raises
     ------
     ValueError
@@ -30,6 +40,13 @@ def sha256sums_text(digests: Mapping[str, str]) -> str:
 
 def parse_sha256sums(text: str, *, source: str = "SHA256SUMS") -> tuple[dict[str, str], list[str]]:
     """Read ``SHA256SUMS`` text.
+
+    Parameters
+    ----------
+    text
+        The file's text.
+    source
+        The name used in problem sentences.
 
     Returns
     -------

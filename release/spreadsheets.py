@@ -1,18 +1,22 @@
-"""The release spreadsheets and the clinical sheet: the only module that imports openpyxl.
+"""The release's details spreadsheets: the module that owns openpyxl.
+
+Every ``.xlsx`` the pipeline writes is made here (:func:`details_xlsx_bytes`),
+and read back here for verification (:func:`read_details_xlsx`); openpyxl's
+quirks are handled in this module only.  The one other importer of openpyxl is
+:mod:`curation.clinical`, which only reads a site's clinical sheet (an input
+of the site, so it belongs to curation) with ``load_workbook(read_only=True)``.
 
 openpyxl stamps the save time into ``docProps/core.xml`` and the current
-local time into every zip member of the ``.xlsx``; :func:`write_details_xlsx`
+local time into every zip member of the ``.xlsx``; :func:`details_xlsx_bytes`
 fixes both, so identical rows give identical bytes (and so an identical
 release zip).
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import functools
 import io
-import logging
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -24,10 +28,6 @@ from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 
 from anonymization.gate import GateAction, iter_rules
-from curation.atomic import atomic_write_bytes
-from curation.config import ConfigError
-
-logger = logging.getLogger(__name__)
 
 #: Column kinds a details spreadsheet understands (the kinds of curation.metadata fields).
 KINDS: tuple[str, ...] = ("str", "int", "float", "date", "time", "datetime")
@@ -79,22 +79,26 @@ _MODIFIED_RE = re.compile(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)
 _CREATED_RE = re.compile(rb"(<dcterms:created[^>]*>)[^<]*(</dcterms:created>)")
 
 
-class ClinicalSheetError(ConfigError):
-    """The clinical sheet cannot be read; the message names file, row and problem.
-
-    A configuration error (the sheet is named in ``release.toml``): exit code 2.
-    """
-
-
 @functools.cache
 def identifying_keywords() -> frozenset[str]:
-    """:data:`IDENTIFYING_COLUMNS` and every attribute the gate's rule table treats as identifying."""
+    """:data:`IDENTIFYING_COLUMNS` and every attribute the gate's rule table treats as identifying.
+
+    Returns
+    -------
+    frozenset[str]
+        Column names that may never appear in a released spreadsheet.
+    """
     flagged = (GateAction.MUST_BE_EMPTY, GateAction.PSEUDONYM, GateAction.UID, GateAction.REVIEW)
     return IDENTIFYING_COLUMNS | {rule.keyword for rule in iter_rules() if rule.action in flagged}
 
 
 def check_column_names(names: Sequence[str]) -> None:
     """Refuse any column that would carry an identifier.
+
+    Parameters
+    ----------
+    names
+        Column names.
 
     Raises
     ------
@@ -150,10 +154,23 @@ def _parse_datetime(text: str) -> dt.datetime:
 
 
 def cell_value(value: Any, kind: str) -> Any:
-    """Turn a metadata value (JSON or already typed) into the cell value of ``kind``.
+    r"""Turn a metadata value (JSON or already typed) into the cell value of ``kind``.
 
     ``None`` and ``""`` give an empty cell.  Lists (for example PixelSpacing)
-    of a numeric kind are written as text ``"0.98\\0.98"``, as DICOM shows them.
+    of a numeric kind are written as text ``"0.98\0.98"``, as DICOM shows them.
+
+    Parameters
+    ----------
+    value
+        The value: ``None``, a string, a number, a list, or a date/time object.
+    kind
+        One of :data:`KINDS`.
+
+    Returns
+    -------
+    Any
+        ``None`` (empty cell), ``str``, ``int``, ``float``, ``datetime.date``,
+        ``datetime.time`` or ``datetime.datetime``.
 
     Raises
     ------
@@ -210,7 +227,28 @@ def _display_width(value: Any) -> int:
 def details_xlsx_bytes(
     columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]], *, title: str = "details"
 ) -> bytes:
-    """The bytes of a details spreadsheet (see :func:`write_details_xlsx`)."""
+    """Render a details spreadsheet: bold frozen header, typed cells, fitting widths.
+
+    Parameters
+    ----------
+    columns
+        ``(name, kind)`` pairs in column order; ``kind`` is one of :data:`KINDS`.
+    rows
+        One mapping per row, column name -> value (missing names give empty cells).
+    title
+        The worksheet's name.
+
+    Returns
+    -------
+    bytes
+        The ``.xlsx`` file; the same columns and rows always give the same bytes.
+
+    Raises
+    ------
+    ValueError
+        When a column name is identifying, names repeat, or a value does not
+        fit its column's kind (the message names the row and column).
+    """
     names = [name for name, _ in columns]
     check_column_names(names)
     if len(set(names)) != len(names):
@@ -268,31 +306,19 @@ def _repack(xlsx: bytes) -> bytes:
     return out.getvalue()
 
 
-def write_details_xlsx(
-    path: Path, columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]]
-) -> None:
-    """Write a details spreadsheet: bold frozen header, typed cells, fitting widths.
+def read_details_xlsx(source: Path | IO[bytes]) -> tuple[list[str], list[list[Any]]]:
+    """Read a details spreadsheet back: the header and the value rows of its first sheet.
 
     Parameters
     ----------
-    path
-        The ``.xlsx`` to write (atomically).
-    columns
-        ``(name, kind)`` pairs in column order; ``kind`` is one of :data:`KINDS`.
-    rows
-        One mapping per row, column name -> value (missing names give empty cells).
+    source
+        The ``.xlsx`` file, or a binary stream of it (a zip member).
 
-    Raises
-    ------
-    ValueError
-        When a column name is identifying, names repeat, or a value does not
-        fit its column's kind (the message names the row and column).
+    Returns
+    -------
+    tuple[list[str], list[list[Any]]]
+        The header's names and the rows that hold a value, as openpyxl reads them.
     """
-    atomic_write_bytes(path, details_xlsx_bytes(columns, rows, title=Path(path).stem[:31]))
-
-
-def read_details_xlsx(source: Path | IO[bytes]) -> tuple[list[str], list[list[Any]]]:
-    """Read a details spreadsheet back: the header and the value rows of its first sheet."""
     wb = openpyxl.load_workbook(source, read_only=True, data_only=True)
     try:
         ws = wb.worksheets[0]
@@ -304,99 +330,3 @@ def read_details_xlsx(source: Path | IO[bytes]) -> tuple[list[str], list[list[An
     header = [str(v) if v is not None else "" for v in rows[0]]
     body = [r for r in rows[1:] if any(v is not None for v in r)]
     return header, body
-
-
-# ---------------------------------------------------------------------------
-# the clinical sheet
-
-
-_SHEET_COLUMNS = ("StudyInstanceUID", "indication")
-
-
-def read_clinical_sheet(path: Path) -> dict[str, str]:
-    """Read a site's clinical sheet: StudyInstanceUID -> clinical indication.
-
-    The sheet is a ``.csv`` (UTF-8, comma separated) or the first worksheet of
-    an ``.xlsx``, with a header row holding the columns ``StudyInstanceUID``
-    and ``indication`` (other columns are ignored).  Blank rows are skipped.
-
-    Raises
-    ------
-    ClinicalSheetError
-        Naming the file, the row and the problem: a missing column, an empty
-        UID or indication, or a study listed twice with different indications.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".xlsx") and not path.is_file():
-        raise ClinicalSheetError(f"{path}: the clinical sheet does not exist (site clinical_sheet in the config)")
-    if suffix == ".csv":
-        rows = _csv_rows(path)
-    elif suffix == ".xlsx":
-        rows = _xlsx_rows(path)
-    else:
-        raise ClinicalSheetError(f"{path}: a clinical sheet must be .csv or .xlsx, not {suffix or 'no suffix'!r}")
-    if not rows:
-        raise ClinicalSheetError(f"{path}: the sheet is empty; expected a header row {', '.join(_SHEET_COLUMNS)}")
-    header = [("" if v is None else str(v)).strip() for v in rows[0]]
-    where = {}
-    for col in _SHEET_COLUMNS:
-        if col not in header:
-            raise ClinicalSheetError(
-                f"{path}: row 1: no column {col!r}; the header is {header!r}, expected "
-                f"{', '.join(_SHEET_COLUMNS)}"
-            )
-        where[col] = header.index(col)
-    result: dict[str, str] = {}
-    first_row: dict[str, int] = {}
-    for number, row in enumerate(rows[1:], start=2):
-        if all(v is None or str(v).strip() == "" for v in row):
-            continue
-        uid_raw = row[where["StudyInstanceUID"]] if where["StudyInstanceUID"] < len(row) else None
-        ind_raw = row[where["indication"]] if where["indication"] < len(row) else None
-        if uid_raw is not None and not isinstance(uid_raw, str):
-            raise ClinicalSheetError(
-                f"{path}: row {number}: StudyInstanceUID is a {type(uid_raw).__name__}, not text "
-                "(format the column as text so the UID is not turned into a number)"
-            )
-        uid = (uid_raw or "").strip()
-        indication = ("" if ind_raw is None else str(ind_raw)).strip()
-        if not uid:
-            raise ClinicalSheetError(f"{path}: row {number}: StudyInstanceUID is empty")
-        if not re.fullmatch(r"[0-9.]{1,64}", uid):
-            raise ClinicalSheetError(f"{path}: row {number}: StudyInstanceUID is not a DICOM UID (digits and dots)")
-        if not indication:
-            raise ClinicalSheetError(
-                f"{path}: row {number}: indication is empty (leave the study out of the sheet to use "
-                "the site's indication)"
-            )
-        if uid in result and result[uid] != indication:
-            raise ClinicalSheetError(
-                f"{path}: row {number}: the study of row {first_row[uid]} is listed again with another "
-                f"indication ({result[uid]!r} vs {indication!r})"
-            )
-        result[uid] = indication
-        first_row.setdefault(uid, number)
-    logger.debug("%s: %d studies with an indication", path, len(result))
-    return result
-
-
-def _csv_rows(path: Path) -> list[list[Any]]:
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            return [list(r) for r in csv.reader(fh)]
-    except UnicodeDecodeError as exc:
-        raise ClinicalSheetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise ClinicalSheetError(f"{path}: not a readable CSV file ({exc})") from None
-
-
-def _xlsx_rows(path: Path) -> list[list[Any]]:
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise ClinicalSheetError(f"{path}: not a readable .xlsx workbook ({exc})") from None
-    try:
-        return [list(r) for r in wb.worksheets[0].iter_rows(values_only=True)]
-    finally:
-        wb.close()

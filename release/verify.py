@@ -28,7 +28,8 @@ from anonymization.leakscan import UnscannableError, load_sensitive_values, scan
 from curation.labels import LabelTableError, ReleaseLabels, release_labels_from_dict
 from curation.model import CATEGORIES, DefaceCylinder, from_jsonable
 from curation.registry import format_case_number
-from release.assemble import MANIFEST_FORMAT, SUMS_NAME, manifest_path
+from curation.state import StatePaths
+from release.assemble import MANIFEST_FORMAT, SUMS_NAME
 from release.checksums import parse_sha256sums
 from release.spreadsheets import check_column_names, read_details_xlsx
 
@@ -327,7 +328,7 @@ class _Verifier:
         if self._manifest_read:
             return self._manifest
         self._manifest_read = True
-        path = manifest_path(self.state_dir, self.zip_path.name)
+        path = StatePaths(self.state_dir).release_manifest(self.zip_path.name)
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -344,7 +345,7 @@ class _Verifier:
             or not isinstance(manifest.get("cases"), list)
             or not all(isinstance(c, dict) and case_keys <= set(c) for c in manifest["cases"])
         ):
-            self.problem(f"{path}: not a build manifest of format {MANIFEST_FORMAT} (written by build_release)")
+            self.problem(f"{path}: not a build manifest of format {MANIFEST_FORMAT} (written by assemble_release)")
             return None
         self._manifest = manifest
         return manifest
@@ -462,8 +463,19 @@ class _Verifier:
 def leak_scan_problems(zip_path: Path, state_dir: Path) -> list[str]:
     """The leak scan of a release: every decompressed byte against the state's sensitive values.
 
-    One line per leak (file, kind, a digest prefix of the value, never the
-    value itself), or a line saying why the scan could not run.
+    Parameters
+    ----------
+    zip_path
+        The release zip.
+    state_dir
+        The state folder it was built from (its recorded sensitive values).
+
+    Returns
+    -------
+    list[str]
+        One line per leak (file, kind, a digest prefix of the value, never the
+        value itself), or a line saying why the scan could not run; empty
+        when the zip is clean.
     """
     try:
         values = load_sensitive_values(state_dir)

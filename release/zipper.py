@@ -42,8 +42,23 @@ class MemberChangedError(RuntimeError):
 class ZipMember:
     """One member: its name in the zip and its content, a file or (small) bytes.
 
-    ``sha256``, when given, is the digest the source must have; it is checked
-    while the member is streamed and the zip is abandoned on a mismatch.
+    Attributes
+    ----------
+    arcname
+        The member's name in the zip (relative, ``/``-separated).
+    path
+        The file holding the content, or None when ``data`` is given.
+    data
+        The content itself, or None when ``path`` is given.
+    sha256
+        When given, the digest the source must have; it is checked while the
+        member is streamed and the zip is abandoned on a mismatch.
+
+    Raises
+    ------
+    ValueError
+        When not exactly one of ``path`` and ``data`` is given, or ``arcname``
+        is absolute, has a backslash or a ``..`` part.
     """
 
     arcname: str
@@ -63,18 +78,45 @@ class ZipMember:
         return self.arcname.endswith(".nii.gz")
 
     def size(self) -> int:
-        """The member's size in bytes (of the file as it is now)."""
+        """The member's size in bytes (of the file as it is now).
+
+        Returns
+        -------
+        int
+            ``len(data)``, or the size of ``path``.
+        """
         return len(self.data) if self.data is not None else Path(self.path).stat().st_size  # type: ignore[arg-type]
 
     def open(self) -> IO[bytes]:
-        """A binary stream of the member's content."""
+        """A binary stream of the member's content.
+
+        Returns
+        -------
+        IO[bytes]
+            A new stream from the start; the caller closes it.
+        """
         if self.data is not None:
             return io.BytesIO(self.data)
         return open(self.path, "rb")  # type: ignore[arg-type]
 
 
 def member_info(arcname: str, size: int, *, stored: bool) -> zipfile.ZipInfo:
-    """The fixed :class:`zipfile.ZipInfo` of a member (time, permissions, method)."""
+    """The fixed :class:`zipfile.ZipInfo` of a member (time, permissions, method).
+
+    Parameters
+    ----------
+    arcname
+        The member's name.
+    size
+        Its uncompressed size in bytes.
+    stored
+        True to store it (NIfTI, already gzip), False to deflate it.
+
+    Returns
+    -------
+    zipfile.ZipInfo
+        Time :data:`FIXED_DATE_TIME`, mode :data:`FILE_MODE`, unix attributes.
+    """
     info = zipfile.ZipInfo(arcname, date_time=FIXED_DATE_TIME)
     info.create_system = 3  # unix, so the permission bits mean what they say
     info.external_attr = FILE_MODE << 16

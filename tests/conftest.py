@@ -1,7 +1,7 @@
 """Session-wide test set-up.
 
 Prefect reads its settings when it is first imported, so the quiet, fast test
-settings (see PREFECT_NOTES.md in the shared folder) are set here, before any
+settings (see docs/ARCHITECTURE.md, "Facts about Prefect") are set here, before any
 test module imports ``flows``.
 """
 
@@ -24,8 +24,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def small_phantom():
-    """The small head-first phantom (curation.synthetic.make_phantom(size="small", seed=0))."""
-    from curation.synthetic import make_phantom
+    """The small head-first phantom (curation.phantom.make_phantom(size="small", seed=0))."""
+    from curation.phantom import make_phantom
 
     return make_phantom(size="small", seed=0)
 
@@ -33,7 +33,7 @@ def small_phantom():
 @pytest.fixture(scope="session")
 def small_phantom_ffs():
     """The same phantom scanned feet first (PatientPosition FFS)."""
-    from curation.synthetic import make_phantom
+    from curation.phantom import make_phantom
 
     return make_phantom(size="small", seed=0, feet_first=True)
 
@@ -44,7 +44,7 @@ def small_study(tmp_path_factory, small_phantom):
 
     Shared by the session: treat the files as read-only.
     """
-    from curation.synthetic import write_study
+    from curation.phantom import write_study
 
     drop = tmp_path_factory.mktemp("small_study") / "drop"
     return write_study(
@@ -56,11 +56,11 @@ def small_study(tmp_path_factory, small_phantom):
 def demo_sites(tmp_path_factory):
     """Three small phantom sites (1 good case each plus the rejected ones); returns release.toml.
 
-    ``curation.synthetic.read_manifest(path)`` says what each study must become.
+    ``tests.phantom_helpers.read_manifest(path)`` says what each study must become.
     Shared by the session: treat the folder as read-only (point state_dir/output_dir
     elsewhere or copy the tree when a test writes).
     """
-    from curation.synthetic import write_demo_sites
+    from curation.phantom import write_demo_sites
 
     return write_demo_sites(tmp_path_factory.mktemp("demo_sites"), cases_per_site=1, size="small")
 

@@ -1,4 +1,4 @@
-"""Defacing (DESIGN.md section 5) on the phantom of :mod:`curation.synthetic`.
+"""Defacing (README, section "Defacing") on the phantom of :mod:`curation.phantom`.
 
 The phantom's landmark masks (eyes, nose, brain, arms) are the ground truth: the
 tests check, voxel by voxel, what the defaced CT and PET hold there, on the CT

@@ -464,7 +464,7 @@ def test_deid_data_names_without_pattern_still_caught(read_deid: Callable[[str],
 @pytest.fixture(scope="module")
 def phantom_headers(tmp_path_factory: pytest.TempPathFactory, small_phantom: object) -> Callable[[str, bool], tuple]:
     """Headers of the CT and PET series of a phantom study (vendor style, plant_phi), written once."""
-    from curation.synthetic import write_study
+    from curation.phantom import write_study
 
     cache: dict[tuple[str, bool], tuple] = {}
 
@@ -484,7 +484,7 @@ def phantom_headers(tmp_path_factory: pytest.TempPathFactory, small_phantom: obj
 def test_clean_phantom_studies_pass_and_planted_ones_are_quarantined(
     phantom_headers: Callable[[str, bool], tuple], vendor: str
 ) -> None:
-    from curation.synthetic import PLANTED_PHI
+    from curation.phantom import PLANTED_PHI
 
     study, datasets = phantom_headers(vendor, False)
     report = check_datasets(datasets, pseudonym_pattern=SITE_PATTERN)

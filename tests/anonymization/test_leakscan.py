@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -19,7 +20,6 @@ from anonymization.leakscan import (
     Leak,
     UnscannableError,
     load_sensitive_values,
-    scan_tree,
     scan_zip,
     value_digest,
 )
@@ -39,6 +39,28 @@ def _found(leaks: list[Leak]) -> set[tuple[str, int, str, str]]:
     return {(leak.file, leak.offset, leak.value_digest, leak.kind) for leak in leaks}
 
 
+def _zip_tree(root: Path) -> Path:
+    """Zip every file under ``root`` as a release is zipped (NIfTI stored, the rest deflated)."""
+    release = root / "release.zip"
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p != release)
+    with zipfile.ZipFile(release, "w") as zf:
+        for path in files:
+            method = zipfile.ZIP_STORED if path.name.endswith(".nii.gz") else zipfile.ZIP_DEFLATED
+            zf.write(path, path.relative_to(root).as_posix(), compress_type=method)
+    return release
+
+
+def _scan(root: Path, values: list[str]) -> list[Leak]:
+    """Scan the files under ``root`` the way a release is scanned: zipped, with :func:`scan_zip`.
+
+    Returns the leaks inside members, named by their path under ``root`` (the
+    zip's own bytes may repeat an incompressible member's content verbatim).
+    """
+    prefix = "release.zip!"
+    leaks = scan_zip(_zip_tree(root), values)
+    return [dataclasses.replace(leak, file=leak.file.removeprefix(prefix)) for leak in leaks if leak.file.startswith(prefix)]
+
+
 def _nifti_with(path: Path, *, descrip: str, voxel_text: bytes, at_byte: int) -> int:
     """Write a .nii.gz whose header descrip and voxel bytes carry text; return the data offset."""
     data = np.zeros((16, 16, 4), dtype=np.int16)
@@ -56,7 +78,7 @@ def test_value_in_nifti_header_and_voxels_is_found_with_its_offsets(tmp_path: Pa
     at_byte = 777
     offset = _nifti_with(tmp_path / "imaging-data/images/CT/0001.nii.gz", descrip=f"id {PATIENT_ID}",
                          voxel_text=UID.encode("ascii"), at_byte=at_byte)
-    leaks = scan_tree(tmp_path, VALUES)
+    leaks = _scan(tmp_path, VALUES)
     assert _found(leaks) == {
         ("imaging-data/images/CT/0001.nii.gz", 148 + 3, _digest(PATIENT_ID), "gunzip:verbatim"),  # descrip at 148
         ("imaging-data/images/CT/0001.nii.gz", offset + at_byte, _digest(UID), "gunzip:verbatim"),
@@ -87,7 +109,7 @@ def _member_offset(xlsx: bytes, needle: bytes) -> tuple[str, int]:
 def test_value_in_xlsx_cell_is_found_xml_escaped(tmp_path: Path) -> None:
     xlsx = _workbook_bytes([["case", "site"], ["0001", AMPERSAND], ["0002", NAME]])
     (tmp_path / "CT-details.xlsx").write_bytes(xlsx)
-    leaks = scan_tree(tmp_path, VALUES)
+    leaks = _scan(tmp_path, VALUES)
     amp_member, amp_offset = _member_offset(xlsx, b"Klinik Rot &amp; Weiss")
     name_member, name_offset = _member_offset(xlsx, NAME.encode())
     assert _found(leaks) == {
@@ -132,13 +154,13 @@ def test_value_across_a_chunk_boundary_is_found_once(tmp_path: Path, monkeypatch
     tail = AMPERSAND.encode()
     data = bytes(body) + b" " + tail  # a value that ends exactly at the end of the file
     (tmp_path / "blob.bin").write_bytes(data)
-    leaks = scan_tree(tmp_path, VALUES)
+    leaks = _scan(tmp_path, VALUES)
     assert sorted((leak.offset, leak.value_digest) for leak in leaks) == sorted(
         [(pos, _digest(value)) for value, pos in positions.items()] + [(len(data) - len(tail), _digest(AMPERSAND))]
     )
     # the same with the default chunk size gives the same answer
     monkeypatch.setattr(leakscan, "CHUNK_SIZE", 8 << 20)
-    assert _found(scan_tree(tmp_path, VALUES)) == _found(leaks)
+    assert _found(_scan(tmp_path, VALUES)) == _found(leaks)
 
 
 def test_numbers_need_a_boundary_and_short_values_are_ignored(tmp_path: Path) -> None:
@@ -151,14 +173,14 @@ def test_numbers_need_a_boundary_and_short_values_are_ignored(tmp_path: Path) ->
         "1.2.840.10008.1.2\n"  # public DICOM UID: never sensitive
     ).encode()
     (tmp_path / "SHA256SUMS").write_bytes(text)
-    leaks = scan_tree(tmp_path, VALUES)
+    leaks = _scan(tmp_path, VALUES)
     assert _found(leaks) == {("SHA256SUMS", text.find(b"id=") + 3, _digest(PATIENT_ID), "bytes:verbatim")}
 
 
 def test_json_escaped_value_is_found(tmp_path: Path) -> None:
     value = 'Dr. "Who" Müller'
     (tmp_path / "labels.json").write_text(json.dumps({"x": value}), encoding="utf-8")
-    leaks = scan_tree(tmp_path, [value])
+    leaks = _scan(tmp_path, [value])
     assert [(leak.file, leak.kind) for leak in leaks] == [("labels.json", "bytes:json-escaped")]
 
 
@@ -166,7 +188,7 @@ def test_gzip_header_file_name_is_scanned(tmp_path: Path) -> None:
     target = tmp_path / "x.gz"
     with open(target, "wb") as raw, gzip.GzipFile(filename=f"{NAME}.nii", mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(b"clean payload")
-    leaks = scan_tree(tmp_path, VALUES)
+    leaks = _scan(tmp_path, VALUES)
     assert _found(leaks) == {("x.gz", 10, _digest(NAME), "bytes:verbatim")}  # FNAME follows the 10-byte header
 
 
@@ -187,14 +209,14 @@ def test_clean_release_like_tree_has_no_false_positive(tmp_path: Path, small_pha
     (tmp_path / "PT-details.xlsx").write_bytes(
         _workbook_bytes([["case", "weight", "activity"]] + [[f"{k:04d}", 70.5 + k, 3.7e8 + k] for k in range(200)])
     )
-    assert scan_tree(tmp_path, values) == []
+    assert scan_zip(_zip_tree(tmp_path), values) == []
 
 
 def test_corrupt_gzip_is_unscannable_not_silently_clean(tmp_path: Path) -> None:
     good = gzip.compress(b"x" * 100000)
     (tmp_path / "broken.nii.gz").write_bytes(good[: len(good) // 2])
     with pytest.raises(UnscannableError, match=r"broken\.nii\.gz: the gzip stream cannot be decompressed"):
-        scan_tree(tmp_path, VALUES)
+        _scan(tmp_path, VALUES)
 
 
 def test_scan_zip_refuses_a_non_zip(tmp_path: Path) -> None:
@@ -205,7 +227,7 @@ def test_scan_zip_refuses_a_non_zip(tmp_path: Path) -> None:
 
 def test_leaks_carry_digests_not_values(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text(NAME, encoding="utf-8")
-    (leak,) = scan_tree(tmp_path, VALUES)
+    (leak,) = _scan(tmp_path, VALUES)
     assert leak.value_digest == value_digest(NAME) == _digest(NAME)
     assert NAME not in repr(leak)
 
@@ -217,9 +239,10 @@ def test_load_sensitive_values_reads_every_study_file(tmp_path: Path) -> None:
         folder = tmp_path / "sites" / site / "sensitive"
         folder.mkdir(parents=True)
         (folder / f"{key}.json").write_text(json.dumps(content), encoding="utf-8")
-    (tmp_path / "sites" / "boston" / "sensitive.json").write_text(json.dumps([AMPERSAND]), encoding="utf-8")
+    # an interrupted atomic write leaves a temporary beside the files: not a study's record
+    (tmp_path / "sites" / "boston" / "sensitive" / ".c3.x1y2.tmp.json").write_text('["2.25.1', encoding="utf-8")
     assert load_sensitive_values(tmp_path) == frozenset(
-        {UID, "LEI-0001", NAME, PATIENT_ID, "2.25.999000111222333", AMPERSAND}
+        {UID, "LEI-0001", NAME, PATIENT_ID, "2.25.999000111222333"}
     )
     (tmp_path / "sites" / "vienna" / "sensitive" / "bad.json").write_text('{"a": 1}', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.json: expected a JSON list of strings"):
@@ -235,7 +258,7 @@ def test_gate_values_and_leak_scan_work_together(tmp_path: Path, read_deid: obje
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=False)
     (tmp_path / "leaked.dcm.gz").write_bytes(gzip.compress(buf.getvalue(), mtime=0))
-    leaks = scan_tree(tmp_path, report.sensitive_values)
+    leaks = _scan(tmp_path, report.sensitive_values)
     found = {leak.value_digest for leak in leaks}
     for value in ("00007041776", "SIMPSON^HOMER^J", "999887722", "Evergreen Terrace Springfield",
                   "1.2.840.113696.376376.500.43158802.99999999999999"):

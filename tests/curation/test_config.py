@@ -9,8 +9,12 @@ import pytest
 from curation.config import (
     BUILTIN_LABELS,
     ConfigError,
+    DefacingSettings,
+    ExecutionSettings,
     MissingHeadPolicy,
     Runner,
+    ScheduleSettings,
+    default_config_toml,
     load_config,
 )
 
@@ -92,6 +96,21 @@ def test_defaults_apply_for_optional_tables(tmp_path: Path) -> None:
     assert config.defacing.margin_mm == 5.0
     assert config.execution.workers == 2
     assert config.schedule.build_cron == "0 2 * * 1"
+
+
+def test_default_config_text_is_what_an_absent_table_means(tmp_path: Path) -> None:
+    site = "[[site]]" + GOOD.split("[[site]]")[1]
+    text = default_config_toml("enhance-pet-1_6k", "1.0.0")
+    assert text == GOOD.split("[[site]]")[0].lstrip("\n").rstrip("\n") + "\n"  # the keys as a steward writes them
+    written = load_config(write(tmp_path, text + "\n" + site))
+    (tmp_path / "bare").mkdir()
+    bare = load_config(write(tmp_path / "bare", '[release]\nname = "enhance-pet-1_6k"\nversion = "1.0.0"\n' + site))
+    assert (written.defacing, written.execution, written.schedule) == (
+        DefacingSettings(), ExecutionSettings(), ScheduleSettings(),
+    )
+    assert (bare.defacing, bare.execution, bare.schedule) == (written.defacing, written.execution, written.schedule)
+    assert bare.release.state_dir.name == written.release.state_dir.name == ".petct"
+    assert bare.release.output_dir.name == written.release.output_dir.name == "dist"
 
 
 @pytest.mark.parametrize(

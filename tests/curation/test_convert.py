@@ -25,7 +25,7 @@ from curation.convert import convert_series
 from curation.errors import ConversionFailedError, GantryTiltError
 from curation.model import Modality
 from curation.nifti import GZIP_LEVEL
-from curation.synthetic import write_study
+from curation.phantom import write_study
 
 CASES = [("siemens", False), ("philips", False), ("ge", False), ("siemens", True)]
 

@@ -12,8 +12,8 @@ import pytest
 from pydicom.filewriter import dcmwrite
 
 from curation import dicomindex
-from curation.dicomindex import index_site, is_dicom_file
-from curation.synthetic import write_study
+from curation.dicomindex import index_site
+from curation.phantom import write_study
 
 
 def _tree_digest(root: Path) -> dict[str, tuple[str, int]]:
@@ -109,28 +109,23 @@ def test_links_leaving_the_site_are_not_followed(tmp_path, two_studies):
 
 @pytest.mark.filterwarnings("ignore:.*VR UI:UserWarning")  # pydicom on the garbage file
 def test_dicom_is_recognised_by_content(tmp_path, small_study):
-    source = small_study.files["ct"][0]
-    assert is_dicom_file(source)
-    assert not is_dicom_file(small_study.files["text"][0])
-
     # the same dataset without the 128-byte preamble and DICM marker is DICOM too
-    ds = pydicom.dcmread(source)
+    ds = pydicom.dcmread(small_study.files["ct"][0])
     bare = tmp_path / "no_preamble"
     ds.preamble = None
     dcmwrite(bare, ds, enforce_file_format=False)
     assert bare.read_bytes()[128:132] != b"DICM"
-    assert is_dicom_file(bare)
     index = index_site("s", tmp_path)
     assert index.skipped == () and len(index.studies) == 1
+    assert index.studies[0].series[0].files == (str(bare),)
 
     garbage = tmp_path / "garbage.dcm"  # starts like a group-0008 element, but is not a dataset
     garbage.write_bytes(b"\x08\x00\x16\x00" + bytes(range(200, 256)) * 2)
-    assert not is_dicom_file(garbage)
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    assert not is_dicom_file(empty)
     index = index_site("s", tmp_path)
     assert {Path(s.path).name for s in index.skipped} == {"garbage.dcm", "empty"}
+    assert len(index.studies) == 1
 
 
 def test_missing_dicom_dir_is_a_caller_error(tmp_path):

@@ -15,11 +15,13 @@ import pytest
 from curation.config import MissingHeadPolicy, SiteConfig
 from curation.dicomindex import index_site
 from curation.errors import RejectReason
-from curation.ingest import ingest_site, ingest_study
+from curation.ingest import ingest_study
 from curation.metadata import CT_FIELDS, PT_FIELDS
 from curation.model import ConvertedCase, Rejection, from_jsonable
-from curation.state import StatePaths, read_outcome
-from curation.synthetic import add_ingest_defect, write_study
+from curation.phantom import write_study
+from curation.stage import read_record
+from curation.state import StatePaths
+from tests.phantom_helpers import add_ingest_defect
 
 #: defect -> (reason code, regex the message must match)
 EXPECTED = {
@@ -37,6 +39,11 @@ EXPECTED = {
     "no-ct": (RejectReason.NO_CT, r"no diagnostic axial CT .*the study has no other series"),
     "plant-phi": (RejectReason.PHI_DETECTED, r"."),
 }
+
+
+def _ingest_site(site, state):
+    """Index the site's drop and ingest every study, in index order (what the ingest flow does)."""
+    return [ingest_study(study, site, state) for study in index_site(site.id, site.dicom_dir).studies]
 
 
 def _site(dicom_dir: Path, site_id: str = "leipzig", pattern: str = "") -> SiteConfig:
@@ -80,8 +87,11 @@ def site_run(tmp_path_factory, small_phantom):
         studies[defect] = study
     before = _tree_digest(drop)
     state = StatePaths(root / "state")
-    outcomes = ingest_site(_site(drop, pattern=r"^LEI-\d{4}$"), state)
-    return {"good": good, "studies": studies, "outcomes": outcomes, "state": state, "drop": drop, "before": before}
+    site = _site(drop, pattern=r"^LEI-\d{4}$")
+    index = index_site(site.id, site.dicom_dir)
+    outcomes = [ingest_study(study, site, state) for study in index.studies]
+    return {"good": good, "studies": studies, "outcomes": outcomes, "state": state, "drop": drop, "before": before,
+            "index": index}
 
 
 @pytest.mark.parametrize("defect", list(EXPECTED))
@@ -91,9 +101,9 @@ def test_each_rejection_reason(site_run, defect):
     reason, pattern = EXPECTED[defect]
     assert isinstance(outcome, Rejection), outcome
     assert outcome.reason is reason, outcome.message
-    assert outcome.stage == "ingest" and outcome.site == "leipzig"
+    assert (outcome.phase, outcome.stage, outcome.site) == ("ingest", "ingest", "leipzig")
     assert re.search(pattern, outcome.message), outcome.message
-    assert read_outcome(site_run["state"].study_outcome("leipzig", outcome.key)) == outcome
+    assert read_record(site_run["state"].study_outcome("leipzig", outcome.key), ConvertedCase) == outcome
     assert not (site_run["state"].case_dir(outcome.key) / "CT.nii.gz").exists()
 
 
@@ -104,9 +114,9 @@ def test_one_bad_study_never_stops_the_others_and_sources_are_untouched(site_run
     converted = [o for o in outcomes if isinstance(o, ConvertedCase)]
     assert [c.StudyInstanceUID for c in converted] == [site_run["good"].StudyInstanceUID]
     assert _tree_digest(site_run["drop"]) == site_run["before"]
-    index = json.loads(site_run["state"].site_index("leipzig").read_text())
-    assert len(index["studies"]) == len(outcomes)
-    assert {Path(s["path"]).name for s in index["skipped"]} >= {"export_notes.txt", "DICOMDIR"}
+    index = site_run["index"]
+    assert len(index.studies) == len(outcomes)
+    assert {Path(s.path).name for s in index.skipped} >= {"export_notes.txt", "DICOMDIR"}
 
 
 def test_converted_case_volumes_metadata_and_decoys(site_run, small_phantom):
@@ -173,7 +183,7 @@ def test_rerun_converts_only_what_is_new_or_changed(tmp_path, small_phantom):
     b = write_study(small_phantom, drop, vendor="siemens", seed=32, patient_id="B", patient_name="B", decoys=False)
     c = write_study(small_phantom, drop, vendor="siemens", seed=33, patient_id="C", patient_name="C", decoys=False, defect="nac-only")
     site, state = _site(drop), StatePaths(tmp_path / "state")
-    first = {o.StudyInstanceUID: o for o in ingest_site(site, state)}
+    first = {o.StudyInstanceUID: o for o in _ingest_site(site, state)}
     assert isinstance(first[a.StudyInstanceUID], ConvertedCase) and isinstance(first[b.StudyInstanceUID], ConvertedCase)
     assert first[c.StudyInstanceUID].reason is RejectReason.NO_AC_PET
 
@@ -182,7 +192,7 @@ def test_rerun_converts_only_what_is_new_or_changed(tmp_path, small_phantom):
         return {str(p): p.stat().st_mtime_ns for p in files}
 
     before = stamps()
-    second = {o.StudyInstanceUID: o for o in ingest_site(site, state)}
+    second = {o.StudyInstanceUID: o for o in _ingest_site(site, state)}
     assert second == first
     assert stamps() == before  # nothing rewritten: not a volume, not an outcome
 
@@ -191,7 +201,7 @@ def test_rerun_converts_only_what_is_new_or_changed(tmp_path, small_phantom):
     ds = pydicom.dcmread(victim)
     ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
     ds.save_as(victim, enforce_file_format=True)
-    third = {o.StudyInstanceUID: o for o in ingest_site(site, state)}
+    third = {o.StudyInstanceUID: o for o in _ingest_site(site, state)}
     after = stamps()
     changed = {p for p in after if after[p] != before.get(p)}
     key_a = first[a.StudyInstanceUID].key
@@ -225,13 +235,13 @@ def test_a_file_unreadable_at_ingest_rejects_the_study_naming_the_file(tmp_path,
 
 def test_demo_sites_become_what_their_manifest_says(demo_sites, tmp_path):
     from curation.config import load_config
-    from curation.synthetic import read_manifest
+    from tests.phantom_helpers import read_manifest
 
     config = load_config(demo_sites)
     manifest = read_manifest(demo_sites)
     state = StatePaths(tmp_path / "state")  # the shared tree stays read-only
     for site in config.sites:
-        outcomes = {o.StudyInstanceUID: o for o in ingest_site(site, state)}
+        outcomes = {o.StudyInstanceUID: o for o in _ingest_site(site, state)}
         expected = {e["StudyInstanceUID"]: e["expected"] for e in manifest[site.id]}
         assert set(outcomes) == set(expected), site.id
         for uid, want in expected.items():
@@ -279,4 +289,4 @@ def test_a_study_delivered_by_two_sites_is_released_once(tmp_path, small_phantom
     assert "also delivered by site 'leipzig'" in second.message
     # the first site's case is untouched
     assert Path(first.ct.path).read_bytes() == ct_bytes
-    assert read_outcome(state.study_outcome("leipzig", first.key)) == first
+    assert read_record(state.study_outcome("leipzig", first.key), ConvertedCase) == first

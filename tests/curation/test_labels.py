@@ -23,9 +23,9 @@ def test_builtin_release_labels_are_the_enhance_pet_set() -> None:
     labels = load_release_labels("builtin:enhance-pet")
     assert tuple(labels.categories) == CATEGORIES
     assert labels.region_count == 130
-    assert labels.value_of("Organs", "brain") == 4
-    assert labels.value_of("Peripheral-Bones", "skull") == 23
-    assert labels.value_of("Organs", "trachea") is None
+    assert labels.values_by_name("Organs")["brain"] == 4
+    assert labels.values_by_name("Peripheral-Bones")["skull"] == 23
+    assert "trachea" not in labels.values_by_name("Organs")
     assert labels.categories["Vertebrae"][28] == "sacrum"
 
 

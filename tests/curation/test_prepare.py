@@ -15,9 +15,10 @@ from curation.dicomindex import index_site
 from curation.ingest import ingest_study
 from curation.labels import load_release_labels, load_source_table
 from curation.model import CATEGORIES, ConvertedCase, PreparedCase, Rejection
+from curation.phantom import write_lesion, write_segmentations
 from curation.prepare import prepare_case
-from curation.state import StatePaths, read_prepared
-from curation.synthetic import write_lesion, write_segmentations
+from curation.stage import read_record
+from curation.state import StatePaths
 
 RELEASE = load_release_labels("builtin:enhance-pet")
 MOOSE = load_source_table()
@@ -82,8 +83,8 @@ def test_defaced_site(small_phantom, ingested: ConvertedCase, tmp_path: Path) ->
     cyl = prepared.cylinder
     assert prepared.defaced and cyl is not None and cyl.landmarks == "segmentation"
     assert not prepared.head_missing_released
-    record = StatePaths(tmp_path / "state").prepared_dir(ingested.key) / "prepared.json"
-    assert read_prepared(record) == prepared
+    record = StatePaths(tmp_path / "state").prepared_record(ingested.key)
+    assert read_record(record, PreparedCase) == prepared
 
     # CT and PET: inside the cylinder -1000 HU / 0, outside bit-identical to the converted volumes
     ct_in = cylinder_mask(cyl, ingested.ct.shape, np.array(ingested.ct.affine))
@@ -109,7 +110,7 @@ def test_defaced_site(small_phantom, ingested: ConvertedCase, tmp_path: Path) ->
         np.testing.assert_array_equal(got, want, err_msg=category)
         removed += int(np.count_nonzero(small_phantom.labels[category][small_phantom.lesion]))
     assert removed > 0 and prepared.lesion_voxels_removed == removed
-    brain = RELEASE.value_of("Organs", "brain")
+    brain = RELEASE.values_by_name("Organs")["brain"]
     assert np.any(small_phantom.labels["Organs"][ct_in] == brain)  # the brain in the slab was cleared
     assert prepared.dropped_labels == {} and prepared.dropped_voxels == {}
 
@@ -201,7 +202,7 @@ def test_idempotent_and_redone_when_a_segmentation_changes(small_phantom, ingest
     organs = next(p for p in files if p.name == "Organs.nii.gz")
     img = nib.load(organs)
     arr = np.asanyarray(img.dataobj).copy()
-    liver, spleen = RELEASE.value_of("Organs", "liver"), RELEASE.value_of("Organs", "spleen")
+    liver, spleen = RELEASE.values_by_name("Organs")["liver"], RELEASE.values_by_name("Organs")["spleen"]
     assert np.any(arr == liver)
     arr[arr == liver] = spleen
     nib.save(nib.Nifti1Image(arr, img.affine), organs)
@@ -223,7 +224,7 @@ def test_segmentation_problems_are_rejections(small_phantom, ingested: Converted
     site = make_site(tmp_path, deface=True)
     files = write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID)
     assert isinstance(prepare(ingested, site, tmp_path), PreparedCase)
-    record = StatePaths(tmp_path / "state").prepared_dir(ingested.key) / "prepared.json"
+    record = StatePaths(tmp_path / "state").prepared_record(ingested.key)
     assert record.is_file()
 
     # half a voxel off the CT grid
@@ -234,12 +235,12 @@ def test_segmentation_problems_are_rejections(small_phantom, ingested: Converted
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), shifted), ribs)
     got = prepare(ingested, site, tmp_path)
     assert isinstance(got, Rejection)
-    assert (got.reason.value, got.stage, got.StudyInstanceUID) == (
-        "segmentation-grid-mismatch", "build", ingested.StudyInstanceUID,
+    assert (got.reason.value, got.phase, got.stage, got.StudyInstanceUID) == (
+        "segmentation-grid-mismatch", "build", "prepare", ingested.StudyInstanceUID,
     )
     half_voxel = 0.5 * float(np.linalg.norm(img.affine[:3, 0]))
     assert "Ribs.nii.gz" in got.message and f"{half_voxel:.4g} mm" in got.message
-    assert not record.exists()  # the stale record of the earlier inputs is gone
+    assert read_record(record, PreparedCase) == got  # the record of the earlier inputs is replaced by the hold-back
 
     ribs.unlink()
     got = prepare(ingested, site, tmp_path)
@@ -261,14 +262,14 @@ def test_head_not_found(small_phantom, ingested: ConvertedCase, tmp_path: Path, 
     path = site.segmentations_dir / ingested.StudyInstanceUID / "Peripheral-Bones.nii.gz"
     img = nib.load(path)
     bones = np.asanyarray(img.dataobj).copy()
-    skull = RELEASE.value_of("Peripheral-Bones", "skull")
+    skull = RELEASE.values_by_name("Peripheral-Bones")["skull"]
     bones[bones == skull] = 0
     bones[30:34, 30:34, 5:8] = skull  # a few voxels far below the head
     nib.save(nib.Nifti1Image(bones, img.affine), path)
     got = prepare(ingested, site, tmp_path)
     if policy is MissingHeadPolicy.HOLD:
         assert isinstance(got, Rejection)
-        assert (got.reason.value, got.stage) == ("head-not-found", "build")
+        assert (got.reason.value, got.phase, got.stage) == ("head-not-found", "build", "prepare")
     else:
         assert isinstance(got, PreparedCase)
         assert got.head_missing_released and not got.defaced and got.cylinder is None

@@ -90,6 +90,16 @@ def test_rules_are_readable_data():
     assert decoy_reason(enhanced_ct) == (
         "CT SOP class 1.2.840.10008.5.1.4.1.1.2.1 is not CT Image Storage (1.2.840.10008.5.1.4.1.1.2)"
     )
+    enhanced_pet = _like(PT, "10", SOPClassUID="1.2.840.10008.5.1.4.1.1.130")
+    assert decoy_reason(enhanced_pet) == (
+        "PET SOP class 1.2.840.10008.5.1.4.1.1.130 is not PET Image Storage (1.2.840.10008.5.1.4.1.1.128)"
+    )
+
+
+def test_a_multi_frame_pet_is_no_ac_pet_naming_its_sop_class():
+    legacy_enhanced = _like(PT, "1.2.3.16", SOPClassUID="1.2.840.10008.5.1.4.1.1.128.1")
+    with pytest.raises(NoACPETError, match=r"series 1\.2\.3\.16 \('PET AC'\): PET SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.128\.1 is not"):
+        select_series(_study(CT, legacy_enhanced))
 
 
 def test_no_ct_names_the_series_that_were_not_taken():

@@ -58,7 +58,7 @@ def write_demo_config(root: Path, **execution: object) -> Path:
     Returns the config path.  The same seed gives the same DICOM (and so the
     same release bytes) whatever the folder.
     """
-    from curation.synthetic import write_demo_sites
+    from curation.phantom import write_demo_sites
 
     config_path = Path(write_demo_sites(root, cases_per_site=1, size="small"))
     if execution:
@@ -85,11 +85,11 @@ def _toml(value: object) -> str:
 @pytest.fixture(scope="session")
 def curated_demo(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> CuratedDemo:
     """Run ``curate`` once on the small phantom sites (threads runner, 2 workers)."""
-    from flows.flows import curate
+    from flows.flows import run_curate
 
     root = tmp_path_factory.mktemp("curated-demo")
     config_path = write_demo_config(root, runner="threads", workers=2)
-    summary = curate(str(config_path))
+    summary = run_curate(str(config_path))
     config = load_config(config_path)
     assert summary.zip_path, f"curate built no zip: {summary}"
     zip_path = Path(summary.zip_path)

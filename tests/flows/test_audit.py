@@ -12,8 +12,8 @@ import pytest
 
 from flows.audit import (
     GENESIS,
-    RECOVERED_EVENT,
     AuditError,
+    AuditEvent,
     AuditLog,
     case_history,
     current_actor,
@@ -201,7 +201,7 @@ def test_crash_mid_write_is_recovered_on_next_append(log5: Path) -> None:
     AuditLog(log5).append("withdrawn", case="0001", parameters={"reason": "consent"})
     assert log5.read_bytes().startswith(good)
     records = AuditLog(log5).records()
-    assert [r["event"] for r in records[-2:]] == [RECOVERED_EVENT, "withdrawn"]
+    assert [r["event"] for r in records[-2:]] == [AuditEvent.AUDIT_RECOVERED, "withdrawn"]
     assert records[-2]["parameters"]["discarded_bytes"] == len(partial)
     report = verify_chain(log5)
     assert report.ok and report.records == 7 and report.note == ""
@@ -216,7 +216,7 @@ def test_crash_between_write_and_head_update_is_recovered(log5: Path) -> None:
 
     AuditLog(log5).append("prepared", case="0002")
     records = AuditLog(log5).records()
-    assert [r["event"] for r in records[5:]] == ["numbered", RECOVERED_EVENT, "prepared"]
+    assert [r["event"] for r in records[5:]] == ["numbered", AuditEvent.AUDIT_RECOVERED, "prepared"]
     assert records[6]["parameters"]["unheaded_records"] == 1
     assert verify_chain(log5).ok
 

@@ -20,12 +20,15 @@ import pytest
 from curation.atomic import sha256_file
 from curation.config import load_config
 from curation.errors import RejectReason
-from curation.model import ConvertedCase, ImageFile, Rejection, study_key
+from curation.model import ConvertedCase, ImageFile, Phase, PreparedCase, Rejection, study_key
+from curation.phantom import DEMO_MARKER
 from curation.registry import NumberingCandidate, Registry
-from curation.state import StatePaths, site_outcomes, write_outcome
+from curation.stage import write_record
+from curation.state import StatePaths, site_outcomes
 from flows import progress
 from flows.audit import AuditLog, verify_chain
-from flows.cli import DEMO_MARKER, format_table, main
+from flows.cli import main
+from flows.status import format_table
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def demo_toml(curated_demo) -> str:  # type: ignore[no-untyped-def]
     """The text of the demo's release.toml (the base every config test edits one key of).
 
     It is the session's curated demo config, written by
-    ``curation.synthetic.write_demo_sites``: sharing it spares writing the
+    ``curation.phantom.write_demo_sites``: sharing it spares writing the
     phantom sites again.
     """
     return curated_demo.config_path.read_text(encoding="utf-8")
@@ -204,6 +207,13 @@ def _converted(site: str, uid: str) -> ConvertedCase:
                          ct_metadata={}, pt_metadata={}, ignored=(), private_review=())
 
 
+def _prepared(site: str, uid: str) -> PreparedCase:
+    image = _converted(site, uid).ct
+    return PreparedCase(site=site, StudyInstanceUID=uid, fingerprint="p" * 64, ct=image, pt=image, labels={},
+                        cylinder=None, defaced=False, head_missing_released=False, dropped_labels={},
+                        lesion_voxels_removed=0)
+
+
 def test_status_counts_held_back_and_withdrawn_cases(
     tmp_path: Path, demo_toml: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -211,18 +221,14 @@ def test_status_counts_held_back_and_withdrawn_cases(
     site = load_config(config_path).sites[0].id
     held, redone, ready, gone = "1.9.1", "1.9.2", "1.9.3", "1.9.4"
     for uid in (held, redone, ready, gone):
-        write_outcome(state, _converted(site, uid))
-    write_outcome(state, Rejection(site, "1.9.5", RejectReason.NO_CT, "no CT", "ingest", "e" * 64))
-    log = AuditLog(state.audit_log)
-    # held back at build, never prepared since
-    log.append("case-held-back", site=site, study=held, parameters={"reason": "head-not-found"})
-    # held back once, prepared by a later build
-    log.append("case-held-back", site=site, study=redone, parameters={"reason": "segmentation-missing"})
-    log.append("case-prepared", site=site, study=redone)
+        write_record(state.study_outcome(site, study_key(uid)), _converted(site, uid), status="converted")
+    rejected = Rejection(site, "1.9.5", RejectReason.NO_CT, "no CT", Phase.INGEST, "ingest", "e" * 64)
+    write_record(state.study_outcome(site, rejected.key), rejected, status="rejected")
+    # held back at build (the prepare stage's record is the hold-back)
+    held_back = Rejection(site, held, RejectReason.HEAD_NOT_FOUND, "no head", Phase.BUILD, "prepare", "d" * 64)
+    write_record(state.prepared_record(study_key(held)), held_back, status="rejected")
     for uid in (redone, ready):
-        folder = state.prepared_dir(study_key(uid))
-        folder.mkdir(parents=True)
-        (folder / "prepared.json").write_text("{}", encoding="utf-8")
+        write_record(state.prepared_record(study_key(uid)), _prepared(site, uid), status="prepared")
     registry = Registry(state.registry)
     registry.assign([NumberingCandidate(0, site, "P", "20200101", uid) for uid in (redone, ready, gone)])
     registry.withdraw(registry.number_of(gone), "consent withdrawn")
@@ -344,9 +350,7 @@ def _rejected_cell(counts: Counter[str]) -> str:
 
 
 def _manifest(config) -> dict:  # type: ignore[no-untyped-def]
-    from release.assemble import manifest_path
-
-    return json.loads(manifest_path(config.release.state_dir, config.release.zip_name).read_text())
+    return json.loads(StatePaths(config.release.state_dir).release_manifest(config.release.zip_name).read_text())
 
 
 def test_second_demo_reports_nothing_left_to_do(

@@ -16,7 +16,7 @@ def test_dask_cluster_release_equals_threads_release(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.flows import curate
+    from flows.flows import run_curate
 
     def servers_started_here() -> list[str]:
         # Run on each worker (a nested function is shipped by value).
@@ -29,7 +29,7 @@ def test_dask_cluster_release_equals_threads_release(
         Client(cluster) as client,
     ):
         config_path = write_demo_config(tmp_path, runner="dask", workers=2, dask_address=cluster.scheduler_address)
-        summary = curate(str(config_path))
+        summary = run_curate(str(config_path))
         worker_pids = client.run(lambda: __import__("os").getpid())
         servers = client.run(servers_started_here)
 

@@ -171,11 +171,11 @@ def test_artifacts_report_counts_and_reasons_without_identifiers(curated_demo: C
 
 
 def test_second_curate_has_nothing_to_do_and_reuses_the_zip(curated_demo: CuratedDemo) -> None:
-    from flows.flows import curate
+    from flows.flows import run_curate
 
     log = AuditLog(curated_demo.state.audit_log)
     before = len(log.records())
-    summary = curate(str(curated_demo.config_path))
+    summary = run_curate(str(curated_demo.config_path))
     assert summary.nothing_to_do
     assert summary.failed == 0
     assert summary.zip_path == str(curated_demo.zip_path)
@@ -188,7 +188,8 @@ def test_second_curate_has_nothing_to_do_and_reuses_the_zip(curated_demo: Curate
 
 
 def test_a_second_build_refuses_while_one_holds_the_lock(curated_demo: CuratedDemo) -> None:
-    from flows.flows import BuildInProgressError, build_release
+    from flows.flows import run_build
+    from flows.lock import BuildInProgressError
 
     lock = curated_demo.state.build_lock
     holder = subprocess.Popen(
@@ -202,7 +203,7 @@ def test_a_second_build_refuses_while_one_holds_the_lock(curated_demo: CuratedDe
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(BuildInProgressError, match=r"another build of this release is running") as info:
-            build_release(str(curated_demo.config_path))
+            run_build(str(curated_demo.config_path))
         assert str(lock) in str(info.value)
     finally:
         holder.kill()
@@ -213,7 +214,7 @@ def test_an_unexpected_error_fails_one_task_and_the_flow_goes_on(tmp_path: Path,
     from prefect.client.orchestration import get_client
 
     from curation.dicomindex import index_site
-    from flows.flows import ingest_site
+    from flows.flows import run_ingest
 
     config_path = write_demo_config(tmp_path, runner="threads", workers=2)
     config = load_config(config_path)
@@ -228,7 +229,7 @@ def test_an_unexpected_error_fails_one_task_and_the_flow_goes_on(tmp_path: Path,
     state.case_dir(broken.key).write_text("in the way\n")
 
     start = time.monotonic()
-    summary = ingest_site(str(config_path), site.id)
+    summary = run_ingest(str(config_path), site.id)
     assert summary.failed == 1
     assert summary.converted + sum(summary.rejected.values()) == len(studies) - 1
     assert time.monotonic() - start < 120
@@ -248,9 +249,9 @@ def test_an_unexpected_error_fails_one_task_and_the_flow_goes_on(tmp_path: Path,
 
 
 def test_verify_flow_accepts_the_release_and_names_a_flipped_byte(curated_demo: CuratedDemo, tmp_path: Path) -> None:
-    from flows.flows import verify_release_flow
+    from flows.flows import run_verify
 
-    good = verify_release_flow(str(curated_demo.zip_path), str(curated_demo.state.root))
+    good = run_verify(str(curated_demo.zip_path), str(curated_demo.state.root))
     assert good.problems == ()
 
     data = bytearray(curated_demo.zip_path.read_bytes())
@@ -262,13 +263,13 @@ def test_verify_flow_accepts_the_release_and_names_a_flipped_byte(curated_demo: 
     data[start + 5] ^= 0xFF
     broken = tmp_path / curated_demo.zip_path.name
     broken.write_bytes(bytes(data))
-    bad = verify_release_flow(str(broken), None)
+    bad = run_verify(str(broken), None)
     assert bad.problems
     assert any("labels.json" in problem for problem in bad.problems), bad.problems
 
 
 def test_public_sentence_blanks_whole_paths_under_configured_folders_and_identifiers() -> None:
-    from flows.flows import public_sentence
+    from anonymization.redact import public_sentence
 
     text = (
         "/drops/leipzig/Mustermann Max (1957)/CT/IM0001: file of CT series 1.2.840.99.7 cannot be read; "
@@ -285,8 +286,8 @@ def test_a_release_that_fails_the_leak_scan_is_moved_aside_and_the_build_exits_1
 ) -> None:
     import shutil
 
-    from curation.synthetic import read_manifest
     from flows.cli import main
+    from tests.phantom_helpers import read_manifest
 
     root = tmp_path / "copy"
     shutil.copytree(curated_demo.root, root)

@@ -17,7 +17,7 @@ from curation.state import StatePaths
 from flows.audit import AuditLog, verify_chain
 from tests.flows.conftest import REPO, CuratedDemo, write_demo_config
 
-_CURATE = "import sys\nfrom flows.flows import curate\nprint(curate(sys.argv[1]), flush=True)\n"
+_CURATE = "import sys\nfrom flows.flows import run_curate\nprint(run_curate(sys.argv[1]), flush=True)\n"
 
 
 def _start(config_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -65,7 +65,7 @@ def _mtimes(paths: list[Path]) -> dict[Path, int]:
 def test_killed_runs_resume_to_the_same_zip_without_redoing_finished_work(
     tmp_path: Path, curated_demo: CuratedDemo, prefect_api_url: str
 ) -> None:
-    from flows.flows import curate
+    from flows.flows import run_curate
 
     config_path = write_demo_config(tmp_path, runner="threads", workers=2)
     config = load_config(config_path)
@@ -95,7 +95,7 @@ def test_killed_runs_resume_to_the_same_zip_without_redoing_finished_work(
     prepared_mtimes = _mtimes(prepared)
 
     # 3. run to the end: the zip equals the uninterrupted run's, byte for byte
-    summary = curate(str(config_path))
+    summary = run_curate(str(config_path))
     assert summary.failed == 0
     assert summary.released == curated_demo.summary.released
     assert sha256_file(config.release.zip_path) == curated_demo.zip_sha256

@@ -16,7 +16,8 @@ import pytest
 
 from curation.metadata import CT_FIELDS, PT_FIELDS
 from curation.model import CATEGORIES
-from release.assemble import ReleaseExistsError, build_release, manifest_path
+from curation.state import StatePaths
+from release.assemble import ReleaseExistsError, assemble_release
 from release.zipper import MemberChangedError
 
 from .conftest import PLANTED_PATIENT_ID, PLANTED_UID_ROOT, ReleaseInputs, make_inputs
@@ -25,7 +26,7 @@ NAME = "enhance-pet-test"
 
 
 def _build(inputs: ReleaseInputs, **kw):
-    return build_release(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0", **kw)
+    return assemble_release(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0", **kw)
 
 
 def test_layout_exactly(inputs: ReleaseInputs) -> None:
@@ -95,7 +96,7 @@ def test_reuse_identical_refuse_different_force(inputs: ReleaseInputs) -> None:
     assert Path(forced.zip_path + ".sha256").read_text().startswith(forced.sha256)
     # dropping a case is different content too
     with pytest.raises(ReleaseExistsError, match="members differ"):
-        build_release(inputs.config, inputs.entries[:2], inputs.labels, pipeline_version="0.1.0")
+        assemble_release(inputs.config, inputs.entries[:2], inputs.labels, pipeline_version="0.1.0")
 
 
 def test_reuse_restores_a_missing_sidecar(inputs: ReleaseInputs) -> None:
@@ -196,7 +197,7 @@ def test_dataset_card(inputs: ReleaseInputs) -> None:
 
 def test_manifest_for_verify(inputs: ReleaseInputs) -> None:
     result = _build(inputs)
-    manifest = json.loads(manifest_path(inputs.config.release.state_dir, f"{NAME}-1.0.0.zip").read_text())
+    manifest = json.loads(StatePaths(inputs.config.release.state_dir).release_manifest(f"{NAME}-1.0.0.zip").read_text())
     assert manifest["zip_sha256"] == result.sha256
     assert [c["case"] for c in manifest["cases"]] == ["0001", "0002", "0003"]
     first = manifest["cases"][0]
@@ -209,12 +210,12 @@ def test_manifest_for_verify(inputs: ReleaseInputs) -> None:
 def test_inconsistent_entries_are_refused(inputs: ReleaseInputs) -> None:
     twice = [*inputs.entries, dataclasses.replace(inputs.entries[0])]
     with pytest.raises(ValueError, match="case number 1 is given twice"):
-        build_release(inputs.config, twice, inputs.labels, pipeline_version="0.1.0")
+        assemble_release(inputs.config, twice, inputs.labels, pipeline_version="0.1.0")
     labels = dict(inputs.entries[0].prepared.labels)
     del labels["Ribs"]
     broken = dataclasses.replace(inputs.entries[0], prepared=dataclasses.replace(inputs.entries[0].prepared, labels=labels))
     with pytest.raises(ValueError, match=r"case 1 .*expected exactly Body-Composition"):
-        build_release(inputs.config, [broken], inputs.labels, pipeline_version="0.1.0")
+        assemble_release(inputs.config, [broken], inputs.labels, pipeline_version="0.1.0")
     Path(inputs.entries[1].prepared.pt.path).unlink()
     with pytest.raises(FileNotFoundError, match=r"case 2 .*PT\.nii\.gz does not exist"):
         _build(inputs)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from curation.model import CATEGORIES
-from release.assemble import build_release
+from release.assemble import assemble_release
 
 from .conftest import ReleaseInputs
 
@@ -102,7 +102,7 @@ def _load_enhance_pet(target: Path, monkeypatch: pytest.MonkeyPatch, fetched: li
 def test_enhance_pet_loader_reads_our_release(
     inputs: ReleaseInputs, torch_em_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result = build_release(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0")
+    result = assemble_release(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0")
     out = tmp_path / "extracted"
     with zipfile.ZipFile(result.zip_path) as zf:
         zf.extractall(out)

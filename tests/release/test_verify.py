@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from release.assemble import build_release, manifest_path
+from curation.state import StatePaths
+from release.assemble import assemble_release
 from release.spreadsheets import details_xlsx_bytes
 from release.verify import verify_release
 
@@ -26,7 +27,7 @@ NAME = "enhance-pet-test"
 
 
 def _build(inputs: ReleaseInputs) -> Path:
-    result = build_release(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0", force=True)
+    result = assemble_release(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0", force=True)
     return Path(result.zip_path)
 
 
@@ -35,7 +36,7 @@ def _state(inputs: ReleaseInputs) -> Path:
     state = inputs.config.release.state_dir
     for entry in inputs.entries:
         c = entry.converted
-        folder = state / "sites" / c.site / "sensitive"
+        folder = StatePaths(state).sensitive_dir(c.site)
         folder.mkdir(parents=True, exist_ok=True)
         values = [c.StudyInstanceUID, c.PatientID, "Doe^Planted", c.ct_series, c.pt_series]
         (folder / f"{c.key}.json").write_text(json.dumps(values))
@@ -244,7 +245,7 @@ def test_state_without_manifest_or_values(inputs: ReleaseInputs, tmp_path: Path)
     empty.mkdir()
     problems = verify_release(zip_path, state_dir=empty).problems
     assert problems == (
-        f"{manifest_path(empty, zip_path.name)}: no build manifest for {zip_path.name} in the state folder",
+        f"{StatePaths(empty).release_manifest(zip_path.name)}: no build manifest for {zip_path.name} in the state folder",
         f"{empty}: no sensitive values recorded; the leak scan has nothing to look for",
     )
 

@@ -13,19 +13,19 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from scipy import ndimage
 
 from curation.config import load_config
-from curation.synthetic import (
+from curation.phantom import (
     DEFECTS,
     EXPECTED_REASON,
     PLANTED_PHI,
     Phantom,
     make_phantom,
     moose_label_table,
-    read_manifest,
     release_label_table,
     write_lesion,
     write_segmentations,
     write_study,
 )
+from tests.phantom_helpers import read_manifest
 
 
 def _read(paths) -> list[pydicom.Dataset]:
@@ -119,7 +119,7 @@ def test_eyes_and_whole_nose_lie_in_the_defacing_slab_and_brain_reaches_above(si
 
 @pytest.mark.parametrize("size", ["small", "demo", "large"])
 def test_the_design_cylinder_covers_eyes_and_nose_and_misses_the_arms(size: str) -> None:
-    """DESIGN.md section 5 computed on the phantom's own landmarks (16 PET slices, 5 mm margin)."""
+    """The README's defacing cylinder computed on the phantom's own landmarks (16 PET slices, 5 mm margin)."""
     phantom = make_phantom(size=size)
     pts = phantom.ct_geometry.world_points()
     lm = phantom.landmarks

@@ -1,0 +1,127 @@
+"""The Prefect tasks: each a few lines around one plain function.
+
+Tasks take and return paths and small frozen records, never volumes, so they
+run the same on threads, processes or a Dask cluster.  Only transient file I/O
+is retried; Prefect's result cache is off, because resumption keys on content
+inside the stages (:mod:`curation.stage`) and Prefect's ``INPUTS`` cache would
+key on path strings and return stale results for changed files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import State
+
+from curation.atomic import atomic_write_json
+from curation.config import Config
+from curation.dicomindex import index_site
+from curation.labels import ReleaseLabels
+from curation.model import SiteIndex, from_jsonable, to_jsonable
+from curation.registry import NumberingCandidate, Registry
+from curation.stage import CaseStage, StageResult
+from curation.state import StatePaths
+from release.assemble import ReleaseEntry, ReleaseResult, assemble_release
+from release.verify import leak_scan_problems, verify_release
+
+logger = logging.getLogger(__name__)
+
+_PERMANENT_OS_ERRORS = (
+    FileExistsError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def _transient_io_error(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """Retry only file I/O errors that may pass (NFS hiccup, EIO, EAGAIN)."""
+    try:
+        state.result()
+    except _PERMANENT_OS_ERRORS:
+        return False
+    except OSError:
+        return True
+    except BaseException:  # any other error is not transient: no retry
+        return False
+    return False
+
+
+TASK_OPTIONS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": 2,
+    "retry_condition_fn": _transient_io_error,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
+
+
+@task(name="index", task_run_name="index-{site_id}", **TASK_OPTIONS)
+def index_task(site_id: str, dicom_dir: str, state_root: str) -> tuple[SiteIndex, bool]:
+    """Index one site's ``dicom_dir``; record the index when it changed.
+
+    Returns
+    -------
+    tuple
+        The index and whether it differs from the one recorded before.
+    """
+    index = index_site(site_id, Path(dicom_dir))
+    path = StatePaths(Path(state_root)).site_index(site_id)
+    try:
+        changed = from_jsonable(SiteIndex, json.loads(path.read_text(encoding="utf-8"))) != index
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        changed = True
+    if changed:
+        atomic_write_json(path, to_jsonable(index))
+    return index, changed
+
+
+@task(name="stage", task_run_name="{stage.name}-{site_id}", **TASK_OPTIONS)
+def stage_task(stage: CaseStage[Any], upstream: tuple[Any, ...], site_id: str) -> StageResult[Any]:
+    """Run one per-case stage on one case (:meth:`curation.stage.CaseStage.run`)."""
+    return stage.run(upstream)
+
+
+@task(name="number", **TASK_OPTIONS)
+def number_task(registry_path: str, candidates: list[NumberingCandidate]) -> tuple[dict[str, int], list[str]]:
+    """Give every releasable study its case number.
+
+    Returns
+    -------
+    tuple
+        StudyInstanceUID -> number for every candidate, and the UIDs numbered now.
+    """
+    registry = Registry(Path(registry_path))
+    known = {e.StudyInstanceUID for e in registry.entries()}
+    numbers = registry.assign(candidates)
+    return numbers, sorted(uid for uid in numbers if uid not in known)
+
+
+@task(name="package", **TASK_OPTIONS)
+def package_task(
+    config: Config, entries: list[ReleaseEntry], labels: ReleaseLabels, force: bool, pipeline_version: str
+) -> ReleaseResult:
+    """Spreadsheets, labels.json, dataset card, checksums and the zip (:func:`release.assemble.assemble_release`)."""
+    return assemble_release(config, entries, labels, pipeline_version=pipeline_version, force=force)
+
+
+@task(name="verify", **TASK_OPTIONS)
+def verify_task(zip_path: str, state_dir: str | None) -> tuple[str, ...]:
+    """Check a release zip's integrity, layout, images, spreadsheets and defacing (no leak scan)."""
+    report = verify_release(Path(zip_path), state_dir=Path(state_dir) if state_dir else None, leak_scan=False)
+    return tuple(report.problems)
+
+
+@task(name="leak-scan", **TASK_OPTIONS)
+def leak_scan_task(zip_path: str, state_dir: str) -> tuple[str, ...]:
+    """Scan every decompressed byte of a release for the state's identifying values."""
+    problems = tuple(leak_scan_problems(Path(zip_path), Path(state_dir)))
+    for line in problems:
+        logger.warning("%s", line)
+    return problems

@@ -1,0 +1,166 @@
+"""The per-case stage framework (curation.stage) on a small stage declared here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from curation.atomic import atomic_write_text, sha256_file
+from curation.errors import AttributeFinding, PHIDetectedError, RejectReason
+from curation.model import Phase, Rejection, study_key
+from curation.stage import REJECTED, CaseStage, StudySubject, read_record
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A stand-in for the first upstream record (site, UID, key)."""
+
+    site: str
+    StudyInstanceUID: str
+    source: str  # a file the stage reads
+
+    @property
+    def key(self) -> str:
+        return study_key(self.StudyInstanceUID)
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    path: str
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Shouted:
+    """The record of the example stage."""
+
+    site: str
+    StudyInstanceUID: str
+    fingerprint: str
+    out: Written
+
+    @property
+    def key(self) -> str:
+        return study_key(self.StudyInstanceUID)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShoutStage(CaseStage[Shouted]):
+    """Upper-cases a text file: the whole declaration a stage needs."""
+
+    name: ClassVar[str] = "shout"
+    phase: ClassVar[Phase] = Phase.BUILD
+    version: ClassVar[int] = 1
+    record_type: ClassVar[type] = Shouted
+    done: ClassVar[str] = "shouted"
+    done_event: ClassVar[str] = "case-shouted"
+    input_name: ClassVar[str] = "text"
+
+    root: Path
+    exclaim: bool = False
+    calls: list[str] = dataclasses.field(default_factory=list, compare=False)
+
+    def record_path(self, subject: StudySubject) -> Path:
+        return self.root / subject.key / "shout.json"
+
+    def fingerprint_parts(self, upstream: tuple[Any, ...]) -> dict[str, Any]:
+        return {"text": sha256_file(upstream[0].source), "exclaim": self.exclaim}
+
+    def produce(self, upstream: tuple[Any, ...], fingerprint: str) -> Shouted:
+        (study,) = upstream
+        self.calls.append(study.key)
+        text = Path(study.source).read_text()
+        if "secret" in text:
+            raise PHIDetectedError("the text names a secret",
+                                   findings=(AttributeFinding("(0010,0010)", "PatientName", "X"),))
+        if "huge" in text:
+            raise MemoryError
+        out = self.root / study.key / "out.txt"
+        atomic_write_text(out, text.upper() + ("!" if self.exclaim else ""))
+        return Shouted(study.site, study.StudyInstanceUID, fingerprint, Written(str(out), sha256_file(out)))
+
+    def outputs(self, record: Shouted) -> dict[str, Written]:
+        return {"out.txt": record.out}
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Study:
+    source = tmp_path / "in.txt"
+    source.write_text("hello")
+    return Study("leipzig", "1.2.3", str(source))
+
+
+def test_a_declared_stage_records_its_outcome_and_reuses_it_while_inputs_and_outputs_hold(
+    tmp_path: Path, study: Study
+) -> None:
+    stage = ShoutStage(tmp_path / "state")
+    first = stage.run((study,))
+    assert first.fresh and first.stage == "shout"
+    assert isinstance(first.outcome, Shouted)
+    assert Path(first.outcome.out.path).read_text() == "HELLO"
+    record = json.loads(stage.record_path(study).read_text())
+    assert record["status"] == "shouted" and record["record"]["fingerprint"] == first.outcome.fingerprint
+
+    again = stage.run((study,))
+    assert not again.fresh and again.outcome == first.outcome
+    assert stage.calls == [study.key]
+
+    # an edited output is redone, and so is a changed input or setting
+    Path(first.outcome.out.path).write_text("tampered")
+    assert stage.run((study,)).fresh
+    Path(study.source).write_text("hello again")
+    changed = stage.run((study,))
+    assert changed.fresh and changed.outcome.fingerprint != first.outcome.fingerprint
+    louder = ShoutStage(tmp_path / "state", exclaim=True).run((study,))
+    assert louder.fresh and Path(louder.outcome.out.path).read_text() == "HELLO AGAIN!"
+    assert len(stage.calls) == 3
+
+
+def test_a_data_problem_becomes_a_recorded_rejection_with_its_findings(tmp_path: Path, study: Study) -> None:
+    Path(study.source).write_text("a secret")
+    stage = ShoutStage(tmp_path / "state")
+    result = stage.run((study,))
+    assert isinstance(result.outcome, Rejection)
+    assert (result.outcome.reason, result.outcome.phase, result.outcome.stage) == (
+        RejectReason.PHI_DETECTED, Phase.BUILD, "shout")
+    assert result.outcome.findings == (AttributeFinding("(0010,0010)", "PatientName", "X"),)
+    assert json.loads(stage.record_path(study).read_text())["status"] == REJECTED
+    assert read_record(stage.record_path(study), Shouted) == result.outcome
+    # an unchanged rejected case is not worked on again
+    assert not stage.run((study,)).fresh and len(stage.calls) == 1
+
+
+def test_memory_error_never_escapes_a_stage(tmp_path: Path, study: Study) -> None:
+    Path(study.source).write_text("huge")
+    result = ShoutStage(tmp_path / "state").run((study,))
+    assert isinstance(result.outcome, Rejection) and result.outcome.reason is RejectReason.UNREADABLE
+    assert "ran out of memory" in result.outcome.message
+
+
+def test_a_redo_that_dies_leaves_no_stale_record(tmp_path: Path, study: Study) -> None:
+    stage = ShoutStage(tmp_path / "state")
+    stage.run((study,))
+    Path(study.source).write_text("changed")
+
+    class Boom(RuntimeError):
+        pass
+
+    @dataclasses.dataclass(frozen=True)
+    class Dying(ShoutStage):
+        def produce(self, upstream: tuple[Any, ...], fingerprint: str) -> Shouted:
+            raise Boom("killed half-way")
+
+    with pytest.raises(Boom):
+        Dying(tmp_path / "state").run((study,))
+    assert not stage.record_path(study).exists()  # the old record does not vouch for the new input
+
+
+def test_an_unreadable_record_is_redone(tmp_path: Path, study: Study) -> None:
+    stage = ShoutStage(tmp_path / "state")
+    stage.run((study,))
+    stage.record_path(study).write_text('{"status": "shouted", "record": {"site": 1}}')
+    assert stage.run((study,)).fresh
