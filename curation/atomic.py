@@ -59,6 +59,34 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (fsync the folder itself).
+
+    Parameters
+    ----------
+    folder
+        The folder whose entries changed.
+    """
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_replace(src: str | Path, dst: str | Path) -> None:
+    """Rename ``src`` onto ``dst`` and fsync both folders, so the rename survives a power loss.
+
+    Parameters
+    ----------
+    src, dst
+        Paths on one file system.
+    """
+    os.replace(src, dst)
+    for folder in {Path(src).parent, Path(dst).parent}:
+        fsync_dir(folder)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically.
 

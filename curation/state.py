@@ -90,6 +90,10 @@ class StatePaths:
         """The build manifest of the release zip called ``zip_name``: ``releases/<name>-<version>.json``."""
         return self.root / "releases" / f"{zip_name.removesuffix('.zip')}.json"
 
+    def release_manifests(self) -> list[Path]:
+        """The build manifests of every release built from this state folder, sorted."""
+        return sorted(p for p in (self.root / "releases").glob("*.json") if not p.name.startswith("."))
+
 
 def site_outcomes(state: StatePaths, site: str) -> list[ConvertedCase | Rejection]:
     """Every recorded ingest outcome of a site, in file-name order.

@@ -111,6 +111,7 @@ class AuditEvent(StrEnum):
     RELEASE_PACKAGED = "release-packaged"
     RELEASE_REUSED = "release-reused"
     RELEASE_VERIFIED = "release-verified"
+    RELEASE_PUBLISHED = "release-published"
     RELEASE_QUARANTINED = "release-quarantined"
     WITHDRAWN = "withdrawn"
     #: written when an append repairs what a crash left behind
@@ -614,6 +615,49 @@ def _check_line(line: bytes, line_no: int, prev_sha: str) -> str:
         )
     if _canonical(record) != line:
         return "the line is not in canonical form (sorted keys, compact): it was rewritten"
+    return ""
+
+
+def check_verification_record(path: Path, *, seq: int, record_hash: str, zip_name: str, sha256: str) -> str:
+    """Check that the audit log still holds a release's verification where its manifest says.
+
+    The build manifest of a published release names the ``seq`` and ``hash`` of
+    the ``release-verified`` record of its bytes.  A log whose tail was cut or
+    rewritten (together with its head file, which :func:`verify_chain` alone
+    cannot tell from a shorter honest log) no longer has that record there.
+
+    Parameters
+    ----------
+    path
+        The log.
+    seq, record_hash
+        Where the manifest says the record is, and its ``hash``.
+    zip_name, sha256
+        The release zip and the bytes that were verified.
+
+    Returns
+    -------
+    str
+        ``""`` when the record is there as recorded, else a sentence saying what is wrong.
+    """
+    found: dict[str, Any] | None = None
+    if Path(path).exists():
+        with open(path, "rb") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if line_no == seq:
+                    try:
+                        found = json.loads(line.decode("utf-8"))
+                    except (UnicodeDecodeError, ValueError):
+                        found = {}
+                    break
+    where = f"{path}: the verification of {zip_name} recorded at line {seq}"
+    if found is None:
+        return f"{where} is missing: the log was cut short (its tail removed or rewritten)"
+    if found.get("hash") != record_hash:
+        return f"{where} is not the record that was written there: the log was rewritten"
+    if (found.get("event") != AuditEvent.RELEASE_VERIFIED or found.get("outcome") != "ok"
+            or (found.get("inputs") or {}).get(zip_name) != sha256):
+        return f"{where} is not a successful verification of these bytes"
     return ""
 
 

@@ -40,7 +40,14 @@ from curation.errors import RunRefusedError
 from curation.registry import Registry, format_case_number, parse_case_number
 from curation.state import StatePaths
 from flows import progress
-from flows.audit import AuditError, AuditEvent, AuditLog, case_history, verify_chain
+from flows.audit import (
+    AuditError,
+    AuditEvent,
+    AuditLog,
+    case_history,
+    check_verification_record,
+    verify_chain,
+)
 from flows.status import format_table, rejected_text, site_status
 
 logger = logging.getLogger(__name__)
@@ -383,6 +390,23 @@ def format_record(record: dict[str, Any], *, full: bool) -> str:
     return "  ".join(p for p in parts if p)
 
 
+def _release_verifications(state: StatePaths) -> list[str]:
+    """Check that the log still holds, as written, the verification each release manifest names."""
+    problems = []
+    for path in state.release_manifests():
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        verified = manifest.get("verified") if isinstance(manifest, dict) else None
+        if not isinstance(verified, dict):
+            continue
+        problem = check_verification_record(
+            state.audit_log, seq=int(verified.get("audit_seq", 0)), record_hash=str(verified.get("audit_hash", "")),
+            zip_name=str(manifest.get("zip", "")), sha256=str(verified.get("zip_sha256", "")),
+        )
+        if problem:
+            problems.append(problem)
+    return problems
+
+
 def cmd_audit(args: argparse.Namespace, out: Any) -> None:
     """Show the audit log, one case's history, or verify the chain."""
     config = _config(args.config)
@@ -394,6 +418,9 @@ def cmd_audit(args: argparse.Namespace, out: Any) -> None:
             print(f"note: {report.note}", file=out)
         if not report.ok:
             raise CheckFailed(f"{path}: the audit chain is broken at line {report.first_bad_line}: {report.problem}")
+        problems = _release_verifications(state)
+        if problems:
+            raise CheckFailed("; ".join(problems))
         print(f"{path}: audit chain intact, {report.records} records", file=out)
     if args.case:
         number = parse_case_number(args.case)

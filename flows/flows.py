@@ -45,7 +45,7 @@ from curation.stage import CaseStage, StageResult
 from curation.state import StatePaths, site_outcomes
 from flows import progress
 from flows.artifacts import publish
-from flows.audit import AuditEvent, AuditLog
+from flows.audit import AuditEvent, AuditLog, check_verification_record
 from flows.decisions import (
     RunSummary,
     Tally,
@@ -63,6 +63,12 @@ from flows.tasks import (
     package_task,
     stage_task,
     verify_task,
+)
+from release.assemble import (
+    publish_release,
+    quarantine_release,
+    record_verification,
+    verification_record,
 )
 from release.entries import numbering_candidates, release_entries
 
@@ -292,33 +298,44 @@ def _build(
     case_numbers = [format_case_number(e.number) for e in entries]
     for entry in entries:
         tally.released.setdefault(entry.prepared.site, []).append(format_case_number(entry.number))
-    tally.zip_path = result.zip_path
     tally.zip_reused = result.reused
-    zip_name = Path(result.zip_path).name
+    zip_name = config.release.zip_path.name
     audit.append(
         AuditEvent.RELEASE_REUSED if result.reused else AuditEvent.RELEASE_PACKAGED,
         outputs={zip_name: result.sha256},
         parameters={"cases": case_numbers, "members": result.members, "bytes": result.bytes,
-                    "pipeline_version": PIPELINE_VERSION, "force": force},
+                    "pipeline_version": PIPELINE_VERSION, "force": force, "published": result.published},
         flow_run_id=_flow_run_id(),
     )
-    if result.reused and _verified_before(audit, zip_name, result.sha256):
+    if result.published and _verified_before(state, audit, zip_name, result.sha256):
+        tally.zip_path = result.zip_path
         return
+    # a new zip is verified under its staging name and published only when sound; a published
+    # zip whose verification the audit log no longer vouches for is verified again
     progress.step("verify")
     problems = _verify(result.zip_path, str(state.root))
-    audit.append(AuditEvent.RELEASE_VERIFIED, inputs={zip_name: result.sha256},
-                 parameters={"problems": list(problems), "cases": case_numbers},
-                 outcome="ok" if not problems else "failed", flow_run_id=_flow_run_id())
+    tally.zip_reused = tally.zip_reused and not problems
+    verified = audit.append(AuditEvent.RELEASE_VERIFIED, inputs={zip_name: result.sha256},
+                            parameters={"problems": list(problems), "cases": case_numbers},
+                            outcome="ok" if not problems else "failed", flow_run_id=_flow_run_id())
     if problems:
         for problem in problems:
             logger.error("%s: %s", result.zip_path, problem)
-        quarantined = _quarantine(Path(result.zip_path))
+        quarantined = quarantine_release(Path(result.zip_path))
         audit.append(AuditEvent.RELEASE_QUARANTINED, inputs={zip_name: result.sha256},
                      outputs={quarantined.name: result.sha256}, parameters={"problems": len(problems)},
                      outcome="failed", flow_run_id=_flow_run_id())
-        tally.zip_path = None
         tally.failed.append(("", "verify", f"{len(problems)} problem(s) in {zip_name}; "
                                            f"moved aside as {quarantined.name}"))
+        return
+    tally.fresh += 1  # a verification is work done
+    record_verification(state.root, zip_name, result.sha256, audit_seq=verified["seq"], audit_hash=verified["hash"])
+    if not result.published:
+        result = publish_release(result, config)
+        audit.append(AuditEvent.RELEASE_PUBLISHED, outputs={zip_name: result.sha256,
+                                                            f"{zip_name}.sha256": result.sha256},
+                     parameters={"cases": case_numbers}, flow_run_id=_flow_run_id())
+    tally.zip_path = result.zip_path
 
 
 def _verify(zip_path: str, state_dir: str | None) -> tuple[str, ...]:
@@ -333,21 +350,22 @@ def _verify(zip_path: str, state_dir: str | None) -> tuple[str, ...]:
     return problems + scan.result() if scan is not None else problems
 
 
-def _quarantine(zip_path: Path) -> Path:
-    """Move a zip that failed verify out of the way, so nothing finished-looking is left to publish."""
-    target = zip_path.with_name(zip_path.name + ".failed-verify")
-    zip_path.replace(target)
-    zip_path.with_name(zip_path.name + ".sha256").unlink(missing_ok=True)
-    logger.error("%s failed verify: moved to %s; it must not be published", zip_path, target)
-    return target
+def _verified_before(state: StatePaths, audit: AuditLog, zip_name: str, sha256: str) -> bool:
+    """Whether these exact bytes were verified and the audit log still holds that record as written.
 
-
-def _verified_before(audit: AuditLog, zip_name: str, sha256: str) -> bool:
-    """Whether the last verification of this exact zip (by content) found no problem."""
-    for record in reversed(audit.records()):
-        if record["event"] == AuditEvent.RELEASE_VERIFIED and record["inputs"].get(zip_name) == sha256:
-            return bool(record["outcome"] == "ok")
-    return False
+    The build manifest binds the zip's sha256 to the ``seq`` and ``hash`` of its
+    ``release-verified`` record; a cut or rewritten log tail breaks the binding
+    and the zip is verified again.
+    """
+    record = verification_record(state.root, zip_name, sha256)
+    if record is None:
+        return False
+    problem = check_verification_record(audit.path, seq=int(record.get("audit_seq", 0)),
+                                        record_hash=str(record.get("audit_hash", "")),
+                                        zip_name=zip_name, sha256=sha256)
+    if problem:
+        logger.warning("%s; verifying the release again", problem)
+    return not problem
 
 
 # ---------------------------------------------------------------------------

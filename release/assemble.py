@@ -16,6 +16,8 @@ in the README, section "The release"; :func:`image_member` and
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.atomic import atomic_write_json, atomic_write_text, sha256_file
+from curation.atomic import (
+    atomic_write_json,
+    atomic_write_text,
+    durable_replace,
+    fsync_dir,
+    sha256_file,
+)
 from curation.config import Config
 from curation.errors import RunRefusedError
 from curation.labels import ReleaseLabels, labels_json_bytes
@@ -51,6 +59,8 @@ CASE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 SUMS_NAME = "SHA256SUMS"
 MANIFEST_FORMAT = 1
+#: The folder beside the published zip where it is written and verified first.
+STAGING_DIR = ".staging"
 
 
 class ReleaseExistsError(RunRefusedError):
@@ -89,9 +99,11 @@ class ReleaseResult:
     Attributes
     ----------
     zip_path
-        The release zip.
+        Where the zip is now: the published zip (``<output_dir>/<name>-<version>.zip``)
+        when ``published``, else the staged one (``<output_dir>/.staging/<same name>``),
+        which :func:`publish_release` moves into place once it is verified.
     sha256
-        The zip's sha256 (also in ``<zip>.sha256``).
+        The zip's sha256 (written to ``<zip>.sha256`` when it is published).
     cases
         How many cases it holds.
     members
@@ -99,7 +111,10 @@ class ReleaseResult:
     bytes
         The zip's size.
     reused
-        True when an identical zip was already there (nothing rewritten).
+        True when a zip with this content was already there, published or staged
+        (nothing rewritten).
+    published
+        True when ``zip_path`` is the published zip with its ``.sha256``.
     """
 
     zip_path: str
@@ -108,6 +123,7 @@ class ReleaseResult:
     members: int
     bytes: int
     reused: bool
+    published: bool
 
 
 def image_member(case: str, modality: str) -> str:
@@ -394,59 +410,179 @@ def assemble_release(
         same, why = _existing_matches(zip_path, plan, name)
         if same:
             reused = True
-            logger.info("%s: already built with the same content; reused", zip_path)
         elif not force:
             raise ReleaseExistsError(
                 f"{zip_path}: a release {name} {config.release.version} already exists and {why}; "
                 "give the release a new version, or rebuild with --force to replace it"
             )
         else:
-            logger.warning("%s: exists with different content (%s); replacing it (force)", zip_path, why)
+            logger.warning("%s: exists with different content (%s); it is replaced once the new "
+                           "zip passes verify (force)", zip_path, why)
     if reused:
-        # the member list and SHA256SUMS match; the bytes must also be the ones built
+        # the member list and SHA256SUMS match; the bytes must also be the ones published
         digest = sha256_file(zip_path)
         recorded = _read_sidecar(zip_path)
-        if recorded is None:
-            _write_sidecar(zip_path, digest)
+        if recorded is None:  # killed between moving the zip into place and writing its .sha256
+            logger.warning("%s: has no .sha256 (its publication was interrupted); verifying it again", zip_path)
         elif recorded != digest:
             if not force:
                 raise ReleaseExistsError(
-                    f"{zip_path}: its sha256 {digest} is not the {recorded} recorded in "
-                    f"{_sidecar(zip_path).name} when it was built: the zip changed after the build; "
+                    f"{zip_path}: its sha256 {digest} is not the {recorded or '(missing)'} recorded in "
+                    f"{_sidecar(zip_path).name} when it was published: the zip changed after the build; "
                     "rebuild with --force to replace it"
                 )
-            logger.warning("%s: changed after it was built; replacing it (force)", zip_path)
+            logger.warning("%s: changed after it was published; replacing it (force)", zip_path)
             reused = False
+        else:
+            logger.info("%s: already published with the same content; reused", zip_path)
+    published = reused and _read_sidecar(zip_path) is not None
+    where = zip_path if reused else staging_path(zip_path)
     if not reused:
-        zip_path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(zip_path)
-        # a zip without its .sha256 is re-hashed on the next build; a stale .sha256 would lie
-        _sidecar(zip_path).unlink(missing_ok=True)
-        write_zip(zip_path, plan.members, progress=progress)
-        digest = sha256_file(zip_path)
-        _write_sidecar(zip_path, digest)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(zip_path)  # an older version's build wrote beside the published name
+        _remove_stale_temporaries(where)
+        if where.exists() and _existing_matches(where, plan, name)[0]:
+            # a build killed before its zip was verified: the staged bytes are the plan
+            logger.info("%s: staged by an earlier build with the same content; reused", where)
+            reused = True
+        else:
+            write_zip(where, plan.members, progress=progress)
+        digest = sha256_file(where)
 
+    path = StatePaths(config.release.state_dir).release_manifest(zip_path.name)
+    # the record of a verification stands only for the bytes it verified
+    verified = (_read_json(path) or {}).get("verified")
+    if not (isinstance(verified, dict) and verified.get("zip_sha256") == digest):
+        verified = None
     manifest = {
         "format": MANIFEST_FORMAT,
         "name": name,
         "version": config.release.version,
         "zip": zip_path.name,
         "zip_sha256": digest,
+        "verified": verified,
         "pipeline_version": pipeline_version,
         "defacing": to_jsonable(config.defacing),
         "members": dict(sorted(plan.digests.items())),
         "cases": list(plan.manifest_cases),
     }
-    path = StatePaths(config.release.state_dir).release_manifest(zip_path.name)
     if _read_json(path) != manifest:
         atomic_write_json(path, manifest)
     result = ReleaseResult(
-        zip_path=str(zip_path),
+        zip_path=str(where),
         sha256=digest,
         cases=len(ordered),
         members=len(plan.members),
-        bytes=zip_path.stat().st_size,
+        bytes=where.stat().st_size,
         reused=reused,
+        published=published,
     )
-    logger.info("%s: %d cases, %d members, %d bytes, sha256 %s", zip_path, result.cases, result.members, result.bytes, digest)
+    logger.info("%s: %d cases, %d members, %d bytes, sha256 %s", where, result.cases, result.members, result.bytes, digest)
     return result
+
+
+def staging_path(zip_path: Path) -> Path:
+    """Where a release zip is written and verified before it is published: ``.staging/`` beside it.
+
+    The file name is the release's own, so ``verify`` finds its build manifest.
+    """
+    return zip_path.parent / STAGING_DIR / zip_path.name
+
+
+def record_verification(state_dir: Path, zip_name: str, sha256: str, *, audit_seq: int, audit_hash: str) -> None:
+    """Bind the manifest of ``zip_name`` to the audit record of its successful verification.
+
+    A later build skips verifying the same bytes only while the audit log
+    still holds that record at that line with that hash (``audit --verify``
+    checks the same), so a rewritten or truncated log tail is caught.
+
+    Parameters
+    ----------
+    state_dir
+        The state folder.
+    zip_name
+        The release zip's file name.
+    sha256
+        The verified bytes' sha256.
+    audit_seq, audit_hash
+        The ``seq`` and ``hash`` of the ``release-verified`` audit record.
+
+    Raises
+    ------
+    ValueError
+        When the manifest is missing or is of other bytes.
+    """
+    path = StatePaths(state_dir).release_manifest(zip_name)
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict) or manifest.get("zip_sha256") != sha256:
+        raise ValueError(f"{path}: no build manifest of {zip_name} with sha256 {sha256}")
+    manifest["verified"] = {"zip_sha256": sha256, "audit_seq": audit_seq, "audit_hash": audit_hash}
+    atomic_write_json(path, manifest)
+    fsync_dir(path.parent)
+
+
+def verification_record(state_dir: Path, zip_name: str, sha256: str) -> dict[str, Any] | None:
+    """The manifest's record of the verification of these bytes (``audit_seq``, ``audit_hash``), if any."""
+    manifest = _read_json(StatePaths(state_dir).release_manifest(zip_name))
+    verified = manifest.get("verified") if isinstance(manifest, dict) else None
+    if isinstance(verified, dict) and verified.get("zip_sha256") == sha256:
+        return verified
+    return None
+
+
+def publish_release(result: ReleaseResult, config: Config) -> ReleaseResult:
+    """Move a verified staged zip into place and give it its ``.sha256`` (both renames made durable).
+
+    Parameters
+    ----------
+    result
+        What :func:`assemble_release` returned; a published result is returned as it is.
+    config
+        The configuration (where the zip goes).
+
+    Returns
+    -------
+    ReleaseResult
+        The same zip at ``config.release.zip_path``, published.
+
+    Raises
+    ------
+    ValueError
+        When the staged zip is no longer the bytes that were verified.
+    """
+    if result.published:
+        return result
+    staged, final = Path(result.zip_path), config.release.zip_path
+    if sha256_file(staged) != result.sha256:
+        raise ValueError(f"{staged}: changed since it was verified (sha256 is not {result.sha256}); build again")
+    _sidecar(final).unlink(missing_ok=True)  # a replaced zip's .sha256 must not vouch for the new bytes
+    if staged != final:
+        durable_replace(staged, final)
+        with contextlib.suppress(OSError):  # tidy: the staging folder is empty now
+            staged.parent.rmdir()
+    _write_sidecar(final, result.sha256)
+    fsync_dir(final.parent)
+    logger.info("%s: verified and published (sha256 %s)", final, result.sha256)
+    return dataclasses.replace(result, zip_path=str(final), published=True)
+
+
+def quarantine_release(zip_path: Path) -> Path:
+    """Move a zip that failed verify out of the way (``<zip>.failed-verify``) and drop its ``.sha256``.
+
+    Parameters
+    ----------
+    zip_path
+        The staged or published zip.
+
+    Returns
+    -------
+    Path
+        Where it went, beside the published name, so nothing finished-looking is left to publish.
+    """
+    final = zip_path.parent.parent / zip_path.name if zip_path.parent.name == STAGING_DIR else zip_path
+    target = final.with_name(final.name + ".failed-verify")
+    durable_replace(zip_path, target)
+    if final == zip_path:  # a published zip that fails a later verify loses its .sha256 too
+        _sidecar(final).unlink(missing_ok=True)
+    logger.error("%s failed verify: moved to %s; it must not be published", zip_path, target)
+    return target

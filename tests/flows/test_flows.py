@@ -311,3 +311,41 @@ def test_a_release_that_fails_the_leak_scan_is_moved_aside_and_the_build_exits_1
     assert vienna["PatientID"] not in err
     events = [r["event"] for r in AuditLog(load_config(config_path).release.state_dir / "audit.jsonl").records()]
     assert events[-1] == "release-quarantined"
+
+
+def test_a_rewritten_audit_tail_is_caught_and_the_release_verified_again(
+    curated_demo: CuratedDemo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log cut short and re-chained (head file rewritten too) passes the chain check alone;
+    the release manifest's binding to its verification record catches it."""
+    import hashlib
+    import shutil
+
+    from flows.audit import _write_head
+    from flows.cli import main
+    from flows.flows import run_build
+
+    root = tmp_path / "copy"
+    shutil.copytree(curated_demo.root, root)
+    config_path = root / curated_demo.config_path.name
+    state = load_config(config_path).release.state_dir
+    log_path = state / "audit.jsonl"
+    lines = log_path.read_bytes().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if b'"release-verified"' in line)
+    log_path.write_bytes(b"".join(lines[:cut]))
+    _write_head(log_path, cut, hashlib.sha256(lines[cut - 1].rstrip(b"\n")).hexdigest())
+    zip_name = curated_demo.zip_path.name
+    # a forged, well-chained record claiming the zip was verified
+    AuditLog(log_path).append("release-verified", inputs={zip_name: curated_demo.zip_sha256},
+                              parameters={"problems": []}, outcome="ok")
+    assert verify_chain(log_path).ok  # the chain alone cannot tell
+
+    assert main(["audit", str(config_path), "--verify"]) == 1
+    assert f"the verification of {zip_name} recorded at line" in capsys.readouterr().err
+
+    before = len(AuditLog(log_path).records())
+    summary = run_build(str(config_path))
+    assert summary.failed == 0 and summary.zip_path
+    new = AuditLog(log_path).records()[before:]
+    assert [r["event"] for r in new if r["event"].startswith("release-")] == ["release-reused", "release-verified"]
+    assert main(["audit", str(config_path), "--verify"]) == 0  # bound to the new, real verification

@@ -15,6 +15,7 @@ from curation.atomic import sha256_file
 from curation.config import load_config
 from curation.state import StatePaths
 from flows.audit import AuditLog, verify_chain
+from release.assemble import STAGING_DIR
 from tests.flows.conftest import REPO, CuratedDemo, write_demo_config
 
 _CURATE = "import sys\nfrom flows.flows import run_curate\nprint(run_curate(sys.argv[1]), flush=True)\n"
@@ -83,10 +84,11 @@ def test_killed_runs_resume_to_the_same_zip_without_redoing_finished_work(
     assert not config.release.zip_path.exists()
 
     # 2. start again and kill -9 while the zip is being written (its temporary file exists)
+    staging = config.release.zip_path.parent / STAGING_DIR
     temporaries = f".{config.release.zip_path.stem}.*.tmp{config.release.zip_path.suffix}"
 
     def zip_in_progress() -> bool:
-        return any(config.release.zip_path.parent.glob(temporaries))
+        return any(staging.glob(temporaries))
 
     _kill_when(_start(config_path, env), zip_in_progress, "the zip's temporary file")
     assert not config.release.zip_path.exists(), "an interrupted build left a zip under the final name"
@@ -94,12 +96,22 @@ def test_killed_runs_resume_to_the_same_zip_without_redoing_finished_work(
     assert prepared
     prepared_mtimes = _mtimes(prepared)
 
+    # 2b. start again and kill -9 while the staged zip is being verified: nothing is published
+    def verifying() -> bool:
+        return any(r["event"] == "release-packaged" for r in AuditLog(state.audit_log).records())
+
+    _kill_when(_start(config_path, env), verifying, "the verification of the staged zip")
+    assert not config.release.zip_path.exists(), "an unverified zip was published"
+    assert not config.release.zip_path.with_name(config.release.zip_path.name + ".sha256").exists()
+    assert (staging / config.release.zip_path.name).is_file()
+
     # 3. run to the end: the zip equals the uninterrupted run's, byte for byte
     summary = run_curate(str(config_path))
     assert summary.failed == 0
     assert summary.released == curated_demo.summary.released
     assert sha256_file(config.release.zip_path) == curated_demo.zip_sha256
-    assert list(config.release.zip_path.parent.glob(temporaries)) == []
+    assert list(config.release.zip_path.parent.rglob(temporaries)) == []
+    assert not staging.exists()
     records = AuditLog(state.audit_log).records()
     history = [(r["event"], r["study"][-8:], r["flow_run_id"][:8]) for r in records]
     assert _mtimes(finished_ingest) == ingest_mtimes, f"a study converted before the kill was redone: {history}"
@@ -111,4 +123,6 @@ def test_killed_runs_resume_to_the_same_zip_without_redoing_finished_work(
     converted_uids = sorted(json.loads(p.read_text())["record"]["StudyInstanceUID"] for p in _converted_outcomes(state))
     assert sorted(r["study"] for r in records if r["event"] == "study-converted") == converted_uids
     assert sorted(r["study"] for r in records if r["event"] == "case-prepared") == converted_uids
-    assert len([r for r in records if r["event"] == "release-packaged"]) == 1
+    packaging = [r["event"] for r in records if r["event"] in ("release-packaged", "release-reused")]
+    assert packaging == ["release-packaged", "release-reused"]  # the staged bytes were verified, not rewritten
+    assert [r["event"] for r in records][-1] == "release-published"

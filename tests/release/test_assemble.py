@@ -17,7 +17,13 @@ import pytest
 from curation.metadata import CT_FIELDS, PT_FIELDS
 from curation.model import CATEGORIES
 from curation.state import StatePaths
-from release.assemble import ReleaseExistsError, assemble_release
+from release.assemble import (
+    STAGING_DIR,
+    ReleaseExistsError,
+    assemble_release,
+    publish_release,
+    quarantine_release,
+)
 from release.zipper import MemberChangedError
 
 from .conftest import PLANTED_PATIENT_ID, PLANTED_UID_ROOT, ReleaseInputs, make_inputs
@@ -26,7 +32,44 @@ NAME = "enhance-pet-test"
 
 
 def _build(inputs: ReleaseInputs, **kw):
+    """Assemble and publish (what the build flow does once verify passes)."""
+    return publish_release(_stage(inputs, **kw), inputs.config)
+
+
+def _stage(inputs: ReleaseInputs, **kw):
     return assemble_release(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0", **kw)
+
+
+def test_a_new_zip_is_staged_and_published_only_by_publish_release(inputs: ReleaseInputs) -> None:
+    final = inputs.root / "dist" / f"{NAME}-1.0.0.zip"
+    staged = _stage(inputs)
+    assert not staged.published and not staged.reused
+    assert staged.zip_path == str(final.parent / STAGING_DIR / final.name)
+    assert not final.exists() and not Path(str(final) + ".sha256").exists()
+    # a build killed before verify finished: the next one finds the staged bytes and writes nothing
+    mtime = Path(staged.zip_path).stat().st_mtime_ns
+    again = _stage(inputs)
+    assert (again.zip_path, again.sha256, again.published, again.reused) == (
+        staged.zip_path, staged.sha256, False, True)
+    assert Path(again.zip_path).stat().st_mtime_ns == mtime
+    published = publish_release(again, inputs.config)
+    assert published.published and published.zip_path == str(final)
+    assert Path(str(final) + ".sha256").read_text() == f"{staged.sha256}  {final.name}\n"
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name, final.name + ".sha256"]
+    # staged bytes changed after their verification are never published
+    other = _stage(dataclasses.replace(inputs, entries=inputs.entries[:2]), force=True)
+    Path(other.zip_path).write_bytes(b"PK not what was verified")
+    with pytest.raises(ValueError, match="changed since it was verified"):
+        publish_release(other, inputs.config)
+    assert Path(str(final) + ".sha256").read_text().startswith(staged.sha256)
+
+
+def test_a_zip_that_fails_verify_is_moved_aside_beside_the_published_name(inputs: ReleaseInputs) -> None:
+    staged = _stage(inputs)
+    target = quarantine_release(Path(staged.zip_path))
+    assert target == inputs.root / "dist" / f"{NAME}-1.0.0.zip.failed-verify"
+    assert target.is_file() and not Path(staged.zip_path).exists()
+    assert not (inputs.root / "dist" / f"{NAME}-1.0.0.zip").exists()
 
 
 def test_layout_exactly(inputs: ReleaseInputs) -> None:
@@ -99,11 +142,15 @@ def test_reuse_identical_refuse_different_force(inputs: ReleaseInputs) -> None:
         assemble_release(inputs.config, inputs.entries[:2], inputs.labels, pipeline_version="0.1.0")
 
 
-def test_reuse_restores_a_missing_sidecar(inputs: ReleaseInputs) -> None:
+def test_a_zip_whose_publication_was_interrupted_is_verified_again_then_given_its_sidecar(
+    inputs: ReleaseInputs,
+) -> None:
     first = _build(inputs)
-    Path(first.zip_path + ".sha256").unlink()
-    again = _build(inputs)
-    assert again.reused and Path(first.zip_path + ".sha256").read_text().split()[0] == first.sha256
+    Path(first.zip_path + ".sha256").unlink()  # killed between the rename and the .sha256
+    again = _stage(inputs)
+    assert again.reused and not again.published and again.zip_path == first.zip_path
+    published = publish_release(again, inputs.config)
+    assert published.published and Path(first.zip_path + ".sha256").read_text().split()[0] == first.sha256
 
 
 def test_a_zip_changed_after_its_build_is_not_reused(inputs: ReleaseInputs) -> None:
@@ -129,14 +176,15 @@ def test_changed_prepared_file_aborts_without_a_zip(inputs: ReleaseInputs) -> No
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj) + np.int16(1), img.affine), ct_path)
     with pytest.raises(MemberChangedError, match=r"CT\.nii\.gz: content sha256 .* is not the recorded"):
         _build(inputs)
-    assert list((inputs.root / "dist").iterdir()) == []
+    assert [p for p in (inputs.root / "dist").rglob("*") if p.is_file()] == []
 
 
 def test_stale_temporary_of_a_killed_build_is_removed(inputs: ReleaseInputs) -> None:
     dist = inputs.root / "dist"
     dist.mkdir()
-    stale = dist / f".{NAME}-1.0.0.abc123.tmp.zip"
-    stale.write_bytes(b"PK half a zip")
+    (dist / STAGING_DIR).mkdir()
+    for folder in (dist, dist / STAGING_DIR):
+        (folder / f".{NAME}-1.0.0.abc123.tmp.zip").write_bytes(b"PK half a zip")
     _build(inputs)
     assert sorted(p.name for p in dist.iterdir()) == [f"{NAME}-1.0.0.zip", f"{NAME}-1.0.0.zip.sha256"]
 
