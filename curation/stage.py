@@ -305,3 +305,73 @@ class CaseStage(ABC, Generic[R]):
             fingerprint=fingerprint,
             findings=findings,
         )
+
+
+class ChainError(Exception):
+    """A stage of a chain raised an unexpected error; carries what the stages before it did.
+
+    Parameters
+    ----------
+    stage
+        The name of the stage that raised.
+    error
+        The error as one line (``"TypeName: message"``).
+    results
+        The results of the stages that completed before it.
+    transient
+        True when the error was file I/O that may pass (worth a retry).
+    """
+
+    def __init__(self, stage: str, error: str, results: tuple[StageResult[Any], ...], transient: bool) -> None:
+        super().__init__(stage, error, results, transient)
+        self.stage = stage
+        self.error = error
+        self.results = results
+        self.transient = transient
+
+    def __str__(self) -> str:
+        """``"<stage>: <error>"``."""
+        return f"{self.stage}: {self.error}"
+
+
+#: OSErrors that will not pass by trying again.
+PERMANENT_OS_ERRORS = (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def run_chain(stages: tuple[CaseStage[Any], ...], upstream: tuple[Any, ...]) -> tuple[StageResult[Any], ...]:
+    """Run a case through ``stages`` in order, stopping at the first rejection.
+
+    Each stage gets the records of the stages before it (see the module
+    docstring): a build stage after ingest starts from ingest's converted case,
+    not from the index's study record.
+
+    Parameters
+    ----------
+    stages
+        The stages, in order.
+    upstream
+        The first stage's upstream records.
+
+    Returns
+    -------
+    tuple of StageResult
+        One per stage run; shorter than ``stages`` when one rejected the case.
+
+    Raises
+    ------
+    ChainError
+        When a stage raises anything but a data problem; it carries the
+        results of the stages before it, so none of their work goes unrecorded.
+    """
+    results: list[StageResult[Any]] = []
+    for stage in stages:
+        try:
+            result = stage.run(upstream)
+        except Exception as exc:
+            transient = isinstance(exc, OSError) and not isinstance(exc, PERMANENT_OS_ERRORS)
+            raise ChainError(stage.name, f"{type(exc).__name__}: {exc}", tuple(results), transient) from exc
+        results.append(result)
+        if isinstance(result.outcome, Rejection):
+            break
+        upstream = (result.outcome,) if stage.phase is Phase.INGEST else (*upstream, result.outcome)
+    return tuple(results)

@@ -205,17 +205,23 @@ def record_result(
 
 
 def record_failure(
-    tally: Tally, audit: AuditLog, *, site: str, study: str, step: str, error: BaseException, flow_run_id: str
-) -> str:
-    """Record a task that raised: in the tally and as ``<step>-failed`` in the audit log.
+    tally: Tally, audit: AuditLog, *, site: str, study: str, step: str, error: str, flow_run_id: str
+) -> None:
+    """Record a stage or task that raised: in the tally and as ``<step>-failed`` in the audit log.
 
-    Returns
-    -------
-    str
+    Parameters
+    ----------
+    tally, audit
+        The run's tally and the audit log.
+    site, study
+        The site and StudyInstanceUID concerned.
+    step
+        The stage (or task) name.
+    error
         The error as one line (``"TypeName: message"``).
+    flow_run_id
+        The Prefect flow run.
     """
-    text = f"{type(error).__name__}: {error}"
-    tally.failed.append((site, step, text))
-    audit.append(f"{step}-failed", site=site, study=study, parameters={"error": text}, outcome="failed",
+    tally.failed.append((site, step, error))
+    audit.append(f"{step}-failed", site=site, study=study, parameters={"error": error}, outcome="failed",
                  flow_run_id=flow_run_id)
-    return text

@@ -38,10 +38,10 @@ from curation.clinical import read_clinical_sheet
 from curation.config import Config, SiteConfig, load_config
 from curation.ingest import IngestStage, index_identifiers
 from curation.labels import ReleaseLabels, SourceLabelTable, load_release_labels, load_source_table
-from curation.model import ConvertedCase, Phase, PreparedCase, Rejection, SiteIndex
+from curation.model import ConvertedCase, PreparedCase, SiteIndex
 from curation.prepare import PrepareStage
 from curation.registry import Registry, format_case_number
-from curation.stage import CaseStage, StageResult
+from curation.stage import CaseStage, ChainError, StageResult
 from curation.state import StatePaths, site_outcomes
 from flows import progress
 from flows.artifacts import publish
@@ -57,11 +57,11 @@ from flows.decisions import (
 from flows.lock import BuildLock
 from flows.runners import make_task_runner, prefect_api
 from flows.tasks import (
+    case_task,
     index_task,
     leak_scan_task,
     number_task,
     package_task,
-    stage_task,
     verify_task,
 )
 from release.assemble import (
@@ -143,63 +143,48 @@ def indications(config: Config) -> dict[tuple[str, str], str]:
     return out
 
 
-@dataclass(frozen=True)
-class _Chain:
-    """A case on its way through ``stages``: the next one is ``stages[at]``."""
-
-    stages: tuple[CaseStage[Any], ...]
-    at: int
-    upstream: tuple[Any, ...]
-
-
 class _Pipeline:
-    """Runs chains of stages on the task runner and files each result as it completes.
+    """Runs each case through its stages (one task per case) and files the results as they complete.
 
     Parameters
     ----------
     tally, audit
         Where results are filed and decisions recorded.
-    withdrawn
-        StudyInstanceUIDs that go no further than ingest.
     """
 
-    def __init__(self, tally: Tally, audit: AuditLog, withdrawn: frozenset[str] = frozenset()) -> None:
+    def __init__(self, tally: Tally, audit: AuditLog) -> None:
         self.tally = tally
         self.audit = audit
-        self.withdrawn = withdrawn
-        self.pending: dict[PrefectFuture[Any], _Chain] = {}
-        self.started: set[tuple[str, str]] = set()  # (stage name, study key) submitted in this run
+        self.pending: dict[PrefectFuture[Any], tuple[tuple[CaseStage[Any], ...], str, str]] = {}
+        self.started: set[str] = set()  # study keys submitted in this run
 
-    def submit(self, stages: tuple[CaseStage[Any], ...], upstream: tuple[Any, ...], at: int = 0) -> None:
-        """Submit ``stages[at]`` for the case of ``upstream`` (the later stages follow on completion)."""
+    def submit(self, stages: tuple[CaseStage[Any], ...], upstream: tuple[Any, ...]) -> None:
+        """Submit one case's stages (a task), the first of which gets ``upstream``."""
         subject = upstream[0]
-        if at > 0 and subject.StudyInstanceUID in self.withdrawn:
-            return
-        self.started.add((stages[at].name, subject.key))
-        future = stage_task.submit(stages[at], upstream, subject.site)
-        self.pending[future] = _Chain(stages, at, upstream)
+        self.started.add(subject.key)
+        future = case_task.submit(stages, upstream, subject.site)
+        self.pending[future] = (stages, subject.site, subject.StudyInstanceUID)
 
     def drain(self) -> None:
-        """Wait for every chain to end, filing each result and submitting each next stage."""
-        while self.pending:
-            for future in as_completed(list(self.pending)):
-                chain = self.pending.pop(future)
-                stage, subject = chain.stages[chain.at], chain.upstream[0]
-                try:
-                    result: StageResult[Any] = future.result()
-                except Exception as error:  # the task failed: record it, go on with the others
-                    text = record_failure(self.tally, self.audit, site=subject.site, study=subject.StudyInstanceUID,
-                                          step=stage.name, error=error, flow_run_id=_flow_run_id())
-                    logger.error("site %s: %s of study %s failed: %s", subject.site, stage.name,
-                                 subject.StudyInstanceUID, text)
-                    progress.advance(stage.name)
-                    continue
-                record_result(stage, result, self.tally, self.audit, flow_run_id=_flow_run_id())
-                progress.advance(stage.name)
-                if not isinstance(result.outcome, Rejection) and chain.at + 1 < len(chain.stages):
-                    # build stages see the converted case and the build records after it, not the index's study
-                    upstream = (result.outcome,) if stage.phase is Phase.INGEST else (*chain.upstream, result.outcome)
-                    self.submit(chain.stages, upstream, chain.at + 1)
+        """Wait for every case, filing each stage's result in order (and a failure after them)."""
+        for future in as_completed(list(self.pending)):
+            stages, site, study = self.pending.pop(future)
+            try:
+                results: tuple[StageResult[Any], ...] = future.result()
+                failure: ChainError | None = None
+            except ChainError as error:
+                results, failure = error.results, error
+            except Exception as error:  # the task could not run at all
+                results, failure = (), ChainError(stages[0].name, f"{type(error).__name__}: {error}", (), False)
+            by_name = {stage.name: stage for stage in stages}
+            for result in results:
+                record_result(by_name[result.stage], result, self.tally, self.audit, flow_run_id=_flow_run_id())
+                progress.advance(result.stage)
+            if failure is not None:
+                record_failure(self.tally, self.audit, site=site, study=study, step=failure.stage,
+                               error=failure.error, flow_run_id=_flow_run_id())
+                logger.error("site %s: %s of study %s failed: %s", site, failure.stage, study, failure.error)
+                progress.advance(failure.stage)
 
 
 # ---------------------------------------------------------------------------
@@ -240,14 +225,19 @@ def _ingest(
     state: StatePaths,
     pipeline: _Pipeline,
     then: Callable[[SiteConfig], tuple[CaseStage[Any], ...]] = lambda site: (),
+    withdrawn: frozenset[str] = frozenset(),
 ) -> None:
-    """Index the sites, then submit every study's ingest followed by the stages ``then(site)``."""
+    """Index the sites, then submit every study's ingest followed by the stages ``then(site)``.
+
+    A withdrawn study is ingested (its identifiers are recorded) but goes no further.
+    """
     indexes = _index(sites, state, pipeline.tally, pipeline.audit)
     progress.start(sum(len(i.studies) for i in indexes.values()), "ingest " + ", ".join(indexes))
     for site in sites:
         if site.id in indexes:
-            stages = (IngestStage(site=site, state=state), *then(site))
+            ingest, later = IngestStage(site=site, state=state), then(site)
             for study in indexes[site.id].studies:
+                stages = (ingest,) if study.StudyInstanceUID in withdrawn else (ingest, *later)
                 pipeline.submit(stages, (study,))
     pipeline.drain()
     progress.finish()
@@ -268,9 +258,8 @@ def _build(
                                         outcome.ct_series, outcome.pt_series})
     progress.start(len(converted), "build stages")
     for key, case in converted.items():
-        stages = build_stages(config, sites[case.site], state, inputs)
-        if (stages[0].name, key) not in pipeline.started:
-            pipeline.submit(stages, (case,))
+        if key not in pipeline.started:  # curate chained the build stages after this run's ingest
+            pipeline.submit(build_stages(config, sites[case.site], state, inputs), (case,))
     pipeline.drain()
     progress.finish()
 
@@ -405,7 +394,7 @@ def build_release_flow(config_path: str, force: bool = False) -> RunSummary | St
     config, state, audit, tally = _context(config_path)
     with BuildLock(state):
         inputs = BuildInputs.load(config, state)
-        _build(config, state, _Pipeline(tally, audit, inputs.withdrawn), inputs, force=force)
+        _build(config, state, _Pipeline(tally, audit), inputs, force=force)
     return _finish("build_release", config, tally)
 
 
@@ -415,8 +404,9 @@ def curate_flow(config_path: str, force: bool = False) -> RunSummary | State[Any
     config, state, audit, tally = _context(config_path)
     with BuildLock(state):
         inputs = BuildInputs.load(config, state)
-        pipeline = _Pipeline(tally, audit, inputs.withdrawn)
-        _ingest(config.sites, state, pipeline, then=lambda site: build_stages(config, site, state, inputs))
+        pipeline = _Pipeline(tally, audit)
+        _ingest(config.sites, state, pipeline, then=lambda site: build_stages(config, site, state, inputs),
+                withdrawn=inputs.withdrawn)
         _build(config, state, pipeline, inputs, force=force)
     return _finish("curate", config, tally)
 

@@ -24,27 +24,20 @@ from curation.dicomindex import index_site
 from curation.labels import ReleaseLabels
 from curation.model import SiteIndex, from_jsonable, to_jsonable
 from curation.registry import NumberingCandidate, Registry
-from curation.stage import CaseStage, StageResult
+from curation.stage import PERMANENT_OS_ERRORS, CaseStage, ChainError, StageResult, run_chain
 from curation.state import StatePaths
 from release.assemble import ReleaseEntry, ReleaseResult, assemble_release
 from release.verify import leak_scan_problems, verify_release
 
 logger = logging.getLogger(__name__)
 
-_PERMANENT_OS_ERRORS = (
-    FileExistsError,
-    FileNotFoundError,
-    IsADirectoryError,
-    NotADirectoryError,
-    PermissionError,
-)
-
-
 def _transient_io_error(task: Any, task_run: Any, state: State[Any]) -> bool:
     """Retry only file I/O errors that may pass (NFS hiccup, EIO, EAGAIN)."""
     try:
         state.result()
-    except _PERMANENT_OS_ERRORS:
+    except ChainError as exc:
+        return exc.transient
+    except PERMANENT_OS_ERRORS:
         return False
     except OSError:
         return True
@@ -82,10 +75,10 @@ def index_task(site_id: str, dicom_dir: str, state_root: str) -> tuple[SiteIndex
     return index, changed
 
 
-@task(name="stage", task_run_name="{stage.name}-{site_id}", **TASK_OPTIONS)
-def stage_task(stage: CaseStage[Any], upstream: tuple[Any, ...], site_id: str) -> StageResult[Any]:
-    """Run one per-case stage on one case (:meth:`curation.stage.CaseStage.run`)."""
-    return stage.run(upstream)
+@task(name="case", task_run_name="case-{site_id}", **TASK_OPTIONS)
+def case_task(stages: tuple[CaseStage[Any], ...], upstream: tuple[Any, ...], site_id: str) -> tuple[StageResult[Any], ...]:
+    """Run one case through its stages (:func:`curation.stage.run_chain`): one task per case, whatever the stages."""
+    return run_chain(stages, upstream)
 
 
 @task(name="number", **TASK_OPTIONS)

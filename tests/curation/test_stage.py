@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,7 +13,7 @@ import pytest
 from curation.atomic import atomic_write_text, sha256_file
 from curation.errors import AttributeFinding, PHIDetectedError, RejectReason
 from curation.model import Phase, Rejection, study_key
-from curation.stage import REJECTED, CaseStage, StudySubject, read_record
+from curation.stage import REJECTED, CaseStage, ChainError, StudySubject, read_record, run_chain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,3 +165,46 @@ def test_an_unreadable_record_is_redone(tmp_path: Path, study: Study) -> None:
     stage.run((study,))
     stage.record_path(study).write_text('{"status": "shouted", "record": {"site": 1}}')
     assert stage.run((study,)).fresh
+
+
+@dataclasses.dataclass(frozen=True)
+class EchoStage(ShoutStage):
+    """A second stage: copies the first stage's output (upstream ``(Study, Shouted)``)."""
+
+    name: ClassVar[str] = "echo"
+    done: ClassVar[str] = "echoed"
+
+    def record_path(self, subject: StudySubject) -> Path:
+        return self.root / subject.key / "echo.json"
+
+    def fingerprint_parts(self, upstream: tuple[Any, ...]) -> dict[str, Any]:
+        return {"shouted": upstream[1].out.sha256}
+
+    def produce(self, upstream: tuple[Any, ...], fingerprint: str) -> Shouted:
+        study, shouted = upstream
+        if "BROKEN" in Path(shouted.out.path).read_text():
+            raise OSError(5, "Input/output error")
+        out = self.root / study.key / "echo.txt"
+        atomic_write_text(out, Path(shouted.out.path).read_text() * 2)
+        return Shouted(study.site, study.StudyInstanceUID, fingerprint, Written(str(out), sha256_file(out)))
+
+
+def test_a_chain_runs_each_stage_on_the_records_before_it_and_stops_at_a_rejection(
+    tmp_path: Path, study: Study
+) -> None:
+    root = tmp_path / "state"
+    results = run_chain((ShoutStage(root), EchoStage(root)), (study,))
+    assert [r.stage for r in results] == ["shout", "echo"]
+    assert Path(results[1].outcome.out.path).read_text() == "HELLOHELLO"
+
+    Path(study.source).write_text("a secret")
+    (rejected,) = run_chain((ShoutStage(root), EchoStage(root)), (study,))
+    assert isinstance(rejected.outcome, Rejection) and rejected.stage == "shout"
+
+    Path(study.source).write_text("broken")
+    with pytest.raises(ChainError) as info:
+        run_chain((ShoutStage(root), EchoStage(root)), (study,))
+    error = info.value
+    assert (error.stage, error.transient) == ("echo", True) and "Input/output error" in error.error
+    assert [r.stage for r in error.results] == ["shout"]  # the work before it is not lost
+    assert pickle.loads(pickle.dumps(error)).results == error.results  # it travels back from a worker
