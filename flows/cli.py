@@ -1,9 +1,12 @@
 """The ``petct-release`` command line (the commands of the README's usage section).
 
-Every command that does work runs through the Prefect flows of
+Every command that ingests or builds runs through the Prefect flows of
 :mod:`flows.flows`, so a CLI run and a deployment run are the same code and
-leave the same audit trail.  The commands that only read or edit the state
-(``status``, ``withdraw``, ``audit``) do not start Prefect.
+leave the same audit trail; they report to the server of ``serve`` for the
+same state folder when it runs (:func:`flows.runners.prefect_api`).  The
+commands that only read a zip or read or edit the state (``verify``,
+``status``, ``withdraw``, ``audit``) never import Prefect nor start a server;
+``verify --state`` still records its result in the audit log.
 
 Exit codes
 ----------
@@ -246,9 +249,9 @@ def _print_zip(summary: Any, out: Any) -> None:
 
 
 def _verify(zip_path: Path, state_dir: Path | None, out: Any) -> None:
-    from flows.flows import run_verify
+    from flows.decisions import verify_and_record
 
-    result = run_verify(str(zip_path), str(state_dir) if state_dir else None)
+    result = verify_and_record(zip_path, state_dir)
     progress.close()
     for problem in result.problems:
         print(f"problem: {problem}", file=out)

@@ -19,10 +19,13 @@ import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from curation.atomic import sha256_file
 from curation.model import Phase, Rejection, study_key
 from curation.stage import CaseStage, StageResult
+from curation.state import StatePaths
 from flows.audit import AuditEvent, AuditLog
 
 #: The audit event of a rejection, by the phase it happened in.
@@ -225,3 +228,38 @@ def record_failure(
     tally.failed.append((site, step, error))
     audit.append(f"{step}-failed", site=site, study=study, parameters={"error": error}, outcome="failed",
                  flow_run_id=flow_run_id)
+
+
+def verify_and_record(zip_path: Path, state_dir: Path | None) -> VerifySummary:
+    """Verify a release zip on its own (``petct-release verify``): no Prefect, no server.
+
+    With ``state_dir`` the leak scan and the defacing check run too, and the
+    result is appended to that state folder's audit log.
+
+    Parameters
+    ----------
+    zip_path
+        The release zip.
+    state_dir
+        The state folder that built it, or None.
+
+    Returns
+    -------
+    VerifySummary
+        The problems found.
+    """
+    from release.verify import verify_release  # nibabel and friends: only when verifying
+
+    report = verify_release(zip_path, state_dir=state_dir, leak_scan=state_dir is not None)
+    if state_dir is not None:
+        try:
+            digest = sha256_file(zip_path)
+        except OSError:
+            digest = ""
+        AuditLog(StatePaths(state_dir).audit_log).append(
+            AuditEvent.RELEASE_VERIFIED,
+            inputs={zip_path.name: digest},
+            parameters={"problems": list(report.problems), "by": "verify command"},
+            outcome="ok" if report.ok else "failed",
+        )
+    return VerifySummary(problems=tuple(report.problems))

@@ -1,4 +1,4 @@
-"""The Prefect flows: ``ingest_site``, ``build_release``, ``curate`` and ``verify_release``.
+"""The Prefect flows: ``ingest_site``, ``build_release`` and ``curate``.
 
 Every command of the CLI and every deployment run goes through these flows, so
 a run by hand and a scheduled run are the same code and leave the same audit
@@ -33,7 +33,6 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Failed, State
 
-from curation.atomic import sha256_file
 from curation.clinical import read_clinical_sheet
 from curation.config import Config, SiteConfig, load_config
 from curation.ingest import IngestStage, index_identifiers
@@ -49,7 +48,6 @@ from flows.audit import AuditEvent, AuditLog, check_verification_record
 from flows.decisions import (
     RunSummary,
     Tally,
-    VerifySummary,
     record_failure,
     record_result,
     recorded_decisions,
@@ -411,25 +409,6 @@ def curate_flow(config_path: str, force: bool = False) -> RunSummary | State[Any
     return _finish("curate", config, tally)
 
 
-@flow(name="verify_release", log_prints=False, validate_parameters=False)
-def verify_release_flow(zip_path: str, state_dir: str | None = None) -> VerifySummary:
-    """Check a release zip; with ``state_dir``, also the leak scan and the defacing."""
-    problems = _verify(zip_path, state_dir)
-    if state_dir:
-        try:
-            digest = sha256_file(zip_path)
-        except OSError:
-            digest = ""
-        AuditLog(StatePaths(Path(state_dir)).audit_log).append(
-            AuditEvent.RELEASE_VERIFIED,
-            inputs={Path(zip_path).name: digest},
-            parameters={"problems": list(problems)},
-            outcome="ok" if not problems else "failed",
-            flow_run_id=_flow_run_id(),
-        )
-    return VerifySummary(problems=tuple(problems))
-
-
 # ---------------------------------------------------------------------------
 # plain entry points (the CLI calls these)
 
@@ -437,7 +416,7 @@ def verify_release_flow(zip_path: str, state_dir: str | None = None) -> VerifySu
 def _run(flow_obj: Any, config_path: str, **parameters: Any) -> RunSummary:
     config = load_config(config_path)  # a ConfigError surfaces before Prefect starts
     indications(config)  # and so does an unreadable clinical sheet
-    with prefect_api() as api_url:
+    with prefect_api(config.release.state_dir) as api_url:
         runner = make_task_runner(config.execution, api_url=api_url)
         state = flow_obj.with_options(task_runner=runner)(str(config.path), **parameters, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -469,10 +448,3 @@ def run_ingest(config_path: str, site_id: str | None = None) -> RunSummary:
 def run_build(config_path: str, *, force: bool = False) -> RunSummary:
     """Build, number, package and verify the release from the ingested cases."""
     return _run(build_release_flow, config_path, force=force)
-
-
-def run_verify(zip_path: str, state_dir: str | None) -> VerifySummary:
-    """Verify a release zip through the ``verify_release`` flow."""
-    with prefect_api():
-        state = verify_release_flow(str(zip_path), str(state_dir) if state_dir else None, return_state=True)
-    return state.result()

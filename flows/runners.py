@@ -1,24 +1,41 @@
 """Task runners from ``[execution]`` and the one Prefect API every worker talks to.
 
-With no ``PREFECT_API_URL``, Prefect starts a temporary API server on the first
-call, in whatever process makes that call.  Process-pool and Dask workers are
-other processes: left alone, each would start its own server on the same
-SQLite file, and the flow would not see their task runs (a process- or Dask-pool worker with no PREFECT_API_URL starts a temporary server of its own).
-:func:`prefect_api` therefore starts exactly one server in the flow's own
-process and puts its URL into the settings that Prefect serialises into every
-task it ships to a worker (and into the Dask workers' environment).
+Which API a command's flow runs report to, in order (:func:`prefect_api`):
+
+1. ``PREFECT_API_URL``, when set (a team server, a test harness);
+2. the server of ``petct-release serve`` for the same state folder, when it runs
+   and answers: ``serve`` records its URL in ``state_dir/prefect/served.json``,
+   so runs started by hand show in the same UI and pay no server start-up;
+3. else Prefect's temporary server, started once in the flow's own process with
+   its database in ``state_dir/prefect`` (the database ``serve`` uses too), so a
+   second command starts on a warm database and its runs are there for the UI.
+
+With no ``PREFECT_API_URL``, Prefect would start a temporary server lazily in
+whatever process first calls the API; process-pool and Dask workers are other
+processes, and each would start its own server on the same SQLite file (the flow
+would not see their task runs).  The URL chosen above is therefore put into the
+settings that Prefect serialises into every task it ships to a worker (and into
+the Dask workers' environment).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from prefect.settings import PREFECT_API_URL, temporary_settings
+import httpx
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_HOME,
+    temporary_settings,
+)
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from curation.config import ExecutionSettings, Runner
@@ -45,33 +62,84 @@ def configured_api_url() -> str:
     return str(PREFECT_API_URL.value() or "")
 
 
-@contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
-    """Make sure one Prefect API serves the flow's process and all its workers.
+def served_record(state_dir: Path) -> Path:
+    """Where ``serve`` records the URL of the server it serves against: ``state_dir/prefect/served.json``."""
+    return Path(state_dir) / "prefect" / "served.json"
 
-    With ``PREFECT_API_URL`` set (a team server, or a test harness), that server
-    is used as it is.  Without, Prefect's own temporary server is started once
-    in this process (the same one Prefect would start lazily) and its URL is put
-    into the settings for the duration of the block: tasks shipped to process
-    and Dask workers carry those settings, so no worker starts a server.
+
+def served_api_url(state_dir: Path, *, timeout: float = 1.0) -> str:
+    """The API URL ``serve`` recorded for ``state_dir``, if its process lives and the server answers.
+
+    Parameters
+    ----------
+    state_dir
+        The release's state folder.
+    timeout
+        Seconds to wait for the server's ``/health``.
+
+    Returns
+    -------
+    str
+        The URL, or ``""`` when there is no record, its ``serve`` is gone or
+        the server does not answer (a stale record is left for ``serve`` to replace).
+    """
+    try:
+        record = json.loads(served_record(state_dir).read_text(encoding="utf-8"))
+        url, pid = str(record["api_url"]), int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return ""
+    except PermissionError:  # alive, another user's
+        pass
+    try:
+        healthy = httpx.get(f"{url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    return url if healthy else ""
+
+
+@contextlib.contextmanager
+def prefect_api(state_dir: Path | None = None) -> Iterator[str]:
+    """Make sure one Prefect API serves the flow's process and all its workers (see the module docstring).
+
+    Flow-run heartbeats are switched off inside the block: they exist to detect
+    crashed runs, which our own resumption handles, and joining their thread
+    costs about a second at the end of every flow run.
+
+    Parameters
+    ----------
+    state_dir
+        The release's state folder: where ``serve`` records its server and where
+        a temporary server keeps its database.  None: no serve lookup, and the
+        temporary server uses ``PREFECT_HOME`` as Prefect would.
 
     Yields
     ------
     str
         The API URL every run of the block reports to.
     """
-    url = configured_api_url()
+    quiet: dict[Any, Any] = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    url = configured_api_url() or (served_api_url(state_dir) if state_dir is not None else "")
     if url:
-        yield url
+        logger.debug("using the Prefect API at %s", url)
+        with temporary_settings(updates={**quiet, PREFECT_API_URL: url}):
+            yield url
         return
     # Imported here: the server module is heavy and only needed without a URL.
     from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()  # the process-wide singleton ephemeral mode uses
-    server.start()
-    logger.debug("using the temporary Prefect API at %s", server.api_url)
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-        yield server.api_url
+    home = {PREFECT_HOME: Path(state_dir) / "prefect"} if state_dir is not None else {}
+    if home:
+        home[PREFECT_HOME].mkdir(parents=True, exist_ok=True)
+    with temporary_settings(updates={**quiet, **home}):
+        server = SubprocessASGIServer()  # the process-wide singleton ephemeral mode uses
+        server.start()  # its subprocess inherits the settings in force: the database under PREFECT_HOME
+        logger.debug("using the temporary Prefect API at %s", server.api_url)
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
 
 
 def make_task_runner(execution: ExecutionSettings, *, api_url: str) -> TaskRunner[Any]:

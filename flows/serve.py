@@ -7,12 +7,17 @@ schedules (Prefect's temporary server has no scheduler), so without
 port, with its database under ``state_dir/prefect``, says so with the UI's
 address, and serves against it; with ``PREFECT_API_URL`` set it uses that
 server.  The deployed flows carry the task runner of ``[execution]``.
+
+While it serves, it records the server's URL in ``state_dir/prefect/served.json``:
+every other command for the same state folder then reports to this server
+(its runs show in the same UI) instead of starting a temporary one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from curation.atomic import atomic_write_json
 from curation.config import Config, load_config
 
 logger = logging.getLogger(__name__)
@@ -135,7 +141,8 @@ def serve(config_path: str) -> None:
     url = configured_api_url()
     if url:
         logger.info("serving the deployments of %s against the Prefect API at %s", config.path, url)
-        _serve(config, url)
+        with _recorded(config.release.state_dir, url):
+            _serve(config, url)
         return
     home = config.release.state_dir / "prefect"
     logger.info("no PREFECT_API_URL: starting a local Prefect server (state in %s)", home)
@@ -148,9 +155,26 @@ def serve(config_path: str) -> None:
         # Flow runs start in child processes: they find the server through the environment.
         os.environ["PREFECT_API_URL"] = server.api_url
         try:
-            _serve(config, server.api_url)
+            with _recorded(config.release.state_dir, server.api_url):
+                _serve(config, server.api_url)
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+
+
+@contextlib.contextmanager
+def _recorded(state_dir: Path, api_url: str) -> Iterator[None]:
+    """Record the served API in ``state_dir`` for other commands while the block runs."""
+    from flows.runners import served_record
+
+    path = served_record(state_dir)
+    atomic_write_json(path, {"api_url": api_url, "pid": os.getpid()})
+    logger.info("commands for this state folder report to %s while this serves (%s)", api_url, path)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                path.unlink()
 
 
 def _serve(config: Config, api_url: str) -> None:

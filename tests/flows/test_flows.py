@@ -248,11 +248,14 @@ def test_an_unexpected_error_fails_one_task_and_the_flow_goes_on(tmp_path: Path,
     assert run.state.message.startswith("1 task(s) failed")
 
 
-def test_verify_flow_accepts_the_release_and_names_a_flipped_byte(curated_demo: CuratedDemo, tmp_path: Path) -> None:
-    from flows.flows import run_verify
+def test_verify_accepts_the_release_records_it_and_names_a_flipped_byte(curated_demo: CuratedDemo, tmp_path: Path) -> None:
+    from flows.decisions import verify_and_record
 
-    good = run_verify(str(curated_demo.zip_path), str(curated_demo.state.root))
+    good = verify_and_record(curated_demo.zip_path, curated_demo.state.root)
     assert good.problems == ()
+    last = AuditLog(curated_demo.state.audit_log).records()[-1]
+    assert (last["event"], last["outcome"], last["inputs"]) == (
+        "release-verified", "ok", {curated_demo.zip_path.name: curated_demo.zip_sha256})
 
     data = bytearray(curated_demo.zip_path.read_bytes())
     with zipfile.ZipFile(curated_demo.zip_path) as zf:
@@ -263,7 +266,7 @@ def test_verify_flow_accepts_the_release_and_names_a_flipped_byte(curated_demo: 
     data[start + 5] ^= 0xFF
     broken = tmp_path / curated_demo.zip_path.name
     broken.write_bytes(bytes(data))
-    bad = run_verify(str(broken), None)
+    bad = verify_and_record(broken, None)
     assert bad.problems
     assert any("labels.json" in problem for problem in bad.problems), bad.problems
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -57,6 +58,7 @@ class _Lines:
 
 def test_serve_starts_a_server_registers_deployments_and_runs_the_build(curated_demo: CuratedDemo) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -103,6 +105,18 @@ def test_serve_starts_a_server_registers_deployments_and_runs_the_build(curated_
         records = [r for r in AuditLog(curated_demo.state.audit_log).records() if r["flow_run_id"] == str(run.id)]
         assert [r["event"] for r in records] == ["release-reused"]
         assert records[0]["outputs"] == {curated_demo.zip_path.name: curated_demo.zip_sha256}
+
+        # a command run by hand for the same state folder reports to the served server
+        served = config.release.state_dir / "prefect" / "served.json"
+        assert json.loads(served.read_text())["api_url"] == api_url
+        site = config.sites[0].id
+        cli = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(config.path), "--site", site],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 0, cli.stderr[-3000:]
+        with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["ingest_site"])))
+        assert [(r.parameters.get("site_id"), r.deployment_id) for r in runs] == [(site, None)]
+        assert runs[0].state is not None and runs[0].state.is_completed()
     finally:
         serve.send_signal(signal.SIGINT)
         try:
@@ -121,3 +135,4 @@ def test_serve_starts_a_server_registers_deployments_and_runs_the_build(curated_
             time.sleep(0.5)
         else:
             pytest.fail(f"the Prefect server at {api_url} still answers after serve stopped")
+    assert not (curated_demo.config.release.state_dir / "prefect" / "served.json").exists()
