@@ -42,12 +42,16 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
 from curation.config import DatePolicy
+from curation.uids import element_vr
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +112,41 @@ def dates_in_value(vr: str, text: str) -> list[dt.date]:
         except ValueError:
             continue
     return found
+
+
+def iter_dates(ds: Dataset) -> Iterator[dt.date]:
+    """Yield every date in ``ds`` and its sequences, at any depth, private elements included.
+
+    Only DA, DT and SQ elements are looked at (read from their undecoded
+    bytes), like :func:`curation.uids.iter_uids`.
+
+    Parameters
+    ----------
+    ds
+        A dataset (or sequence item); it is not modified.
+
+    Yields
+    ------
+    datetime.date
+        Each DA value and the date part of each DT value (:func:`dates_in_value`),
+        possibly repeated.
+    """
+    for raw in ds.elements():
+        vr = element_vr(ds, raw.tag)
+        if vr in ("DA", "DT"):
+            value = raw.value
+            if value is None:
+                continue
+            if isinstance(value, (bytes, bytearray)):
+                text = bytes(value).decode("latin-1")
+            elif isinstance(value, (list, tuple, MultiValue)):
+                text = "\\".join(str(v) for v in value)
+            else:
+                text = str(value)
+            yield from dates_in_value(vr, text)
+        elif vr == "SQ":
+            for item in ds[raw.tag].value or ():
+                yield from iter_dates(item)
 
 
 def date_forms(day: dt.date) -> tuple[str, str, str]:
