@@ -84,6 +84,16 @@ def is_temporal_text(text: str) -> bool:
     letter or any other character means the element carries text (a name, a
     comment), which a de-identifier may have put there and a gate must not
     let through as a "date".
+
+    Parameters
+    ----------
+    text
+        The element's value as text (multi-valued: joined by backslashes).
+
+    Returns
+    -------
+    bool
+        False when any character is not one of those.
     """
     return all(_TEMPORAL_CHARACTERS.fullmatch(part) for part in text.split("\\"))
 
@@ -93,6 +103,18 @@ def dates_in_value(vr: str, text: str) -> list[dt.date]:
 
     Values that are not valid dates (``00000000``, ``20211345``, a year
     without a day) give none.
+
+    Parameters
+    ----------
+    vr
+        ``"DA"`` or ``"DT"`` (any other VR gives no date).
+    text
+        The value as text; values of a multi-valued element are separated by backslashes.
+
+    Returns
+    -------
+    list[datetime.date]
+        The dates in value order.
     """
     found: list[dt.date] = []
     for part in text.split("\\"):
@@ -155,13 +177,34 @@ def date_forms(day: dt.date) -> tuple[str, str, str]:
     The serial is the number of days since 1899-12-30 as a decimal string: an
     ``.xlsx`` stores a date cell as that number (a date-time as that number and
     a fraction).
+
+    Parameters
+    ----------
+    day
+        A date after 1900-02-28 (the spreadsheet serial of earlier days differs).
+
+    Returns
+    -------
+    tuple[str, str, str]
+        ``("20210304", "2021-03-04", "44259")`` for 2021-03-04.
     """
     compact = f"{day.year:04d}{day.month:02d}{day.day:02d}"
     return compact, f"{day.year:04d}-{day.month:02d}-{day.day:02d}", str((day - EXCEL_EPOCH).days)
 
 
 def date_strings(days: Iterable[dt.date]) -> list[str]:
-    """Every form (:func:`date_forms`) of every date, sorted and without repeats."""
+    """Give every form (:func:`date_forms`) of every date, for a study's identifying-values record.
+
+    Parameters
+    ----------
+    days
+        Dates (repeats allowed).
+
+    Returns
+    -------
+    list[str]
+        The forms, sorted and without repeats.
+    """
     return sorted({form for day in days for form in date_forms(day)})
 
 
@@ -228,6 +271,13 @@ def load_or_create_secret(state_dir: Path) -> bytes:
 def install_secret(state_dir: Path, secret: bytes) -> None:
     """Put a given secret into ``state_dir`` (the phantom demo, whose release must not depend on chance).
 
+    Parameters
+    ----------
+    state_dir
+        The state folder.
+    secret
+        32 bytes.
+
     Raises
     ------
     ValueError
@@ -283,6 +333,18 @@ def published_kind(kind: str, policy: DatePolicy) -> str:
 
     With ``year`` a date column holds an ``int`` (the year) and a date-time
     column a ``time`` (the time of day); otherwise kinds stay.
+
+    Parameters
+    ----------
+    kind
+        A metadata field's kind (``str``, ``int``, ``float``, ``date``, ``time``, ``datetime``).
+    policy
+        The ``[release] dates`` policy.
+
+    Returns
+    -------
+    str
+        The kind of the published column.
     """
     if policy is DatePolicy.YEAR:
         return {"date": "int", "datetime": "time"}.get(kind, kind)
@@ -290,7 +352,20 @@ def published_kind(kind: str, policy: DatePolicy) -> str:
 
 
 def published_columns(fields: Sequence[tuple[str, str]], policy: DatePolicy) -> tuple[tuple[str, str], ...]:
-    """``(name, kind)`` columns of metadata ``fields`` as :func:`published_kind` makes them."""
+    """Give the spreadsheet columns of metadata fields under a date policy.
+
+    Parameters
+    ----------
+    fields
+        ``(name, kind)`` of the metadata fields, in column order.
+    policy
+        The ``[release] dates`` policy.
+
+    Returns
+    -------
+    tuple[tuple[str, str], ...]
+        The same names with :func:`published_kind` kinds.
+    """
     return tuple((name, published_kind(kind, policy)) for name, kind in fields)
 
 
@@ -379,6 +454,18 @@ def publish_value(value: Any, kind: str, *, policy: DatePolicy, offset_days: int
 
 def cap_age(age: Any, age_cap: int) -> Any:
     """An age in whole years as published: ``age_cap`` for every age at or above it.
+
+    Parameters
+    ----------
+    age
+        The age in whole years (``PatientAge`` as :mod:`curation.metadata` records it), or ``None``.
+    age_cap
+        The ``[release] age_cap``.
+
+    Returns
+    -------
+    int or None
+        ``min(age, age_cap)``; ``None`` for a missing age.
 
     Raises
     ------

@@ -99,7 +99,18 @@ def header_dates(datasets: Iterable[Dataset]) -> set[dt.date]:
 
 
 def index_dates(study: StudyRecord) -> set[dt.date]:
-    """The dates the index already knows of a study (its StudyDate), recorded even when it is rejected early."""
+    """The dates the index already knows of a study, recorded even when it is rejected early.
+
+    Parameters
+    ----------
+    study
+        A study from the index.
+
+    Returns
+    -------
+    set[datetime.date]
+        Its StudyDate (empty when the index has none).
+    """
     return set(dates_in_value("DA", study.StudyDate or ""))
 
 
