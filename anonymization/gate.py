@@ -2,14 +2,32 @@
 
 Sites deliver data they say is anonymised; we verify, we do not trust.  Every
 element of every header of the selected series, nested sequences included, is
-checked against the rule table ``anonymization/data/deid_profile.csv``: one row
-per attribute (public tag, or private creator + element offset), the action the
-gate takes and the reason, so a data steward can read and review the rules.
+checked against the rule table ``anonymization/data/deid_profile.csv``, so a
+data steward can read and review the rules.
 
-The table follows DICOM PS3.15 Annex E, Table E.1-1 (Basic Application Level
-Confidentiality Profile) with the options Retain Patient Characteristics,
-Retain Longitudinal Temporal Information with Modified Dates (dates shifted by
-the site, times kept), Retain Device Identity and Retain Safe Private.
+The table holds every row of DICOM PS3.15 Annex E **Table E.1-1, edition
+2024b** (Basic Application Level Confidentiality Profile; 621 rows, source
+``anonymization/data/ps3.15_table_e1-1_2024b.json``, rebuilt by
+``tools/build_deid_profile.py``), each with the standard's basic-profile action
+and the actions of the options the gate applies: Retain Patient
+Characteristics, Retain Device Identity, Retain Longitudinal Temporal
+Information with Full Dates (the release itself applies the ``[release] dates``
+policy, see :mod:`anonymization.dates`) and Retain Safe Private; plus the
+Clean Descriptors column, which the ``descriptor`` rows lean on.  After those
+rows come the project's own (``source`` ``petct-release``): the
+de-identification records, BurnedInAnnotation and known vendor private elements.
+
+What the gate enforces
+----------------------
+The gate checks already-anonymised data and never changes it, so the
+standard's actions become checks.  An attribute the profile removes (X),
+empties (Z) or replaces by a dummy (D) must be empty or absent
+(``must-be-empty``): a checker cannot tell a dummy from a real value, nor a
+"cleaned" value (an option's C) from one that was not cleaned, so only an
+option's K (keep) lets a value through (``retain``).  UIDs (U) are allowed and
+collected (``uid``).  A row's action may be stricter than the standard's but
+never weaker: :func:`parse_profile` refuses a row whose action is not in
+:func:`allowed_actions` for its standard columns.
 
 Actions
 -------
@@ -28,17 +46,21 @@ Actions
 ``uid``
     The value (or every UID inside the sequence) is collected as sensitive.
 ``retain`` / ``descriptor``
-    Allowed; not collected (dates are shifted, characteristics and device
-    identity are kept by the options, descriptions are needed for selection).
+    Allowed; not collected (characteristics and device identity are kept by
+    the options, descriptions are needed for selection and never published).
 ``review``
     Private elements known to be harmless in practice but not checkable; listed
-    in :attr:`GateReport.private_review`.
+    in :attr:`GateReport.private_review`.  The row ``(GGGG,EEEE)`` (E.1-1's
+    "Private Attributes") says what happens to a private element without a row
+    of its own: ``review`` (listed; conversion carries no private data into the
+    release) or ``must-be-empty``.
 
 Besides the rows: every value of VR UI outside the DICOM root ``1.2.840.10008``
 is collected as sensitive wherever it appears (:func:`curation.uids.iter_uids`,
-the walk ingest uses too), a non-empty private element of VR
-PN is a ``phi-detected`` finding, and private elements without a row are listed
-for review (they never reach the release: conversion carries no private data).
+the walk ingest uses too); a non-empty private element of VR PN is a
+``phi-detected`` finding; and a DA, DT or TM value that the gate lets
+through must be written with the characters of a date or time only (a letter
+means text such as a name: ``phi-detected``, rule ``temporal-text``).
 
 Findings and error messages name attributes (tag and keyword), never values.
 """
@@ -47,6 +69,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -57,12 +80,14 @@ from importlib import resources
 from typing import Any
 
 import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import PersonName
 
+from anonymization.dates import TEMPORAL_VRS, is_temporal_text
 from curation.errors import (
     AttributeFinding,
     BurnedInAnnotationError,
@@ -74,6 +99,31 @@ from curation.uids import element_vr, iter_uids, uid_strings
 logger = logging.getLogger(__name__)
 
 PROFILE_RESOURCE = "deid_profile.csv"
+#: The PS3.15 edition the table transcribes, and its machine-readable source (package data).
+STANDARD_EDITION = "2024b"
+STANDARD_RESOURCE = "ps3.15_table_e1-1_2024b.json"
+#: ``source`` of a row of Table E.1-1, and of a row the project adds.
+SOURCE_STANDARD = f"PS3.15 {STANDARD_EDITION} E.1-1"
+SOURCE_PROJECT = "petct-release"
+#: E.1-1's row "Private Attributes" (every element of an odd group).
+PRIVATE_DEFAULT_TAG = "(GGGG,EEEE)"
+#: The option columns of E.1-1 the gate applies.
+APPLIED_OPTIONS: tuple[str, ...] = ("rtnPatCharsOpt", "rtnDevIdOpt", "rtnLongFullDatesOpt", "rtnSafePrivOpt")
+#: Every option column the table carries (Clean Descriptors: for the ``descriptor`` rows).
+OPTION_COLUMNS: tuple[str, ...] = (*APPLIED_OPTIONS, "cleanDescOpt")
+#: The columns of ``deid_profile.csv``, in order.
+CSV_COLUMNS: tuple[str, ...] = (
+    "tag", "creator", "keyword", "name", "source", "basicProfile", *OPTION_COLUMNS, "action", "reason",
+)
+#: Basic-profile actions of E.1-1 (2024b).
+BASIC_ACTIONS = frozenset({"X", "Z", "D", "U", "Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"})
+_OPTION_FIELDS = {
+    "rtnPatCharsOpt": "rtn_pat_chars",
+    "rtnDevIdOpt": "rtn_dev_id",
+    "rtnLongFullDatesOpt": "rtn_long_full_dates",
+    "rtnSafePrivOpt": "rtn_safe_priv",
+    "cleanDescOpt": "clean_desc",
+}
 _PATIENT_IDENTITY_REMOVED = Tag(0x0012, 0x0062)
 _MEDIA_STORAGE_SOP_INSTANCE_UID = Tag(0x0002, 0x0003)
 
@@ -98,7 +148,8 @@ class GateRule:
     Attributes
     ----------
     tag
-        ``"(gggg,eeee)"``; private rows ``"(gggg,xxee)"``, repeating groups ``"(60xx,3000)"``.
+        ``"(gggg,eeee)"``; private rows ``"(gggg,xxee)"``, repeating groups
+        ``"(60xx,3000)"``, E.1-1's private attributes ``"(GGGG,EEEE)"``.
     keyword
         The attribute's DICOM keyword (a private row: the name the table gives it).
     action
@@ -107,6 +158,13 @@ class GateRule:
         Why, for the data steward (the profile option or basic profile action).
     creator
         The private creator of a private row; ``""`` for public rows.
+    name
+        The attribute's name as E.1-1 gives it.
+    source
+        :data:`SOURCE_STANDARD` for a row of E.1-1, :data:`SOURCE_PROJECT` otherwise.
+    basic_profile, rtn_pat_chars, rtn_dev_id, rtn_long_full_dates, rtn_safe_priv, clean_desc
+        E.1-1's actions for the row: the basic profile and the option columns
+        (``""`` where the standard gives none, and for the project's own rows).
     """
 
     tag: str
@@ -114,6 +172,136 @@ class GateRule:
     action: GateAction
     reason: str
     creator: str = ""
+    name: str = ""
+    source: str = SOURCE_PROJECT
+    basic_profile: str = ""
+    rtn_pat_chars: str = ""
+    rtn_dev_id: str = ""
+    rtn_long_full_dates: str = ""
+    rtn_safe_priv: str = ""
+    clean_desc: str = ""
+
+    @staticmethod
+    def option_field(column: str) -> str:
+        """Name the field that holds an E.1-1 option column.
+
+        Parameters
+        ----------
+        column
+            One of :data:`OPTION_COLUMNS` (``"rtnDevIdOpt"``, ...).
+
+        Returns
+        -------
+        str
+            The field name (``"rtn_dev_id"``, ...).
+        """
+        return _OPTION_FIELDS[column]
+
+    def option(self, column: str) -> str:
+        """Give the row's action under one option column.
+
+        Parameters
+        ----------
+        column
+            One of :data:`OPTION_COLUMNS`.
+
+        Returns
+        -------
+        str
+            ``""``, ``"K"`` (keep) or ``"C"`` (clean).
+        """
+        return str(getattr(self, _OPTION_FIELDS[column]))
+
+    def options_text(self) -> str:
+        """Give the row's non-empty option actions for messages.
+
+        Returns
+        -------
+        str
+            ``"rtnDevIdOpt=K, ..."``; ``""`` when no option names the row.
+        """
+        return ", ".join(f"{c}={self.option(c)}" for c in OPTION_COLUMNS if self.option(c))
+
+    @property
+    def kept_by_an_option(self) -> bool:
+        """True when an option the gate applies keeps (K) the attribute."""
+        return any(self.option(c) == "K" for c in APPLIED_OPTIONS)
+
+
+def derived_action(rule: GateRule) -> GateAction:
+    """The gate's default action for a row of E.1-1 under the options it applies.
+
+    Replaced UIDs (U, and the reference sequences X/Z/U*) are collected
+    (``uid``); an attribute an applied option keeps (K) is ``retain``;
+    everything else (X, Z, D, and C: a checker cannot verify cleaning) must be
+    empty or absent.  The private-attributes row lists unknown private
+    elements for review.
+
+    Parameters
+    ----------
+    rule
+        A row of E.1-1 (its action is not looked at).
+
+    Returns
+    -------
+    GateAction
+        The action ``tools/build_deid_profile.py`` gives a row new to the table.
+    """
+    if rule.tag == PRIVATE_DEFAULT_TAG:
+        return GateAction.REVIEW
+    if rule.basic_profile in ("U", "X/Z/U*"):
+        return GateAction.UID
+    return GateAction.RETAIN if rule.kept_by_an_option else GateAction.MUST_BE_EMPTY
+
+
+def allowed_actions(rule: GateRule) -> frozenset[GateAction]:
+    """The actions a row of E.1-1 may have: the derived one and anything stricter, never weaker.
+
+    * ``must-be-empty``: always (the strictest check);
+    * ``retain``: when an applied option keeps the attribute (K);
+    * ``uid``: for UIDs (U), when an option keeps it, or for a sequence the
+      profile may empty or replace by a dummy (Z/D: its items are walked with
+      every rule and their UIDs collected);
+    * ``pseudonym``: when the profile allows an empty or dummy value (Z, D);
+    * ``descriptor``: when the Clean Descriptors Option would keep a cleaned value;
+    * ``review``: only for the private-attributes row (Retain Safe Private: C).
+
+    The project's own rows (not in E.1-1) may have any action.
+
+    Parameters
+    ----------
+    rule
+        A row of the table.
+
+    Returns
+    -------
+    frozenset[GateAction]
+        The actions :func:`parse_profile` accepts for the row.
+    """
+    if rule.source != SOURCE_STANDARD:
+        return frozenset(GateAction)
+    if rule.tag == PRIVATE_DEFAULT_TAG:
+        return frozenset({GateAction.REVIEW, GateAction.MUST_BE_EMPTY})
+    basic = rule.basic_profile
+    allowed = {GateAction.MUST_BE_EMPTY}
+    if rule.kept_by_an_option:
+        allowed |= {GateAction.RETAIN, GateAction.UID}
+    if "U" in basic:
+        allowed.add(GateAction.UID)
+    if "Z" in basic or "D" in basic:
+        allowed.add(GateAction.PSEUDONYM)
+        if _dictionary_vr(rule.tag) == "SQ":
+            allowed.add(GateAction.UID)
+    if rule.clean_desc == "C":
+        allowed.add(GateAction.DESCRIPTOR)
+    return frozenset(allowed)
+
+
+def _dictionary_vr(tag: str) -> str | None:
+    try:
+        return str(dictionary_VR(int(tag[1:5].replace("xx", "00") + tag[6:10].replace("xxxx", "3000"), 16)))
+    except (KeyError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -181,6 +369,8 @@ class GateProfile:
         The ``(50xx,xxxx)`` row (every element of a curve group), if any.
     private
         Private rows by (creator, group, element offset).
+    private_default
+        The ``(GGGG,EEEE)`` row: what happens to a private element without a row.
     """
 
     rules: tuple[GateRule, ...]
@@ -188,6 +378,7 @@ class GateProfile:
     repeating: dict[int, GateRule]
     curve_group: GateRule | None
     private: dict[tuple[str, int, int], GateRule]
+    private_default: GateRule | None = None
 
 
 def _parse_tag(text: str, *, where: str) -> tuple[str, str]:
@@ -197,13 +388,36 @@ def _parse_tag(text: str, *, where: str) -> tuple[str, str]:
     return match.group(1).upper().replace("X", "x"), match.group(2).upper().replace("X", "x")
 
 
+def _standard_columns(row: dict[str, str], *, where: str) -> dict[str, str]:
+    """The E.1-1 columns of a row (``source``, ``name``, basic profile, options), checked."""
+    source = (row.get("source") or SOURCE_PROJECT).strip()
+    if source not in (SOURCE_STANDARD, SOURCE_PROJECT):
+        raise ValueError(f"{where}: source {source!r} is not {SOURCE_STANDARD!r} or {SOURCE_PROJECT!r}")
+    basic = (row.get("basicProfile") or "").strip()
+    options = {column: (row.get(column) or "").strip() for column in OPTION_COLUMNS}
+    if source == SOURCE_STANDARD and basic not in BASIC_ACTIONS:
+        raise ValueError(f"{where}: basicProfile {basic!r} is not one of {', '.join(sorted(BASIC_ACTIONS))}")
+    for column, value in options.items():
+        if value not in ("", "K", "C"):
+            raise ValueError(f"{where}: {column} {value!r} is not '', 'K' or 'C'")
+    if source == SOURCE_PROJECT and (basic or any(options.values())):
+        raise ValueError(f"{where}: a {SOURCE_PROJECT} row has no PS3.15 actions (basicProfile, options)")
+    return {
+        "name": (row.get("name") or "").strip(),
+        "source": source,
+        "basic_profile": basic,
+        **{_OPTION_FIELDS[column]: value for column, value in options.items()},
+    }
+
+
 def parse_profile(rows: Iterable[dict[str, str]], *, source: str = "deid_profile.csv") -> GateProfile:
     """Validate rule-table rows and index them by tag.
 
     Parameters
     ----------
     rows
-        Mappings with the columns ``tag, creator, keyword, action, reason``.
+        Mappings with the columns :data:`CSV_COLUMNS` (``tag, creator, keyword,
+        action, reason`` at least; a row without ``source`` is a project row).
     source
         Name used in error messages.
 
@@ -215,14 +429,16 @@ def parse_profile(rows: Iterable[dict[str, str]], *, source: str = "deid_profile
     Raises
     ------
     ValueError
-        A row with a bad tag or action, an empty keyword or reason, or a
-        duplicate tag (naming the row).
+        A row with a bad tag, action, source or PS3.15 column, an empty keyword
+        or reason, a duplicate tag, or an action weaker than PS3.15 allows for
+        the row under our options (:func:`allowed_actions`), naming the row.
     """
     rules: list[GateRule] = []
     public: dict[int, GateRule] = {}
     repeating: dict[int, GateRule] = {}
     private: dict[tuple[str, int, int], GateRule] = {}
     curve_group: GateRule | None = None
+    private_default: GateRule | None = None
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{source} line {number}"
         try:
@@ -234,9 +450,28 @@ def parse_profile(rows: Iterable[dict[str, str]], *, source: str = "deid_profile
         if not keyword or not reason:
             raise ValueError(f"{where}: keyword and reason must not be empty")
         creator = (row.get("creator") or "").strip()
-        group, element = _parse_tag(row["tag"], where=where)
-        rule = GateRule(f"({group},{element})", keyword, action, reason, creator)
+        standard = _standard_columns(row, where=where)
+        if row["tag"].strip().upper() == PRIVATE_DEFAULT_TAG:
+            rule = GateRule(PRIVATE_DEFAULT_TAG, keyword, action, reason, creator, **standard)
+            if creator or private_default is not None:
+                raise ValueError(f"{where}: {PRIVATE_DEFAULT_TAG} is one row without a creator")
+            private_default = rule
+        else:
+            group, element = _parse_tag(row["tag"], where=where)
+            rule = GateRule(f"({group},{element})", keyword, action, reason, creator, **standard)
+        if action not in allowed_actions(rule):
+            allowed = ", ".join(sorted(a.value for a in allowed_actions(rule)))
+            raise ValueError(
+                f"{where}: {rule.tag} {keyword}: action {action.value!r} is weaker than PS3.15 "
+                f"{STANDARD_EDITION} allows under our options (basic profile {rule.basic_profile}"
+                f"{', ' + rule.options_text() if rule.options_text() else ''}); allowed: {allowed}"
+            )
+        if rule is private_default:
+            rules.append(rule)
+            continue
         if creator:
+            if rule.source == SOURCE_STANDARD:
+                raise ValueError(f"{where}: a row of E.1-1 has no private creator")
             if "x" in group or not element.startswith("xx") or int(group, 16) % 2 == 0:
                 raise ValueError(f"{where}: private rows need an odd group and an element 'xxee', got {rule.tag}")
             key = (creator, int(group, 16), int(element[2:], 16))
@@ -260,7 +495,7 @@ def parse_profile(rows: Iterable[dict[str, str]], *, source: str = "deid_profile
                 raise ValueError(f"{where}: duplicate rule {rule.tag}")
             public[value] = rule
         rules.append(rule)
-    return GateProfile(tuple(rules), public, repeating, curve_group, private)
+    return GateProfile(tuple(rules), public, repeating, curve_group, private, private_default)
 
 
 @lru_cache(maxsize=1)
@@ -293,7 +528,7 @@ def load_profile() -> GateProfile:
         When the packaged table is malformed (see :func:`parse_profile`).
     """
     text = resources.files("anonymization").joinpath("data", PROFILE_RESOURCE).read_text(encoding="utf-8")
-    return parse_profile(csv.DictReader(text.splitlines()), source=PROFILE_RESOURCE)
+    return parse_profile(csv.DictReader(io.StringIO(text, newline="")), source=PROFILE_RESOURCE)
 
 
 # ---------------------------------------------------------------------------
@@ -402,11 +637,13 @@ class _Collector:
             rule = self.profile.public.get(tag_int)
             if rule is None and group & 0xFF00 in (0x5000, 0x6000) and group < 0x6100:
                 rule = self._repeating_rule(tag_int)
+            vr = element_vr(ds, tag)  # UI values are collected by iter_uids in check_datasets
+            if vr in TEMPORAL_VRS:
+                self._check_temporal(ds, tag, vr, rule)
             if rule is not None:
                 if not self._settled_from_raw(ds, tag, rule):
                     self._apply(ds[tag], rule)
                 continue
-            vr = element_vr(ds, tag)  # UI values are collected by iter_uids in check_datasets
             if vr == "SQ":
                 for item in ds[tag].value or ():
                     self.walk(item, top_level=False)
@@ -430,6 +667,36 @@ class _Collector:
         data = raw.value
         empty = data is None or not bytes(data).strip(b" \x00\\^=")
         return empty and action in (GateAction.MUST_BE_EMPTY, GateAction.PSEUDONYM)
+
+    def _check_temporal(
+        self, ds: pydicom.Dataset, tag: BaseTag, vr: str, rule: GateRule | None, *, label: str = ""
+    ) -> None:
+        """A DA/DT/TM value the gate lets through must look like a date or time, not text.
+
+        Rows that refuse or check the value anyway (``must-be-empty``,
+        ``pseudonym``) are left to their rule.
+        """
+        if rule is not None and rule.action in (GateAction.MUST_BE_EMPTY, GateAction.PSEUDONYM):
+            return
+        element = ds.get_item(tag)
+        value = element.value if element is not None else None
+        if value is None:
+            return
+        if isinstance(value, (bytes, bytearray)):
+            text = bytes(value).decode("latin-1")
+        elif isinstance(value, (list, MultiValue)):
+            text = "\\".join(str(v) for v in value)
+        else:
+            text = str(value)
+        text = text.strip(" \x00")
+        if not text or is_temporal_text(text):
+            return
+        self.sensitive.update(part.strip(" \x00") for part in text.split("\\") if part.strip(" \x00"))
+        keyword = label or (rule.keyword if rule is not None else keyword_for_tag(tag) or "unknown attribute")
+        self.add_finding(
+            _tag_text(int(tag)), keyword, "temporal-text", RejectReason.PHI_DETECTED,
+            f"{keyword} (VR {vr}) holds characters no date or time is written with, so it carries text",
+        )
 
     def _repeating_rule(self, tag_int: int) -> GateRule | None:
         group = tag_int >> 16
@@ -529,24 +796,29 @@ class _Collector:
         if element == 0 or 0x10 <= element <= 0xFF:  # group length, private creator
             return
         text_tag = _tag_text(tag_int)
-        if element < 0x10:
-            self.review.add(f"{text_tag} private element without a private creator")
-            return
         block, offset = element >> 8, element & 0xFF
-        creator = creators.get((group, block))
+        creator = creators.get((group, block)) if element >= 0x10 else None
+        default = self.profile.private_default
         if creator is None:
-            self.review.add(f"{text_tag} private element without a private creator")
+            if default is not None and default.action is not GateAction.REVIEW:
+                self._apply(ds[tag], default, label=f"{default.keyword} without a private creator")
+            else:
+                self.review.add(f"{text_tag} private element without a private creator")
             return
         rule = self.profile.private.get((creator, group, offset))
         generic = f"({group:04X},xx{offset:02X}) creator {creator!r}"
         data_element = ds[tag]
+        vr = str(data_element.VR)
+        if rule is None and default is not None and default.action is not GateAction.REVIEW:
+            rule = default
+        if vr in TEMPORAL_VRS:
+            self._check_temporal(ds, tag, vr, rule, label=f"{creator}:{rule.keyword if rule else 'private'}")
         if rule is not None:
             label = f"{creator}:{rule.keyword}"
             if rule.action is GateAction.REVIEW:
                 self.review.add(generic)
             self._apply(data_element, rule, label=label)
             return
-        vr = str(data_element.VR)
         value = data_element.value
         if vr == "SQ":
             self.review.add(generic)

@@ -22,9 +22,9 @@ Decisions
   and the benefit nil.
 * **Short values are ignored** (fewer than :data:`MIN_VALUE_LENGTH`
   characters): "M", "CCHS" or "1" would match everywhere.  Dates are *not*
-  ignored: retained study dates are shifted and never collected (the gate does
-  not collect ``retain`` attributes), so a date in the set is a birth date or
-  another refused value, which is identifying.
+  ignored: a refused date (a birth date) is among the values, and with the
+  ``shift`` or ``year`` date policy every original header date is too
+  (``load_sensitive_values(..., include_dates=True)``).
 * **Numbers need a boundary.**  A value made only of digits and dots (IDs,
   accession numbers, UIDs) matches only where it is not glued to another ASCII
   letter or digit, so a 6-digit ID does not match inside a sha256 digest in
@@ -376,18 +376,23 @@ def scan_zip(zip_path: Path, values: Iterable[str]) -> list[Leak]:
     return leaks
 
 
-def load_sensitive_values(state_dir: Path) -> frozenset[str]:
+def load_sensitive_values(state_dir: Path, *, include_dates: bool = False) -> frozenset[str]:
     """Every sensitive value ingest recorded under ``state_dir``.
 
     Reads every study's file (:meth:`curation.state.StatePaths.sensitive_files`).
     A file holds either a JSON list of strings or an object whose ``values``
     is such a list (its other string fields, e.g. ``StudyInstanceUID``, count
-    as values too).
+    as values too).  An object's ``dates`` list holds every date of the
+    study's headers in each form a release can carry it (``YYYYMMDD``,
+    ``YYYY-MM-DD``, spreadsheet serial).
 
     Parameters
     ----------
     state_dir
         The pipeline's state folder.
+    include_dates
+        Add the ``dates`` lists too: for a release that does not publish its
+        dates as delivered (``[release] dates`` ``shift`` or ``year``).
 
     Returns
     -------
@@ -405,12 +410,18 @@ def load_sensitive_values(state_dir: Path) -> frozenset[str]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        dates: object = []
         if isinstance(data, dict):
             extra = [v for k, v in data.items() if k != "values" and isinstance(v, str)]
+            dates = data.get("dates", [])
             data = data.get("values")
             if isinstance(data, list):
                 data = data + extra
         if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
             raise ValueError(f'{path}: expected a JSON list of strings or {{"values": [...]}}')
+        if not isinstance(dates, list) or not all(isinstance(v, str) for v in dates):
+            raise ValueError(f'{path}: "dates" must be a JSON list of strings')
         values.update(v.strip() for v in data if v.strip())
+        if include_dates:
+            values.update(v.strip() for v in dates if v.strip())
     return frozenset(values)

@@ -56,6 +56,19 @@ class MissingHeadPolicy(StrEnum):
     RELEASE = "release"
 
 
+class DatePolicy(StrEnum):
+    """How dates reach the published spreadsheets (``[release] dates``, DESIGN.md section 5c)."""
+
+    SHIFT = "shift"  # every date of a patient moved by one secret whole number of days
+    YEAR = "year"  # the year only; times of day stay
+    AS_DELIVERED = "as-delivered"  # as the sites sent them
+
+
+#: Allowed range of ``[release] age_cap`` (years), and its default.
+AGE_CAP_RANGE = (18, 120)
+DEFAULT_AGE_CAP = 90
+
+
 @dataclass(frozen=True)
 class ReleaseSettings:
     """The ``[release]`` table: what the release is called and where things go.
@@ -73,6 +86,11 @@ class ReleaseSettings:
         :data:`DEFAULT_STATE_DIR`; layout in :mod:`curation.state`).
     labels
         :data:`BUILTIN_LABELS` or the absolute path of a ``labels.json``.
+    dates
+        How dates reach the published spreadsheets (:class:`DatePolicy`;
+        applied by :mod:`anonymization.dates`).
+    age_cap
+        Ages at or above are published as this value (years, :data:`AGE_CAP_RANGE`).
     """
 
     name: str
@@ -80,6 +98,8 @@ class ReleaseSettings:
     output_dir: Path
     state_dir: Path
     labels: str  # BUILTIN_LABELS or an absolute path to a labels.json
+    dates: DatePolicy = DatePolicy.SHIFT
+    age_cap: int = DEFAULT_AGE_CAP
 
     @property
     def zip_name(self) -> str:
@@ -363,8 +383,13 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
         labels = str((p if p.is_absolute() else base / p).resolve())
         if not Path(labels).is_file():
             raise rel._fail("labels", labels, f"{BUILTIN_LABELS!r} or an existing labels.json file")
+    dates = rel.choice("dates", DatePolicy, DatePolicy.SHIFT)
+    low, high = AGE_CAP_RANGE
+    age_cap = rel.get("age_cap", int, DEFAULT_AGE_CAP, f"a whole number of years from {low} to {high}")
+    if not low <= age_cap <= high:
+        raise rel._fail("age_cap", age_cap, f"a whole number of years from {low} to {high}")
     rel.finish()
-    release = ReleaseSettings(name, version, output_dir, state_dir, labels)
+    release = ReleaseSettings(name, version, output_dir, state_dir, labels, dates, age_cap)
 
     dt = _Table(top.get("defacing", dict, {}, "a [defacing] table"), "defacing", source)
     default_defacing = DefacingSettings()
@@ -515,6 +540,8 @@ def default_config_toml(name: str, version: str) -> str:
             "output_dir": DEFAULT_OUTPUT_DIR,
             "state_dir": DEFAULT_STATE_DIR,
             "labels": BUILTIN_LABELS,
+            "dates": DatePolicy.SHIFT.value,
+            "age_cap": DEFAULT_AGE_CAP,
         },
         "defacing": dataclasses.asdict(DefacingSettings()),
         "execution": dataclasses.asdict(ExecutionSettings()),

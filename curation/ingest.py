@@ -10,6 +10,7 @@ not worked on again, and a study whose files or gate settings changed is redone.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import struct
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from anonymization.dates import date_strings, dates_in_value, iter_dates
 from anonymization.gate import check_datasets, profile_digest, raise_for_findings
 from curation.atomic import atomic_write_json
 from curation.config import SiteConfig
@@ -79,6 +81,39 @@ def sensitive_values(datasets: Iterable[Dataset]) -> set[str]:
     return found
 
 
+def header_dates(datasets: Iterable[Dataset]) -> set[dt.date]:
+    """Every date in ``datasets``: DA values and the date part of DT values, nested and private ones too.
+
+    Parameters
+    ----------
+    datasets
+        Headers of a study (every series read, decoys too).
+
+    Returns
+    -------
+    set[datetime.date]
+        The calendar dates (:func:`anonymization.dates.iter_dates`), for the
+        leak scan of a release that shifts dates or keeps the year only.
+    """
+    return {day for ds in datasets for day in iter_dates(ds)}
+
+
+def index_dates(study: StudyRecord) -> set[dt.date]:
+    """The dates the index already knows of a study, recorded even when it is rejected early.
+
+    Parameters
+    ----------
+    study
+        A study from the index.
+
+    Returns
+    -------
+    set[datetime.date]
+        Its StudyDate (empty when the index has none).
+    """
+    return set(dates_in_value("DA", study.StudyDate or ""))
+
+
 def _converted_for_another_site(study: StudyRecord, site: SiteConfig, state: StatePaths) -> str | None:
     """The id of another site whose recorded outcome for this StudyInstanceUID is a converted case."""
     for path in state.study_outcomes_of_every_site(study.key):
@@ -106,16 +141,23 @@ def index_identifiers(study: StudyRecord) -> set[str]:
     return {v.strip() for v in values if v and v.strip()}
 
 
-def _write_sensitive(state: StatePaths, site: SiteConfig, study: StudyRecord, values: set[str]) -> None:
+def _write_sensitive(
+    state: StatePaths, site: SiteConfig, study: StudyRecord, values: set[str], dates: Iterable[dt.date]
+) -> None:
+    """Record a study's identifying values and, as a list of their own, its dates in every release form.
+
+    ``dates`` is separate because the leak scan searches for them only when the
+    release does not publish dates as delivered.
+    """
     atomic_write_json(
         state.sensitive_dir(site.id) / f"{study.key}.json",
-        {"StudyInstanceUID": study.StudyInstanceUID, "values": sorted(values)},
+        {"StudyInstanceUID": study.StudyInstanceUID, "values": sorted(values), "dates": date_strings(dates)},
     )
 
 
 def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprint: str) -> ConvertedCase:
     # recorded before anything can reject the study: the leak scan covers every study seen
-    _write_sensitive(state, site, study, index_identifiers(study))
+    _write_sensitive(state, site, study, index_identifiers(study), index_dates(study))
     selection = select_series(study)
     ct_datasets = _read_series(selection.ct, pixels=True)
     pt_datasets = _read_series(selection.pt, pixels=True)
@@ -127,8 +169,11 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
     ]
 
     report = check_datasets([*ct_datasets, *pt_datasets], pseudonym_pattern=site.pseudonym_pattern)
-    sensitive = sensitive_values([*ct_datasets, *pt_datasets, *others]) | set(report.sensitive_values)
-    _write_sensitive(state, site, study, sensitive | index_identifiers(study))
+    headers = [*ct_datasets, *pt_datasets, *others]
+    sensitive = sensitive_values(headers) | set(report.sensitive_values)
+    _write_sensitive(
+        state, site, study, sensitive | index_identifiers(study), header_dates(headers) | index_dates(study)
+    )
     raise_for_findings(
         report,
         context=f"{series_label(ct_datasets)} / {series_label(pt_datasets)} of study {study.StudyInstanceUID}",
@@ -177,7 +222,7 @@ class IngestStage(CaseStage[ConvertedCase]):
 
     name: ClassVar[str] = "ingest"
     phase: ClassVar[Phase] = Phase.INGEST
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3  # 3: the identifying-values record lists every header date
     record_type: ClassVar[type] = ConvertedCase
     done: ClassVar[str] = "converted"
     done_event: ClassVar[str] = "study-converted"

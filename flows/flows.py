@@ -291,7 +291,10 @@ def _build(
         AuditEvent.RELEASE_REUSED if result.reused else AuditEvent.RELEASE_PACKAGED,
         outputs={zip_name: result.sha256},
         parameters={"cases": case_numbers, "members": result.members, "bytes": result.bytes,
-                    "pipeline_version": PIPELINE_VERSION, "force": force, "published": result.published},
+                    "pipeline_version": PIPELINE_VERSION, "force": force, "published": result.published,
+                    # the date policy only: offsets are never recorded
+                    "dates": config.release.dates.value, "age_cap": config.release.age_cap,
+                    "removed_characters": result.removed_characters, "blanked_values": result.blanked_values},
         flow_run_id=_flow_run_id(),
     )
     if result.published and _verified_before(state, audit, zip_name, result.sha256):

@@ -28,6 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anonymization.dates import (
+    load_or_create_secret,
+    patient_offset_days,
+    publish_metadata,
+    published_columns,
+)
 from curation.atomic import (
     atomic_write_json,
     atomic_write_text,
@@ -35,7 +41,7 @@ from curation.atomic import (
     fsync_dir,
     sha256_file,
 )
-from curation.config import Config
+from curation.config import Config, DatePolicy
 from curation.errors import RunRefusedError
 from curation.labels import ReleaseLabels, labels_json_bytes
 from curation.metadata import CT_FIELDS, PT_FIELDS
@@ -44,7 +50,7 @@ from curation.registry import format_case_number
 from curation.state import StatePaths
 from release.card import CardCase, CardSite, render_card
 from release.checksums import sha256sums_text
-from release.spreadsheets import details_xlsx_bytes
+from release.spreadsheets import build_details_xlsx
 from release.zipper import ZipMember, write_zip
 
 logger = logging.getLogger(__name__)
@@ -115,6 +121,11 @@ class ReleaseResult:
         (nothing rewritten).
     published
         True when ``zip_path`` is the published zip with its ``.sha256``.
+    removed_characters
+        Characters no worksheet cell can hold, removed from spreadsheet text.
+    blanked_values
+        Header values published empty because they cannot be read as their
+        kind (a date ``20211345``).
     """
 
     zip_path: str
@@ -124,6 +135,8 @@ class ReleaseResult:
     bytes: int
     reused: bool
     published: bool
+    removed_characters: int = 0
+    blanked_values: int = 0
 
 
 def image_member(case: str, modality: str) -> str:
@@ -197,6 +210,8 @@ class _Plan:
     digests: dict[str, str]  # path inside <name>/ -> sha256, SHA256SUMS excluded
     sums: bytes
     manifest_cases: tuple[dict[str, Any], ...]
+    removed_characters: int = 0
+    blanked_values: int = 0
 
 
 def _check_entries(config: Config, entries: Sequence[ReleaseEntry]) -> list[ReleaseEntry]:
@@ -223,34 +238,70 @@ def _check_entries(config: Config, entries: Sequence[ReleaseEntry]) -> list[Rele
     return ordered
 
 
-def _detail_rows(entries: Sequence[ReleaseEntry], fields: Sequence[tuple[str, str]], modality: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class _Sheet:
+    name: str
+    data: bytes
+    removed_characters: int
+    blanked_values: int
+
+
+def _date_offsets(config: Config, entries: Sequence[ReleaseEntry]) -> dict[int, int]:
+    """Case number -> the patient's date offset in days (all 0 unless the policy is ``shift``).
+
+    The offsets stay in memory: they are written nowhere, logged nowhere.
+    """
+    if config.release.dates is not DatePolicy.SHIFT:
+        return {e.number: 0 for e in entries}
+    secret = load_or_create_secret(config.release.state_dir)
+    return {
+        e.number: patient_offset_days(secret, e.converted.site, e.converted.PatientID, e.converted.StudyInstanceUID)
+        for e in entries
+    }
+
+
+def _details_sheet(
+    config: Config,
+    entries: Sequence[ReleaseEntry],
+    offsets: dict[int, int],
+    fields: Sequence[tuple[str, str]],
+    modality: str,
+) -> _Sheet:
+    """A details spreadsheet with the ``[release] dates`` policy and ``age_cap`` applied."""
+    policy = config.release.dates
     rows = []
+    blanked = 0
     for e in entries:
         metadata = e.converted.ct_metadata if modality == "CT" else e.converted.pt_metadata
-        row: dict[str, Any] = {
+        values = publish_metadata(
+            metadata, fields, policy=policy, offset_days=offsets[e.number], age_cap=config.release.age_cap
+        )
+        if values.blanked:
+            blanked += len(values.blanked)
+            logger.warning("case %s: %s-details %s cannot be read and are published empty",
+                           format_case_number(e.number), modality, ", ".join(values.blanked))
+        rows.append({
             "Case": format_case_number(e.number),
             "Site": e.prepared.site,
             "License": e.license,
             "Indication": e.indication,
-        }
-        for name, _ in fields:
-            row[name] = metadata.get(name)  # a field the scanner did not write is an empty cell
-        rows.append(row)
-    return rows
+            **values.values,  # a field the scanner did not write is an empty cell
+        })
+    name = f"{modality}-details"
+    book = build_details_xlsx(details_columns(published_columns(fields, policy)), rows, title=name)
+    return _Sheet(f"{name}.xlsx", book.data, book.removed_characters, blanked)
 
 
 def _plan(
     config: Config, entries: Sequence[ReleaseEntry], labels: ReleaseLabels, *, pipeline_version: str
 ) -> _Plan:
     name = config.release.name
+    offsets = _date_offsets(config, entries)
+    sheets = [_details_sheet(config, entries, offsets, CT_FIELDS, "CT"),
+              _details_sheet(config, entries, offsets, PT_FIELDS, "PT")]
     small: dict[str, bytes] = {
         "labels.json": labels_json_bytes(labels),
-        "CT-details.xlsx": details_xlsx_bytes(
-            details_columns(CT_FIELDS), _detail_rows(entries, CT_FIELDS, "CT"), title="CT-details"
-        ),
-        "PT-details.xlsx": details_xlsx_bytes(
-            details_columns(PT_FIELDS), _detail_rows(entries, PT_FIELDS, "PT"), title="PT-details"
-        ),
+        **{sheet.name: sheet.data for sheet in sheets},
         "README.md": render_card(
             name=name,
             version=config.release.version,
@@ -269,6 +320,8 @@ def _plan(
             sites=[CardSite(s.id, s.license, s.deface) for s in config.sites],
             labels=labels,
             defacing=config.defacing,
+            dates=config.release.dates,
+            age_cap=config.release.age_cap,
         ).encode("utf-8"),
     }
     digests = {path: hashlib.sha256(data).hexdigest() for path, data in small.items()}
@@ -296,7 +349,11 @@ def _plan(
         )
     sums = sha256sums_text(digests).encode("ascii")
     members.append(ZipMember(f"{name}/{SUMS_NAME}", data=sums))
-    return _Plan(tuple(members), digests, sums, tuple(manifest_cases))
+    return _Plan(
+        tuple(members), digests, sums, tuple(manifest_cases),
+        removed_characters=sum(sheet.removed_characters for sheet in sheets),
+        blanked_values=sum(sheet.blanked_values for sheet in sheets),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -463,6 +520,8 @@ def assemble_release(
         "verified": verified,
         "pipeline_version": pipeline_version,
         "defacing": to_jsonable(config.defacing),
+        "dates": config.release.dates.value,  # the policy (never an offset): which dates the leak scan needs
+        "age_cap": config.release.age_cap,
         "members": dict(sorted(plan.digests.items())),
         "cases": list(plan.manifest_cases),
     }
@@ -476,6 +535,8 @@ def assemble_release(
         bytes=where.stat().st_size,
         reused=reused,
         published=published,
+        removed_characters=plan.removed_characters,
+        blanked_values=plan.blanked_values,
     )
     logger.info("%s: %d cases, %d members, %d bytes, sha256 %s", where, result.cases, result.members, result.bytes, digest)
     return result

@@ -10,7 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from curation.config import DefacingSettings
+from anonymization.dates import SHIFT_MAX_DAYS, SHIFT_MIN_DAYS
+from curation.config import DatePolicy, DefacingSettings
 from curation.labels import ReleaseLabels
 from curation.model import CATEGORIES
 
@@ -83,6 +84,36 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> l
     return lines
 
 
+def _dates_text(dates: DatePolicy, age_cap: int) -> list[str]:
+    """What the card says about the dates and ages in the spreadsheets."""
+    if dates is DatePolicy.SHIFT:
+        text = (
+            "Dates are shifted. Every date of a patient's studies was moved by the same whole number of "
+            f"days, between {SHIFT_MIN_DAYS:,} and {SHIFT_MAX_DAYS:,} (100 to 110 years into the future), "
+            "chosen per patient from a secret that is not published: the dates in the spreadsheets are "
+            "not calendar dates. Times of day are as acquired and every interval is exact (injection to "
+            "acquisition, CT to PET, between the studies of one patient)."
+        )
+    elif dates is DatePolicy.YEAR:
+        text = (
+            "Dates carry the year only: `AcquisitionDate` holds the year and "
+            "`RadiopharmaceuticalStartDateTime` the time of day of the injection. Times of day are as "
+            "acquired; the day of the injection is not published (for the usual uptake times under 24 "
+            "hours it is the day of the acquisition, or the day before when the time of day is later)."
+        )
+    else:
+        text = (
+            "Dates are as the sites delivered them: this release did not shift or shorten them, so they "
+            "may be the real dates of the scans."
+        )
+    return [
+        text,
+        "",
+        f"`PatientAge` is in whole years; {age_cap} means {age_cap} or older "
+        f"(every age of {age_cap} years or more is published as {age_cap}).",
+    ]
+
+
 def render_card(
     *,
     name: str,
@@ -92,6 +123,8 @@ def render_card(
     sites: Sequence[CardSite],
     labels: ReleaseLabels,
     defacing: DefacingSettings,
+    dates: DatePolicy = DatePolicy.SHIFT,
+    age_cap: int = 90,
 ) -> str:
     """The Markdown text of the dataset card.
 
@@ -109,6 +142,8 @@ def render_card(
         The release label set (``labels.json``).
     defacing
         The ``[defacing]`` settings the defaced sites were processed with.
+    dates, age_cap
+        The ``[release] dates`` policy and ``age_cap`` the spreadsheets were written with.
 
     Returns
     -------
@@ -212,6 +247,8 @@ def render_card(
     head_missing = sum(1 for c in cases if c.head_missing_released)
     if head_missing:
         out += [f"- {head_missing} cases of defaced sites do not reach the head and were released without defacing."]
+    out += ["", "## Dates and ages", ""]
+    out += _dates_text(dates, age_cap)
     out += [
         "",
         "## How to verify",

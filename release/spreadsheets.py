@@ -1,15 +1,24 @@
 """The release's details spreadsheets: the module that owns openpyxl.
 
-Every ``.xlsx`` the pipeline writes is made here (:func:`details_xlsx_bytes`),
+Every ``.xlsx`` the pipeline writes is made here (:func:`build_details_xlsx`),
 and read back here for verification (:func:`read_details_xlsx`); openpyxl's
 quirks are handled in this module only.  The one other importer of openpyxl is
 :mod:`curation.clinical`, which only reads a site's clinical sheet (an input
 of the site, so it belongs to curation) with ``load_workbook(read_only=True)``.
 
 openpyxl stamps the save time into ``docProps/core.xml`` and the current
-local time into every zip member of the ``.xlsx``; :func:`details_xlsx_bytes`
+local time into every zip member of the ``.xlsx``; :func:`build_details_xlsx`
 fixes both, so identical rows give identical bytes (and so an identical
 release zip).
+
+Text from the sites (header values, indications) is data, never code: every
+text cell is stored as a string cell (openpyxl would make a text starting with
+``=`` a formula and ``#N/A`` an error), a text that a spreadsheet program
+could read as a formula (``=``, ``+``, ``-``, ``@``) also gets Excel's
+quote-prefix style, and characters no worksheet can hold (C0 control
+characters, which make openpyxl raise ``IllegalCharacterError``; lone
+surrogates, U+FFFE, U+FFFF) are removed and counted
+(:attr:`DetailsWorkbook.removed_characters`).
 """
 
 from __future__ import annotations
@@ -17,9 +26,12 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import io
+import logging
+import math
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +40,8 @@ from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 
 from anonymization.gate import GateAction, iter_rules
+
+logger = logging.getLogger(__name__)
 
 #: Column kinds a details spreadsheet understands (the kinds of curation.metadata fields).
 KINDS: tuple[str, ...] = ("str", "int", "float", "date", "time", "datetime")
@@ -74,6 +88,11 @@ IDENTIFYING_COLUMNS: frozenset[str] = frozenset(
 )
 
 _NUMBER_FORMATS = {"date": "yyyy-mm-dd", "time": "hh:mm:ss", "datetime": "yyyy-mm-dd hh:mm:ss"}
+#: Characters a worksheet cell cannot hold: C0 controls but tab, LF and CR (openpyxl raises on them),
+#: lone surrogates and U+FFFE/U+FFFF (not allowed in XML 1.0).
+_ILLEGAL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+#: First characters that make spreadsheet programs read a text as a formula.
+FORMULA_STARTS: tuple[str, ...] = ("=", "+", "-", "@")
 _CORE_XML = "docProps/core.xml"
 _MODIFIED_RE = re.compile(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)")
 _CREATED_RE = re.compile(rb"(<dcterms:created[^>]*>)[^<]*(</dcterms:created>)")
@@ -169,8 +188,9 @@ def cell_value(value: Any, kind: str) -> Any:
     Returns
     -------
     Any
-        ``None`` (empty cell), ``str``, ``int``, ``float``, ``datetime.date``,
-        ``datetime.time`` or ``datetime.datetime``.
+        ``None`` (empty cell, also for a NaN or infinite number), ``str``,
+        ``int``, ``float``, ``datetime.date``, ``datetime.time`` or
+        ``datetime.datetime``.
 
     Raises
     ------
@@ -194,7 +214,8 @@ def cell_value(value: Any, kind: str) -> Any:
     if kind == "float":
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is not a number")
-        return float(value)
+        number = float(value)
+        return number if math.isfinite(number) else None  # a header's NaN/Inf: no valid xlsx number
     if kind == "date":
         if isinstance(value, dt.datetime):
             return value.date()
@@ -224,10 +245,51 @@ def _display_width(value: Any) -> int:
 # the details spreadsheets
 
 
-def details_xlsx_bytes(
+def clean_text(text: str) -> tuple[str, int]:
+    """Remove the characters no worksheet cell can hold.
+
+    Parameters
+    ----------
+    text
+        A cell's text.
+
+    Returns
+    -------
+    tuple[str, int]
+        The text without C0 control characters (tab, LF and CR stay), lone
+        surrogates, U+FFFE and U+FFFF, and how many were removed.
+    """
+    cleaned, removed = _ILLEGAL_CHARACTERS.subn("", text)
+    return cleaned, removed
+
+
+@dataclass(frozen=True)
+class DetailsWorkbook:
+    """A details spreadsheet's bytes and what had to be cleaned to write it.
+
+    Attributes
+    ----------
+    data
+        The ``.xlsx`` file.
+    removed_characters
+        Characters no worksheet cell can hold, removed from text cells.
+    """
+
+    data: bytes
+    removed_characters: int = 0
+
+
+def _as_text_cell(cell: Any) -> None:
+    """Make a cell holding a ``str`` a string cell: never a formula, an error or anything else."""
+    cell.data_type = "s"
+    if cell.value.startswith(FORMULA_STARTS):
+        cell.quotePrefix = True  # Excel keeps it text when the cell is edited
+
+
+def build_details_xlsx(
     columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]], *, title: str = "details"
-) -> bytes:
-    """Render a details spreadsheet: bold frozen header, typed cells, fitting widths.
+) -> DetailsWorkbook:
+    """Render a details spreadsheet: bold frozen header, typed cells, text cells always text.
 
     Parameters
     ----------
@@ -240,8 +302,9 @@ def details_xlsx_bytes(
 
     Returns
     -------
-    bytes
-        The ``.xlsx`` file; the same columns and rows always give the same bytes.
+    DetailsWorkbook
+        The ``.xlsx`` file (the same columns and rows always give the same
+        bytes) and the number of characters removed from text cells.
 
     Raises
     ------
@@ -258,9 +321,11 @@ def details_xlsx_bytes(
     ws.title = title
     bold = Font(bold=True)
     widths = [len(name) for name in names]
+    removed = 0
     ws.append(names)
     for cell in ws[1]:
         cell.font = bold
+        _as_text_cell(cell)
     for r, row in enumerate(rows, start=2):
         values = []
         for c, (name, kind) in enumerate(columns):
@@ -268,12 +333,20 @@ def details_xlsx_bytes(
                 value = cell_value(row.get(name), kind)
             except ValueError as exc:
                 raise ValueError(f"row {r}, column {name!r}: {exc}") from None
+            if isinstance(value, str):
+                value, n = clean_text(value)
+                removed += n
             values.append(value)
             widths[c] = max(widths[c], _display_width(value))
         ws.append(values)
         for c, (_, kind) in enumerate(columns, start=1):
-            if kind in _NUMBER_FORMATS:
-                ws.cell(row=r, column=c).number_format = _NUMBER_FORMATS[kind]
+            cell = ws.cell(row=r, column=c)
+            if isinstance(cell.value, str):
+                _as_text_cell(cell)
+            elif kind in _NUMBER_FORMATS:
+                cell.number_format = _NUMBER_FORMATS[kind]
+    if removed:
+        logger.warning("%s: removed %d character(s) no worksheet cell can hold from text cells", title, removed)
     for c, width in enumerate(widths, start=1):
         ws.column_dimensions[get_column_letter(c)].width = min(width + 2, 80)
     ws.freeze_panes = "A2"
@@ -282,7 +355,30 @@ def details_xlsx_bytes(
     wb.properties.modified = FIXED_TIME
     buffer = io.BytesIO()
     wb.save(buffer)
-    return _repack(buffer.getvalue())
+    return DetailsWorkbook(_repack(buffer.getvalue()), removed)
+
+
+def details_xlsx_bytes(
+    columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]], *, title: str = "details"
+) -> bytes:
+    """Render a details spreadsheet (:func:`build_details_xlsx`) and give its bytes only.
+
+    Parameters
+    ----------
+    columns, rows, title
+        As for :func:`build_details_xlsx`.
+
+    Returns
+    -------
+    bytes
+        The ``.xlsx`` file.
+
+    Raises
+    ------
+    ValueError
+        As :func:`build_details_xlsx`.
+    """
+    return build_details_xlsx(columns, rows, title=title).data
 
 
 def _repack(xlsx: bytes) -> bytes:

@@ -25,6 +25,7 @@ import numpy as np
 
 from anonymization.deface import cylinder_mask
 from anonymization.leakscan import UnscannableError, load_sensitive_values, scan_zip
+from curation.config import DatePolicy
 from curation.labels import LabelTableError, ReleaseLabels, release_labels_from_dict
 from curation.model import CATEGORIES, DefaceCylinder, from_jsonable
 from curation.registry import format_case_number
@@ -460,8 +461,25 @@ class _Verifier:
                 self.problem(f"{top}/{rel}: sha256 {got} does not match {SUMS_NAME} ({listed[rel]})")
 
 
+def _dates_are_secret(zip_path: Path, state_dir: Path) -> bool:
+    """Whether the release was built with a date policy that hides the original dates.
+
+    From the build manifest's ``dates``; a release without a readable manifest
+    is scanned for the dates too (the safe side: ``as-delivered`` is the one
+    policy that publishes them on purpose).
+    """
+    try:
+        manifest = json.loads(StatePaths(state_dir).release_manifest(zip_path.name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True
+    return not (isinstance(manifest, dict) and manifest.get("dates") == DatePolicy.AS_DELIVERED.value)
+
+
 def leak_scan_problems(zip_path: Path, state_dir: Path) -> list[str]:
     """The leak scan of a release: every decompressed byte against the state's sensitive values.
+
+    The original dates of every header are among the values unless the
+    release publishes dates as delivered (its build manifest says which).
 
     Parameters
     ----------
@@ -478,7 +496,7 @@ def leak_scan_problems(zip_path: Path, state_dir: Path) -> list[str]:
         when the zip is clean.
     """
     try:
-        values = load_sensitive_values(state_dir)
+        values = load_sensitive_values(state_dir, include_dates=_dates_are_secret(zip_path, state_dir))
     except ValueError as exc:
         return [f"the sensitive values cannot be read, so the leak scan did not run: {exc}"]
     if not values:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from anonymization.dates import install_secret
 from curation.atomic import atomic_write_json, atomic_write_text
-from curation.config import default_config_toml
+from curation.config import DEFAULT_STATE_DIR, default_config_toml
 from curation.phantom.anatomy import Phantom, make_phantom
 from curation.phantom.dicom import Vendor, write_study
 from curation.phantom.nifti import write_lesion, write_segmentations
@@ -182,6 +184,9 @@ def write_demo_sites(out_dir: Path, *, cases_per_site: int = 2, seed: int = 0, s
     path = out_dir / "release.toml"
     atomic_write_json(out_dir / MANIFEST_NAME, manifest)
     atomic_write_text(path, config)
+    # a date-shift secret of the demo's own (phantoms: nothing to hide), so the same seed gives the same
+    # release bytes whatever the folder; a real state_dir makes its secret with `secrets` on first use
+    install_secret(out_dir / DEFAULT_STATE_DIR, hashlib.sha256(f"petct-release phantom demo {seed}".encode()).digest())
     logger.info("wrote 3 phantom sites under %s", out_dir)
     return path
 

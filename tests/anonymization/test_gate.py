@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -13,10 +15,17 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+import anonymization.gate as gate_module
 from anonymization.gate import (
+    CSV_COLUMNS,
+    OPTION_COLUMNS,
+    PRIVATE_DEFAULT_TAG,
+    SOURCE_STANDARD,
+    STANDARD_RESOURCE,
     GateAction,
     GateReport,
     GateRule,
+    allowed_actions,
     check_datasets,
     iter_rules,
     parse_profile,
@@ -47,29 +56,82 @@ def _message_of(report: GateReport) -> str:
 # the table itself
 
 
+def _standard_json() -> list[dict[str, str]]:
+    from importlib import resources
+
+    text = resources.files("anonymization").joinpath("data", STANDARD_RESOURCE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def test_table_has_every_row_of_e1_1_2024b_with_its_actions() -> None:
+    """Every row of PS3.15 2024b Table E.1-1, with the standard's basic and option actions, nothing else."""
+    standard = _standard_json()
+    assert len(standard) == 621
+    rows = [r for r in RULES if r.source == SOURCE_STANDARD]
+    assert len(rows) == 621
+    by_tag = {r.tag: r for r in rows}
+    for entry in standard:
+        tag = PRIVATE_DEFAULT_TAG if entry["tag"].startswith("(GGGG,EEEE)") else entry["tag"].replace("X", "x")
+        rule = by_tag[tag]
+        assert rule.name == " ".join(entry["name"].split()), tag
+        assert rule.basic_profile == entry["basicProfile"], tag
+        for column in OPTION_COLUMNS:
+            assert rule.option(column) == entry.get(column, ""), (tag, column)
+        assert rule.action in allowed_actions(rule), rule
+    project = [r for r in RULES if r.source != SOURCE_STANDARD]
+    assert {r.keyword for r in project if not r.creator} == {
+        "PatientIdentityRemoved", "BurnedInAnnotation", "DeidentificationMethod",
+        "DeidentificationMethodCodeSequence", "LongitudinalTemporalInformationModified",
+    }
+    assert all(not r.basic_profile and not r.options_text() for r in project)
+
+
 def test_table_is_the_full_profile_with_real_reasons() -> None:
-    assert len(RULES) > 100
     actions = {r.action for r in RULES}
     assert actions == set(GateAction)
     for rule in RULES:
         assert rule.reason.endswith(".") and len(rule.reason.split()) >= 8, rule
-        if not rule.creator and "x" not in rule.tag:
+        if not rule.creator and "x" not in rule.tag and rule.tag != PRIVATE_DEFAULT_TAG:
             tag = int(rule.tag[1:5] + rule.tag[6:10], 16)
             assert keyword_for_tag(tag) == rule.keyword, rule
     by_keyword = {r.keyword: r.action for r in RULES if not r.creator}
     # the options: characteristics, dates, device identity kept; people and places not
     for keyword in ("PatientSex", "PatientAge", "PatientWeight", "PatientSize", "StudyDate", "AcquisitionTime",
-                    "StationName", "DeviceSerialNumber", "EthnicGroup"):
+                    "StationName", "DeviceSerialNumber", "EthnicGroup", "RadiopharmaceuticalStartDateTime",
+                    "DecayCorrectionDateTime", "FrameReferenceDateTime", "ContrastBolusStartTime"):
         assert by_keyword[keyword] is GateAction.RETAIN, keyword
     for keyword in ("PatientBirthDate", "OtherPatientIDs", "AccessionNumber", "ReferringPhysicianName",
                     "PerformingPhysicianName", "OperatorsName", "InstitutionAddress", "InstitutionalDepartmentName",
                     "PatientAddress", "PatientTelephoneNumbers", "MedicalRecordLocator", "MilitaryRank",
                     "BranchOfService", "CountryOfResidence", "RegionOfResidence", "PatientMotherBirthName",
                     "Occupation", "AdditionalPatientHistory", "PatientComments", "RequestAttributesSequence",
-                    "ReferringPhysicianIdentificationSequence", "OtherPatientNames"):
+                    "ReferringPhysicianIdentificationSequence", "OtherPatientNames", "ContributionDescription",
+                    "RetrieveAETitle", "StationAETitle", "PerformedStationAETitle", "AcquisitionContextSequence"):
         assert by_keyword[keyword] is GateAction.MUST_BE_EMPTY, keyword
     safe = {(r.creator, r.tag) for r in RULES if r.action is GateAction.RETAIN and r.creator}
     assert safe == {("Philips PET Private Group", "(7053,xx00)"), ("Philips PET Private Group", "(7053,xx09)")}
+
+
+@pytest.mark.parametrize(
+    ("tag", "keyword", "basic", "options", "action"),
+    [
+        ("(0010,0030)", "PatientBirthDate", "Z", {}, "retain"),  # nothing keeps a birth date
+        ("(0008,0055)", "StationAETitle", "X", {"rtnDevIdOpt": "C"}, "retain"),  # C: cleaned, not kept
+        ("(0018,A003)", "ContributionDescription", "X", {"cleanDescOpt": "C"}, "retain"),
+        ("(0008,0050)", "AccessionNumber", "Z", {}, "descriptor"),  # no Clean Descriptors column
+        ("(0010,1000)", "OtherPatientIDs", "X", {}, "pseudonym"),  # X allows no dummy
+        ("(0010,1002)", "OtherPatientIDsSequence", "X", {}, "uid"),
+    ],
+)
+def test_parse_profile_refuses_an_action_weaker_than_the_standard(
+    tag: str, keyword: str, basic: str, options: dict[str, str], action: str
+) -> None:
+    row = {"tag": tag, "creator": "", "keyword": keyword, "source": SOURCE_STANDARD, "basicProfile": basic,
+           **options, "action": action, "reason": "r."}
+    with pytest.raises(ValueError, match=rf"line 2: \{tag[:5]}.*{keyword}: action '{action}' is weaker than "
+                                         r"PS3.15 2024b allows"):
+        parse_profile([row])
+    parse_profile([{**row, "action": "must-be-empty"}])  # stricter is always allowed
 
 
 @pytest.mark.parametrize(
@@ -101,8 +163,11 @@ def test_packaged_csv_is_readable_by_a_steward() -> None:
 
     text = resources.files("anonymization").joinpath("data", "deid_profile.csv").read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert list(rows[0]) == ["tag", "creator", "keyword", "action", "reason"]
-    assert len(rows) == len(RULES)
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert list(rows[0])[:6] == ["tag", "creator", "keyword", "name", "source", "basicProfile"]
+    assert len(rows) == len(RULES) == 621 + 34
+    assert {r["source"] for r in rows} == {"PS3.15 2024b E.1-1", "petct-release"}  # the edition, in the data
+    assert "2024b" in gate_module.__doc__ and "Table E.1-1" in gate_module.__doc__
 
 
 # ---------------------------------------------------------------------------
@@ -110,6 +175,8 @@ def test_packaged_csv_is_readable_by_a_steward() -> None:
 
 
 def _rule_tag(rule: GateRule) -> int:
+    if rule.tag == PRIVATE_DEFAULT_TAG:
+        return 0x00431010  # a private element of a creator without rows of its own (see _plant)
     group, element = rule.tag[1:5], rule.tag[6:10]
     if group == "50xx":
         return 0x50003000  # Curve Data in the first curve group
@@ -157,6 +224,8 @@ def _planted(vr: str, n: int) -> tuple[object, list[str]]:
 
 
 def _vr_of(rule: GateRule, tag: int) -> str:
+    if rule.tag == PRIVATE_DEFAULT_TAG:
+        return "LO"
     if rule.creator:
         from pydicom._private_dict import private_dictionaries
 
@@ -174,8 +243,8 @@ def _plant(ds: Dataset, rule: GateRule, n: int) -> tuple[int, object, list[str]]
         value, strings = "YES", []
     else:
         value, strings = _planted(vr, n)
-    if rule.creator:
-        block = ds.private_block(tag >> 16, rule.creator, create=True)
+    if rule.creator or rule.tag == PRIVATE_DEFAULT_TAG:
+        block = ds.private_block(tag >> 16, rule.creator or "SOME VENDOR 1.0", create=True)
         block.add_new(tag & 0xFF, vr, value)
         tag = int(block.get_tag(tag & 0xFF))
     else:
@@ -212,10 +281,211 @@ def test_every_rule_row_fires_on_a_planted_value(number: int, make_clean_ds: Cal
         assert uids and set(uids) <= report.sensitive_values
     elif rule.action is GateAction.REVIEW:
         assert report.findings == ()
-        assert f"({tag >> 16:04X},xx{tag & 0xFF:02X}) creator {rule.creator!r}" in report.private_review
+        creator = rule.creator or "SOME VENDOR 1.0"
+        assert f"({tag >> 16:04X},xx{tag & 0xFF:02X}) creator {creator!r}" in report.private_review
     else:  # retain, descriptor: allowed, and not collected (shifted dates would be false leak alarms)
         assert report.findings == ()
         assert not (set(strings) - {s for s in strings if s.startswith("2.25.")}) & report.sensitive_values
+
+
+# ---------------------------------------------------------------------------
+# rows the ~400-row table did not have (issue 9): each attack is stopped now
+
+
+def _contributing_equipment(**attributes: object) -> DicomSequence:
+    """A ContributingEquipmentSequence item (where real files carry the Contribution attributes)."""
+    item = Dataset()
+    item.Manufacturer = "ACME"
+    for keyword, value in attributes.items():
+        setattr(item, keyword, value)
+    return DicomSequence([item])
+
+
+def _acquisition_context() -> DicomSequence:
+    item = Dataset()
+    item.ValueType = "TEXT"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121106", "DCM", "Comment"
+    item.ConceptNameCodeSequence = DicomSequence([concept])
+    item.TextValue = "Injected by Dr. Hans Mueller, ward 4B"
+    return DicomSequence([item])
+
+
+#: keyword -> (tag, how to plant it, the identifying strings planted)
+NEW_IDENTIFYING_ROWS: dict[str, tuple[str, Callable[[Dataset], None], list[str]]] = {
+    "RetrieveAETitle": ("(0008,0054)", lambda ds: setattr(ds, "RetrieveAETitle", "UKL_PACS_MAIN"),
+                        ["UKL_PACS_MAIN"]),
+    "StationAETitle": ("(0008,0055)", lambda ds: setattr(ds, "StationAETitle", "UKL_PETCT_NUK1"),
+                       ["UKL_PETCT_NUK1"]),
+    "ContributionDescription": (
+        "(0018,A003)",
+        lambda ds: setattr(ds, "ContributingEquipmentSequence",
+                           _contributing_equipment(ContributionDescription="Dr. Hans Mueller, reconstruction")),
+        ["Dr. Hans Mueller, reconstruction"],
+    ),
+    "AcquisitionContextSequence": (
+        "(0040,0555)", lambda ds: setattr(ds, "AcquisitionContextSequence", _acquisition_context()),
+        ["Injected by Dr. Hans Mueller, ward 4B"],
+    ),
+}
+
+
+def _written(ds: Dataset, folder: Path) -> Dataset:
+    """``ds`` written to a DICOM file by pydicom and read back (raw elements, as ingest sees them)."""
+    path = folder / "instance.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+@pytest.mark.parametrize("keyword", sorted(NEW_IDENTIFYING_ROWS))
+def test_rows_new_in_the_full_table_quarantine_their_identifiers(
+    keyword: str, clean_ds: Dataset, tmp_path: Path
+) -> None:
+    tag, plant, planted = NEW_IDENTIFYING_ROWS[keyword]
+    assert check_datasets([clean_ds], pseudonym_pattern=SITE_PATTERN).findings == ()
+    plant(clean_ds)
+    report = check_datasets([_written(clean_ds, tmp_path)], pseudonym_pattern=SITE_PATTERN)
+    assert [(f.tag, f.keyword, f.rule, f.reason_code) for f in report.findings] == [
+        (tag, keyword, "must-be-empty", RejectReason.PHI_DETECTED)
+    ]
+    assert set(planted) <= report.sensitive_values
+    with pytest.raises(PHIDetectedError, match=rf"\{tag[:5]}.*{keyword} \[must-be-empty\]") as info:
+        raise_for_findings(report, context="study 2.25.1002")
+    _no_value_anywhere(report, planted, info.value.message)
+
+
+#: date and time rows E.1-1 has and the old table did not: keyword -> (tag, VR, a real value)
+NEW_TEMPORAL_ROWS: dict[str, tuple[str, str, str]] = {
+    "DecayCorrectionDateTime": ("(0018,9701)", "DT", "20210304094500"),
+    "FrameAcquisitionDateTime": ("(0018,9074)", "DT", "20210304101512.250000"),
+    "FrameReferenceDateTime": ("(0018,9151)", "DT", "20210304101500"),
+    "ContrastBolusStartTime": ("(0018,1042)", "TM", "100512"),
+    "ContrastBolusStopTime": ("(0018,1043)", "TM", "100547.5"),
+    "ContributionDateTime": ("(0018,A002)", "DT", "20210304120000+0100"),
+    "SubstanceAdministrationDateTime": ("(0044,0010)", "DT", "20210304091000"),
+}
+
+
+def _plant_temporal(ds: Dataset, keyword: str, value: str) -> None:
+    if keyword == "ContributionDateTime":  # where real files carry it
+        ds.ContributingEquipmentSequence = _contributing_equipment(ContributionDateTime=value)
+    elif keyword in ("FrameAcquisitionDateTime", "FrameReferenceDateTime"):
+        frame = Dataset()
+        setattr(frame, keyword, value)
+        group = Dataset()
+        group.FrameContentSequence = DicomSequence([frame])
+        ds.PerFrameFunctionalGroupsSequence = DicomSequence([group])
+    else:
+        setattr(ds, keyword, value)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the planted text, written as it arrives
+@pytest.mark.parametrize("keyword", sorted(NEW_TEMPORAL_ROWS))
+def test_new_date_rows_are_kept_as_dates_and_quarantine_text(
+    keyword: str, make_clean_ds: Callable[[], Dataset], tmp_path: Path
+) -> None:
+    """Dates are kept (Retain Longitudinal Temporal Information, full dates; the release applies the
+    date policy), but a date or time element that carries text is ``phi-detected``."""
+    tag, vr, real = NEW_TEMPORAL_ROWS[keyword]
+    rule = next(r for r in RULES if r.keyword == keyword and not r.creator)
+    assert (rule.tag, rule.action, rule.option("rtnLongFullDatesOpt")) == (tag, GateAction.RETAIN, "K")
+    assert dictionary_VR(int(tag[1:5] + tag[6:10], 16)) == vr
+
+    dated = make_clean_ds()
+    _plant_temporal(dated, keyword, real)
+    report = check_datasets([_written(dated, tmp_path)], pseudonym_pattern=SITE_PATTERN)
+    assert report.findings == ()
+    assert real not in report.sensitive_values  # dates go to the separate date list at ingest
+
+    named = make_clean_ds()
+    _plant_temporal(named, keyword, "Dr. Mueller")
+    report = check_datasets([_written(named, tmp_path)], pseudonym_pattern=SITE_PATTERN)
+    assert [(f.tag, f.keyword, f.rule, f.reason_code) for f in report.findings] == [
+        (tag, keyword, "temporal-text", RejectReason.PHI_DETECTED)
+    ]
+    assert "Dr. Mueller" in report.sensitive_values
+    with pytest.raises(PHIDetectedError, match=rf"{keyword} \[temporal-text\]") as info:
+        raise_for_findings(report)
+    _no_value_anywhere(report, ["Mueller"], info.value.message)
+
+
+def test_a_private_element_without_a_row_follows_the_private_attributes_row() -> None:
+    """E.1-1's Private Attributes row decides for unknown private elements: review, or refuse."""
+    base = {"creator": "", "source": SOURCE_STANDARD, "basicProfile": "X", "rtnSafePrivOpt": "C",
+            "keyword": "PrivateAttributes", "reason": "r."}
+    listed = parse_profile([{**base, "tag": "(GGGG,EEEE)", "action": "review"}])
+    refused = parse_profile([{**base, "tag": "(gggg,eeee)", "action": "must-be-empty"}])
+    assert listed.private_default is not None and listed.private_default.action is GateAction.REVIEW
+    assert refused.private_default is not None and refused.private_default.action is GateAction.MUST_BE_EMPTY
+    with pytest.raises(ValueError, match=r"action 'retain' is weaker than PS3.15 2024b allows"):
+        parse_profile([{**base, "tag": "(GGGG,EEEE)", "action": "retain"}])
+    packaged = next(r for r in RULES if r.tag == PRIVATE_DEFAULT_TAG)
+    assert packaged.action is GateAction.REVIEW
+
+
+# ---------------------------------------------------------------------------
+# cross-check with an independent transcription: dicom-anonymizer's 2024b lists (PyPI, pinned)
+
+#: dicom-anonymizer's list -> the basic-profile action it implements
+ANONYMIZER_LISTS = {
+    "D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
+    "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*",
+}
+
+
+def _anonymizer_tag(tag: tuple[int, ...]) -> str:
+    """Our tag text of a dicom-anonymizer tag (masked repeating groups become ``50xx`` / ``xxxx``)."""
+    if len(tag) == 2:
+        return f"({tag[0]:04X},{tag[1]:04X})"
+    group, element, group_mask, element_mask = tag
+    assert group_mask == 0xFF00, tag
+    return f"({group >> 8:02X}xx,{'xxxx' if element_mask == 0 else f'{element:04X}'})"
+
+
+def _lets_a_value_through_without_cause(rule: GateRule, basic: str) -> bool:
+    """True when the gate would accept a value that neither the profile nor an option we apply allows.
+
+    What dicom-anonymizer does per list: X removes, Z empties, D puts a dummy, U
+    replaces a UID.  The gate may be stricter (must-be-empty); it may accept a
+    value only with a cause in the standard: an applied option keeps it (K),
+    it is a UID (collected and scanned for), the profile allows a dummy (the
+    site's pseudonym; a sequence of references), or the Clean Descriptors
+    Option would keep a cleaned description.
+    """
+    action = rule.action
+    if action is GateAction.MUST_BE_EMPTY:
+        return False
+    if action is GateAction.RETAIN:
+        return not rule.kept_by_an_option
+    if action is GateAction.UID:
+        sequence = "x" not in rule.tag and dictionary_VR(int(rule.tag[1:5] + rule.tag[6:10], 16)) == "SQ"
+        return not ("U" in basic or rule.kept_by_an_option or (sequence and ("Z" in basic or "D" in basic)))
+    if action is GateAction.PSEUDONYM:
+        return not ("Z" in basic or "D" in basic)
+    if action is GateAction.DESCRIPTOR:
+        return rule.clean_desc != "C"
+    return True  # must-be-yes, burned-in, review: not actions for a row of E.1-1
+
+
+def test_every_tag_of_dicom_anonymizer_2024b_has_a_row_with_a_compatible_action(
+    dicom_anonymizer_2024b: dict[str, list[tuple[int, ...]]],
+) -> None:
+    assert set(dicom_anonymizer_2024b) == set(ANONYMIZER_LISTS)
+    by_tag = {r.tag: r for r in RULES if not r.creator}
+    theirs: dict[str, str] = {}
+    for name, tags in dicom_anonymizer_2024b.items():
+        for tag in tags:
+            theirs[_anonymizer_tag(tag)] = ANONYMIZER_LISTS[name]
+    assert len(theirs) == 620  # E.1-1 2024b without its "Private Attributes" row
+    missing = sorted(set(theirs) - set(by_tag))
+    assert missing == [], f"tags of dicom-anonymizer's 2024b lists without a row: {missing}"
+    differ = [(t, b, by_tag[t].basic_profile) for t, b in sorted(theirs.items()) if by_tag[t].basic_profile != b]
+    assert differ == [], f"basic-profile actions that differ from dicom-anonymizer's: {differ}"
+    loose = [(t, by_tag[t].keyword, by_tag[t].action.value) for t, b in sorted(theirs.items())
+             if _lets_a_value_through_without_cause(by_tag[t], b)]
+    assert loose == [], f"rows that let a value through the profile removes: {loose}"
+    ours = {r.tag for r in RULES if r.source == SOURCE_STANDARD and r.tag != PRIVATE_DEFAULT_TAG}
+    assert ours == set(theirs)
 
 
 # ---------------------------------------------------------------------------

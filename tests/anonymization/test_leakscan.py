@@ -249,6 +249,20 @@ def test_load_sensitive_values_reads_every_study_file(tmp_path: Path) -> None:
         load_sensitive_values(tmp_path)
 
 
+def test_dates_are_loaded_only_when_asked(tmp_path: Path) -> None:
+    folder = tmp_path / "sites" / "leipzig" / "sensitive"
+    folder.mkdir(parents=True)
+    record = {"StudyInstanceUID": "2.25.7", "values": [PATIENT_ID], "dates": ["2021-03-04", "20210304", "44259"]}
+    (folder / "a1.json").write_text(json.dumps(record), encoding="utf-8")
+    assert load_sensitive_values(tmp_path) == frozenset({PATIENT_ID, "2.25.7"})
+    assert load_sensitive_values(tmp_path, include_dates=True) == frozenset(
+        {PATIENT_ID, "2.25.7", "2021-03-04", "20210304", "44259"}
+    )
+    (folder / "a1.json").write_text(json.dumps({**record, "dates": "2021-03-04"}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r'a1\.json: "dates" must be a JSON list of strings'):
+        load_sensitive_values(tmp_path)
+
+
 def test_gate_values_and_leak_scan_work_together(tmp_path: Path, read_deid: object) -> None:
     """The values the gate collects from a real identified file are found in a copy of that file."""
     from anonymization.gate import check_datasets

@@ -9,6 +9,7 @@ import pytest
 from curation.config import (
     BUILTIN_LABELS,
     ConfigError,
+    DatePolicy,
     DefacingSettings,
     ExecutionSettings,
     MissingHeadPolicy,
@@ -25,6 +26,8 @@ version = "1.0.0"
 output_dir = "dist"
 state_dir = ".petct"
 labels = "builtin:enhance-pet"
+dates = "shift"
+age_cap = 90
 
 [defacing]
 height_voxels = 16
@@ -96,6 +99,16 @@ def test_defaults_apply_for_optional_tables(tmp_path: Path) -> None:
     assert config.defacing.margin_mm == 5.0
     assert config.execution.workers == 2
     assert config.schedule.build_cron == "0 2 * * 1"
+    assert config.release.dates is DatePolicy.SHIFT  # the default: dates shifted per patient
+    assert config.release.age_cap == 90
+
+
+@pytest.mark.parametrize("policy", list(DatePolicy))
+def test_date_policy_and_age_cap_are_read(tmp_path: Path, policy: DatePolicy) -> None:
+    text = GOOD.replace('dates = "shift"\nage_cap = 90', f'dates = "{policy.value}"\nage_cap = 85', 1)
+    config = load_config(write(tmp_path, text))
+    assert config.release.dates is policy
+    assert config.release.age_cap == 85
 
 
 def test_default_config_text_is_what_an_absent_table_means(tmp_path: Path) -> None:
@@ -132,6 +145,16 @@ def test_default_config_text_is_what_an_absent_table_means(tmp_path: Path) -> No
         ('labels = "builtin:enhance-pet"', 'labels = "missing.json"', r"release\.labels = '.*missing\.json'"),
         ('clinical_sheet = ""', 'clinical_sheet = "sheet.pdf"', r"clinical_sheet = '.*sheet\.pdf'.*\.csv or \.xlsx"),
         ("clear_labels = true", "clear_labels = true\ncolour = 3", r"unknown key defacing\.colour = 3"),
+        ('dates = "shift"', 'dates = "shifted"',
+         r"release\.dates = 'shifted' is not allowed; expected one of 'shift' \| 'year' \| 'as-delivered'"),
+        ('dates = "shift"', 'dates = 1',
+         r"release\.dates = 1 is not allowed; expected one of 'shift'"),
+        ("age_cap = 90", "age_cap = 200",
+         r"release\.age_cap = 200 is not allowed; expected a whole number of years from 18 to 120"),
+        ("age_cap = 90", 'age_cap = "90"',
+         r"release\.age_cap = '90' is not allowed"),
+        ("age_cap = 90", "age_cap = 89.5",
+         r"release\.age_cap = 89\.5 is not allowed"),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(tmp_path: Path, old: str, new: str, match: str) -> None:

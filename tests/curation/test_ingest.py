@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -11,7 +12,11 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 
+from anonymization.dates import date_forms
+from anonymization.leakscan import load_sensitive_values
 from curation.config import MissingHeadPolicy, SiteConfig
 from curation.dicomindex import index_site
 from curation.errors import RejectReason
@@ -290,3 +295,47 @@ def test_a_study_delivered_by_two_sites_is_released_once(tmp_path, small_phantom
     # the first site's case is untouched
     assert Path(first.ct.path).read_bytes() == ct_bytes
     assert read_record(state.study_outcome("leipzig", first.key), ConvertedCase) == first
+
+
+def test_every_header_date_is_recorded_for_the_leak_scan_in_every_release_form(tmp_path, small_phantom):
+    """DA values and the date part of DT values, of every series read (decoys too), nested sequences and
+    private elements included, go to the study's sensitive record as a list of their own."""
+    drop = tmp_path / "drop"
+    study = write_study(small_phantom, drop, vendor="siemens", seed=45, patient_id="LEI-0045",
+                        patient_name="LEI-0045", decoys=True)
+    planted = {
+        "DecayCorrectionDateTime": dt.date(2021, 3, 5),  # top level, DT
+        "ContributionDateTime": dt.date(2019, 1, 1),  # in a sequence item, DT with an offset
+        "private DA": dt.date(2018, 7, 7),  # a vendor's private date
+        "decoy ContentDate": dt.date(2016, 5, 5),  # in a series that is not released
+    }
+    for path in study.files["pt"]:
+        ds = pydicom.dcmread(path)
+        ds.DecayCorrectionDateTime = "20210305080000"
+        item = Dataset()
+        item.Manufacturer = "ACME"
+        item.ContributionDateTime = "20190101120000+0100"
+        ds.ContributingEquipmentSequence = DicomSequence([item])
+        ds.private_block(0x0041, "ACME DATES 1.0", create=True).add_new(0x01, "DA", "20180707")
+        ds.save_as(path)
+    localiser = pydicom.dcmread(study.files["localizer"][0])
+    localiser.ContentDate = "20160505"
+    localiser.save_as(study.files["localizer"][0])
+
+    state = StatePaths(tmp_path / "state")
+    (record,) = index_site("leipzig", drop).studies
+    case = ingest_study(record, _site(drop), state)
+    assert isinstance(case, ConvertedCase)  # dates are kept (full-dates option): the study passes
+
+    stored = json.loads((state.sensitive_dir("leipzig") / f"{case.key}.json").read_text())
+    study_date = dt.date(int(study.StudyDate[:4]), int(study.StudyDate[4:6]), int(study.StudyDate[6:]))
+    for day in [study_date, *planted.values()]:
+        compact, iso, serial = date_forms(day)
+        assert {compact, iso, serial} <= set(stored["dates"]), day
+    assert iso == "2016-05-05" and serial == str((day - dt.date(1899, 12, 30)).days)
+    assert not set(stored["dates"]) & set(stored["values"])  # a kind of its own
+    assert stored["dates"] == sorted(stored["dates"])
+
+    # the leak scan's list holds them only when asked (the build asks unless dates are published as delivered)
+    assert not {"20210305", "2019-01-01"} & load_sensitive_values(state.root)
+    assert {"20210305", "2019-01-01", "43466"} <= load_sensitive_values(state.root, include_dates=True)

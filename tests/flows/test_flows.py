@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from anonymization.dates import (
+    SHIFT_MAX_DAYS,
+    SHIFT_MIN_DAYS,
+    load_or_create_secret,
+    patient_offset_days,
+)
 from curation.atomic import sha256_file
 from curation.config import load_config
 from curation.errors import RejectReason
@@ -19,6 +27,7 @@ from curation.model import ConvertedCase, Rejection
 from curation.registry import Registry, format_case_number
 from curation.state import StatePaths, site_outcomes
 from flows.audit import AuditLog, verify_chain
+from release.spreadsheets import read_details_xlsx
 from tests.flows.conftest import CuratedDemo, write_demo_config
 
 
@@ -83,8 +92,9 @@ def test_curate_releases_every_converted_case_and_rejects_with_reason_codes(cura
 #: sha256 of the small phantom sites' release zip (threads runner), as built by the code before
 #: the architecture change of issue 8.  A refactoring must leave it byte-identical; a change that
 #: alters the release on purpose (a new spreadsheet column, a date policy) updates this pin and
-#: says so in its commit.
-PINNED_DEMO_ZIP_SHA256 = "ebe3aa7113e8d06cc34447f54729b6924284e9d8faa4c5d92f9cfd053e0542c3"
+#: says so in its commit.  Issue 9 moved it from ebe3aa71...542c3: the date policy (shift, the
+#: demo's fixed secret) and the age cap in the spreadsheets, and the card's "Dates and ages".
+PINNED_DEMO_ZIP_SHA256 = "1f124b1c70f4a7ff1bd5e08e93982b22d4507b19eea5cc884979903228a7b4ec"
 
 
 def test_the_demo_release_is_byte_identical_to_the_pinned_zip(curated_demo: CuratedDemo) -> None:
@@ -135,6 +145,8 @@ def test_audit_log_records_each_decision_with_hashes(curated_demo: CuratedDemo) 
     (packaged,) = [r for r in first_run if r["event"] == "release-packaged"]
     assert packaged["outputs"] == {curated_demo.zip_path.name: curated_demo.zip_sha256}
     assert packaged["parameters"]["cases"] == sorted(registry.values())
+    assert (packaged["parameters"]["dates"], packaged["parameters"]["age_cap"]) == ("shift", 90)
+    assert (packaged["parameters"]["removed_characters"], packaged["parameters"]["blanked_values"]) == (0, 0)
     (verified,) = [r for r in first_run if r["event"] == "release-verified"]
     assert verified["outcome"] == "ok" and verified["parameters"]["problems"] == []
 
@@ -352,3 +364,31 @@ def test_a_rewritten_audit_tail_is_caught_and_the_release_verified_again(
     new = AuditLog(log_path).records()[before:]
     assert [r["event"] for r in new if r["event"].startswith("release-")] == ["release-reused", "release-verified"]
     assert main(["audit", str(config_path), "--verify"]) == 0  # bound to the new, real verification
+
+
+def test_date_offsets_appear_nowhere_in_the_release_or_the_audit_log(curated_demo: CuratedDemo) -> None:
+    """The demo is released with shifted dates; no patient's offset is written anywhere public or logged."""
+    converted, _ = _outcomes(curated_demo)
+    secret = load_or_create_secret(curated_demo.state.root)
+    offsets = {patient_offset_days(secret, c.site, c.PatientID, c.StudyInstanceUID) for c in converted}
+    assert offsets and all(SHIFT_MIN_DAYS <= o <= SHIFT_MAX_DAYS for o in offsets)
+
+    def tokens(text: str) -> set[str]:
+        return set(re.findall(r"(?<![0-9A-Za-z.])[0-9]+(?![0-9A-Za-z.])", text))
+
+    texts = [curated_demo.state.audit_log.read_text(encoding="utf-8")]
+    with zipfile.ZipFile(curated_demo.zip_path) as zf:
+        for name in zf.namelist():
+            data = zf.read(name)
+            if name.endswith(".xlsx"):
+                with zipfile.ZipFile(io.BytesIO(data)) as xlsx:
+                    texts += [xlsx.read(m).decode("utf-8") for m in xlsx.namelist()]
+            elif not name.endswith(".nii.gz"):
+                texts.append(data.decode("utf-8"))
+    found = set().union(*(tokens(t) for t in texts))
+    assert not {str(o) for o in offsets} & found
+    # and the published dates really are shifted: no acquisition date of the demo is a real one
+    header, rows = read_details_xlsx(io.BytesIO(zipfile.ZipFile(curated_demo.zip_path).read(
+        f"{curated_demo.config.release.name}/CT-details.xlsx")))
+    years = {r[header.index("AcquisitionDate")].year for r in rows}
+    assert min(years) >= 2100

@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from anonymization.dates import install_secret
 from anonymization.deface import cylinder_mask
 from curation.atomic import sha256_file
 from curation.config import Config, config_from_dict
@@ -41,6 +42,8 @@ PT_AFFINE = np.array([[4.0, 0, 0, -10.0], [0, 4.0, 0, -8.0], [0, 0, 6.0, -9.0], 
 #: Covers the top slices of both grids, around the in-plane centre.
 CYLINDER = DefaceCylinder(z_lo=0.0, z_hi=15.0, axis_x=0.0, axis_y=0.0, radius=5.0, landmarks="segmentation")
 
+#: The date-shift secret of the test state folders (so two folders give the same release bytes).
+TEST_SECRET = bytes(range(100, 132))
 PLANTED_UID_ROOT = "1.2.826.0.1.3680043.8.498.7777"
 PLANTED_PATIENT_ID = "PSEUDO-PATIENT-4242"
 
@@ -146,9 +149,9 @@ class ReleaseInputs:
         self.entries[idx] = dataclasses.replace(entry, prepared=prepared)
 
 
-def _config(root: Path, *, name: str = "enhance-pet-test", version: str = "1.0.0") -> Config:
+def _config(root: Path, *, name: str = "enhance-pet-test", version: str = "1.0.0", **release: object) -> Config:
     raw = {
-        "release": {"name": name, "version": version, "output_dir": "dist", "state_dir": "state"},
+        "release": {"name": name, "version": version, "output_dir": "dist", "state_dir": "state", **release},
         "defacing": {"height_voxels": 2, "margin_mm": 3.0, "clear_labels": True},
         "site": [
             {
@@ -172,9 +175,17 @@ def _config(root: Path, *, name: str = "enhance-pet-test", version: str = "1.0.0
     return config_from_dict(raw, root / "release.toml")
 
 
-def make_inputs(root: Path, *, cases: int = 3, seed: int = 0) -> ReleaseInputs:
-    """Build ``cases`` cases (alternating sites, the first at the defaced site)."""
-    config = _config(root)
+def make_inputs(
+    root: Path, *, cases: int = 3, seed: int = 0, secret: bytes | None = TEST_SECRET, **release: object
+) -> ReleaseInputs:
+    """Build ``cases`` cases (alternating sites, the first at the defaced site).
+
+    ``release`` sets ``[release]`` keys (``dates``, ``age_cap``); ``secret`` is
+    put into the state folder as its date-shift secret (``None``: the build makes one).
+    """
+    config = _config(root, **release)
+    if secret is not None:
+        install_secret(config.release.state_dir, secret)
     labels = load_release_labels("builtin:enhance-pet")
     rng = np.random.default_rng(seed)
     entries = []

