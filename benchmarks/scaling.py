@@ -67,16 +67,16 @@ def write_sites(root: Path, *, cases_per_site: int, size: str, runner: str, work
 
 def plain_pipeline(config: Config) -> tuple[float, int, str]:
     """Every stage function serially on ``config``; (seconds, cases, zip sha256)."""
-    from curation.clinical import read_clinical_sheet
     from curation.dicomindex import index_site
     from curation.ingest import ingest_study
     from curation.labels import load_release_labels, load_source_table
     from curation.model import ConvertedCase, PreparedCase
     from curation.prepare import prepare_case
-    from curation.registry import NumberingCandidate, Registry
+    from curation.registry import Registry
     from curation.state import StatePaths
-    from flows.flows import PIPELINE_VERSION
-    from release.assemble import ReleaseEntry, assemble_release
+    from flows.flows import PIPELINE_VERSION, indications
+    from release.assemble import assemble_release, publish_release
+    from release.entries import numbering_candidates, release_entries
     from release.verify import verify_release
 
     start = time.perf_counter()
@@ -90,34 +90,21 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
             if isinstance(outcome, ConvertedCase):
                 converted.append(outcome)
     sites = {s.id: s for s in config.sites}
-    rank = {s.id: i for i, s in enumerate(config.sites)}
     prepared: list[tuple[PreparedCase, ConvertedCase]] = []
     for case in converted:
         result = prepare_case(case, sites[case.site], state, defacing=config.defacing,
                               release_labels=labels, source_table=source)
         if isinstance(result, PreparedCase):
             prepared.append((result, case))
-    numbers = Registry(state.registry).assign(
-        [NumberingCandidate(rank[c.site], c.site, c.PatientID, c.StudyDate, c.StudyInstanceUID) for _, c in prepared]
-    )
-    indications: dict[str, str] = {}
-    for site in config.sites:
-        if site.clinical_sheet is not None:
-            indications.update(read_clinical_sheet(site.clinical_sheet))
-    entries = [
-        ReleaseEntry(
-            numbers[c.StudyInstanceUID],
-            p,
-            c,
-            indications.get(c.StudyInstanceUID, sites[c.site].indication),
-            sites[c.site].license,
-        )
-        for p, c in prepared
-    ]
+    prepared_cases = [p for p, _ in prepared]
+    by_key = {c.key: c for _, c in prepared}
+    numbers = Registry(state.registry).assign(numbering_candidates(config, prepared_cases, by_key))
+    entries = release_entries(config, prepared_cases, by_key, numbers, indications(config))
     result = assemble_release(config, entries, labels, pipeline_version=PIPELINE_VERSION)
     report = verify_release(Path(result.zip_path), state_dir=state.root)
     if not report.ok:
         raise RuntimeError(f"plain pipeline release fails verify: {report.problems}")
+    result = publish_release(result, config)
     return time.perf_counter() - start, len(entries), result.sha256
 
 
