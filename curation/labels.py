@@ -24,7 +24,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 _BUILTIN_FILE = "enhance_pet_labels.json"
 _MOOSE_FILE = "moose_label_codes.csv"
 _VALUE_RE = re.compile(r"^[1-9][0-9]{0,2}$")
+#: Optional column of a source label table: a label's display colour as ``[r, g, b]`` (0..255).
+COLOUR_COLUMN = "recommendedDisplayRGBValue"
+_RGB_RE = re.compile(r"^\[\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*\]$")
 
 #: The ``model`` column of the MOOSE label table names a model without this
 #: prefix (``organs`` for ``clin_ct_organs``, a key of
@@ -98,11 +101,16 @@ class SourceLabelTable:
         The csv file the table was read from.
     digest
         sha256 of the table's content (part of every prepared case's fingerprint).
+    colours
+        Release category -> {source label name: (r, g, b)} from the table's
+        optional ``recommendedDisplayRGBValue`` column (MOOSE's table has one
+        for every label); empty for a table without it.
     """
 
     categories: dict[str, dict[int, str]]
     source: str
     digest: str
+    colours: dict[str, dict[str, tuple[int, int, int]]] = field(default_factory=dict)
 
     def names(self, category: str) -> dict[int, str]:
         """Source value -> label name for one category.
@@ -118,6 +126,10 @@ class SourceLabelTable:
             Source value -> source label name.
         """
         return self.categories[category]
+
+    def colour_of(self, category: str, name: str) -> tuple[int, int, int] | None:
+        """The recommended display colour of label ``name`` of ``category``, or None when the table has none."""
+        return self.colours.get(category, {}).get(name)
 
 
 # ---------------------------------------------------------------------------
@@ -263,7 +275,9 @@ def _category_of_model(model: str) -> str | None:
 def source_table_from_csv(data: bytes, where: str) -> SourceLabelTable:
     """Parse a source label table (csv with columns ``model``, ``label_name``, ``label_id``).
 
-    Rows of models without a release category are skipped.
+    Rows of models without a release category are skipped.  An optional
+    ``recommendedDisplayRGBValue`` column (``"[r, g, b]"``, as in MOOSE's
+    table) gives each label's display colour; an empty cell means none.
 
     Parameters
     ----------
@@ -282,7 +296,8 @@ def source_table_from_csv(data: bytes, where: str) -> SourceLabelTable:
     ------
     LabelTableError
         When a column is missing, a ``label_id`` is not an integer from 1 to
-        255, a value or name is repeated within a model, or a release category
+        255, a value or name is repeated within a model, a colour is not
+        ``[r, g, b]`` with components from 0 to 255, or a release category
         has no rows.
     """
     try:
@@ -294,6 +309,7 @@ def source_table_from_csv(data: bytes, where: str) -> SourceLabelTable:
     if reader.fieldnames is None or not needed <= set(reader.fieldnames):
         raise LabelTableError(f"{where}: expected columns {sorted(needed)}, got {reader.fieldnames}")
     categories: dict[str, dict[int, str]] = {c: {} for c in CATEGORIES}
+    colours: dict[str, dict[str, tuple[int, int, int]]] = {c: {} for c in CATEGORIES}
     skipped: set[str] = set()
     for line, row in enumerate(reader, start=2):
         model = (row["model"] or "").strip()
@@ -319,6 +335,9 @@ def source_table_from_csv(data: bytes, where: str) -> SourceLabelTable:
         if name in table.values():
             raise LabelTableError(f"{where}: line {line}: model {model!r} label_name {name!r} is given twice")
         table[value] = name
+        colour = _colour(row.get(COLOUR_COLUMN), where, line)
+        if colour is not None:
+            colours[category][name] = colour
     empty = [c for c in CATEGORIES if not categories[c]]
     if empty:
         raise LabelTableError(f"{where}: no rows for the categories {empty}")
@@ -328,7 +347,22 @@ def source_table_from_csv(data: bytes, where: str) -> SourceLabelTable:
         categories={c: dict(sorted(t.items())) for c, t in categories.items()},
         source=where,
         digest=hashlib.sha256(data).hexdigest(),
+        colours={c: t for c, t in colours.items() if t},
     )
+
+
+def _colour(cell: str | None, where: str, line: int) -> tuple[int, int, int] | None:
+    """A ``recommendedDisplayRGBValue`` cell as (r, g, b); None for an empty cell or no column."""
+    text = (cell or "").strip()
+    if not text:
+        return None
+    match = _RGB_RE.match(text)
+    if match is None or any(int(v) > 255 for v in match.groups()):
+        raise LabelTableError(
+            f"{where}: line {line}: {COLOUR_COLUMN} {text!r} is not [r, g, b] with components from 0 to 255"
+        )
+    r, g, b = (int(v) for v in match.groups())
+    return (r, g, b)
 
 
 def load_source_table(path: str | Path | None = None) -> SourceLabelTable:

@@ -117,3 +117,27 @@ def test_custom_source_table_and_its_errors(tmp_path: Path) -> None:
     path.write_text("model,name,id\n")
     with pytest.raises(LabelTableError, match="expected columns"):
         load_source_table(path)
+
+
+def test_display_colours_from_the_recommended_rgb_column(tmp_path: Path) -> None:
+    moose = load_source_table()
+    # every MOOSE label of a release category carries its colour, keyed by name
+    assert {c: set(moose.colours[c]) for c in CATEGORIES} == {
+        c: set(moose.names(c).values()) for c in CATEGORIES
+    }
+    assert moose.colour_of("Organs", "brain") == (250, 250, 225)
+    assert moose.colour_of("Ribs", "rib_left_1") == (0, 2, 145)
+    assert moose.colour_of("Organs", "no_such_label") is None
+
+    # a table without the column has no colours; an empty cell is no colour; a bad one names line and value
+    rows = ["model,label_name,label_id"] + [f"{c},{c.lower()}_x,1" for c in CATEGORIES]
+    path = tmp_path / "codes.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert load_source_table(path).colours == {}
+    coloured = ["model,label_name,label_id,recommendedDisplayRGBValue"] + [f"{r},\"[1, 2, 3]\"" for r in rows[1:]]
+    path.write_text("\n".join([*coloured, "organs,liver,7,"]) + "\n")
+    table = load_source_table(path)
+    assert table.colour_of("Organs", "organs_x") == (1, 2, 3) and table.colour_of("Organs", "liver") is None
+    path.write_text("\n".join([*coloured, 'organs,liver,7,"[1, 2, 256]"']) + "\n")
+    with pytest.raises(LabelTableError, match=r"line 9: recommendedDisplayRGBValue '\[1, 2, 256\]' is not \[r, g, b\]"):
+        load_source_table(path)
