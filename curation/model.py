@@ -246,6 +246,52 @@ class PreparedCase:
         return study_key(self.StudyInstanceUID)
 
 
+@dataclasses.dataclass(frozen=True)
+class QCImage:
+    """One QC picture of a case: a full-size PNG, its thumbnail, and where its pixels are.
+
+    Pixel ``(row, column)`` of the full-size image shows the world (RAS+ mm)
+    point ``top_left + column * right + row * down`` (pixel centres), so a
+    test or a viewer can put a world position on the picture.
+    """
+
+    name: str  # e.g. "pet-mip-coronal"; the file names are <name>.png and <name>.thumb.png
+    title: str  # what the picture shows, one line
+    path: str
+    sha256: str
+    width: int
+    height: int
+    thumbnail: str
+    thumbnail_sha256: str
+    thumbnail_width: int
+    thumbnail_height: int
+    top_left: tuple[float, float, float]
+    right: tuple[float, float, float]
+    down: tuple[float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseQC:
+    """The QC pictures of one prepared case and the few numbers worth showing beside them."""
+
+    site: str
+    StudyInstanceUID: str
+    fingerprint: str  # over the rendered inputs (see curation.qc.qc_fingerprint)
+    images: tuple[QCImage, ...]
+    defaced: bool
+    head_view: str  # "cylinder" | "brain-label" | "none": where the head pictures are centred
+    colours: str  # "recommendedDisplayRGBValue" | "palette" | "mixed": where the label colours came from
+    body_centroid: tuple[float, float, float]  # world mm; the coronal and sagittal slices go through it
+    pet_max: float  # Bq/mL
+    pet_inside_body: float  # fraction of the PET activity inside the CT body outline (misregistration)
+    face_voxels_blanked: int  # CT voxels the defacing changed (0 when not defaced)
+
+    @property
+    def key(self) -> str:
+        """The study's key in ``state_dir`` (:func:`study_key`)."""
+        return study_key(self.StudyInstanceUID)
+
+
 # ---------------------------------------------------------------------------
 # JSON round trip
 

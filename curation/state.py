@@ -12,16 +12,22 @@ state_dir/
   cases/<key>/case.json               ConvertedCase
   prepared/<key>/...                  defaced images and label maps
   prepared/<key>/prepared.json        prepare's record: {"status": "prepared"|"rejected", "record": ...}
+  qc/<key>.json                       CaseQC: the case's QC pictures and numbers (curation.qc)
+  report/index.html                   the steward's QC report (curation.report)
+  report/qc/<key>/*.png               the QC pictures, full size and thumbnails
 ```
+The report folder holds no UID: the QC records, which do, stay outside it.
 ``<key>`` is :func:`curation.model.study_key` of the StudyInstanceUID.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.model import ConvertedCase, Rejection
+from curation.atomic import atomic_write_json
+from curation.model import CaseQC, ConvertedCase, Rejection, from_jsonable, to_jsonable
 from curation.stage import read_record
 
 
@@ -78,6 +84,19 @@ class StatePaths:
         """The prepare stage's record of one case."""
         return self.prepared_dir(key) / "prepared.json"
 
+    @property
+    def report_dir(self) -> Path:
+        """The steward's report: ``index.html`` and the QC pictures under ``qc/``."""
+        return self.root / "report"
+
+    def qc_dir(self, key: str) -> Path:
+        """Where the QC pictures of one case go (inside the report folder)."""
+        return self.report_dir / "qc" / key
+
+    def qc_record(self, key: str) -> Path:
+        """The QC stage's record of one case (:class:`~curation.model.CaseQC`)."""
+        return self.root / "qc" / f"{key}.json"
+
     def sensitive_files(self) -> list[Path]:
         """Every study's identifying values of every site (``sites/*/sensitive/<key>.json``), sorted.
 
@@ -115,3 +134,15 @@ def site_outcomes(state: StatePaths, site: str) -> list[ConvertedCase | Rejectio
         return []
     # names starting with "." are atomic_output temporaries (a run killed mid-write leaves one)
     return [read_record(p, ConvertedCase) for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")]
+
+
+def write_qc(state: StatePaths, qc: CaseQC) -> Path:
+    """Record the QC of one case (atomically)."""
+    path = state.qc_record(qc.key)
+    atomic_write_json(path, to_jsonable(qc))
+    return path
+
+
+def read_qc(path: Path) -> CaseQC:
+    """Read a record written by :func:`write_qc`."""
+    return from_jsonable(CaseQC, json.loads(path.read_text(encoding="utf-8")))

@@ -10,54 +10,12 @@ import numpy as np
 import pytest
 
 from anonymization.deface import cylinder_mask
-from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
-from curation.dicomindex import index_site
-from curation.ingest import ingest_study
-from curation.labels import load_release_labels, load_source_table
+from curation.config import MissingHeadPolicy
 from curation.model import CATEGORIES, ConvertedCase, PreparedCase, Rejection
 from curation.phantom import write_lesion, write_segmentations
-from curation.prepare import prepare_case
 from curation.stage import read_record
 from curation.state import StatePaths
-
-RELEASE = load_release_labels("builtin:enhance-pet")
-MOOSE = load_source_table()
-DEFACING = DefacingSettings(height_voxels=16, margin_mm=5.0, clear_labels=True)
-
-
-def make_site(root: Path, *, deface: bool, lesions: bool = True,
-              missing_head: MissingHeadPolicy = MissingHeadPolicy.HOLD) -> SiteConfig:
-    return SiteConfig(
-        id="leipzig",
-        dicom_dir=root / "drop",
-        segmentations_dir=root / "seg",
-        lesions_dir=root / "lesions" if lesions else None,
-        license="CC-BY-4.0",
-        deface=deface,
-        indication="lung cancer",
-        clinical_sheet=None,
-        pseudonym_pattern="",
-        deface_missing_head=missing_head,
-    )
-
-
-@pytest.fixture(scope="module")
-def ingested(small_study, tmp_path_factory) -> ConvertedCase:
-    """The small phantom study through the real index and ingest (shared, read-only)."""
-    root = tmp_path_factory.mktemp("prepare_ingest")
-    site = dataclasses.replace(make_site(root, deface=True), dicom_dir=small_study.root)
-    index = index_site(site.id, small_study.root)
-    (record,) = [s for s in index.studies if s.StudyInstanceUID == small_study.StudyInstanceUID]
-    case = ingest_study(record, site, StatePaths(root / "state"))
-    assert isinstance(case, ConvertedCase), case
-    return case
-
-
-def prepare(case: ConvertedCase, site: SiteConfig, root: Path, **changes) -> PreparedCase | Rejection:
-    return prepare_case(
-        case, site, StatePaths(root / "state"),
-        defacing=changes.get("defacing", DEFACING), release_labels=RELEASE, source_table=MOOSE,
-    )
+from tests.curation.conftest import DEFACING, RELEASE, make_site, prepare
 
 
 def data(path: str) -> np.ndarray:
