@@ -247,24 +247,28 @@ class PreparedCase:
 
 
 @dataclasses.dataclass(frozen=True)
+class PNGFile:
+    """A PNG written by the QC stage."""
+
+    path: str
+    sha256: str
+    width: int
+    height: int
+
+
+@dataclasses.dataclass(frozen=True)
 class QCImage:
-    """One QC picture of a case: a full-size PNG, its thumbnail, and where its pixels are.
+    """One QC picture of a case: full size, thumbnail, and where its pixels are.
 
     Pixel ``(row, column)`` of the full-size image shows the world (RAS+ mm)
     point ``top_left + column * right + row * down`` (pixel centres), so a
     test or a viewer can put a world position on the picture.
     """
 
-    name: str  # e.g. "pet-mip-coronal"; the file names are <name>.png and <name>.thumb.png
+    name: str  # e.g. "pet-mip-coronal"; the files are <name>.png and <name>.thumb.png
     title: str  # what the picture shows, one line
-    path: str
-    sha256: str
-    width: int
-    height: int
-    thumbnail: str
-    thumbnail_sha256: str
-    thumbnail_width: int
-    thumbnail_height: int
+    full: PNGFile
+    thumbnail: PNGFile
     top_left: tuple[float, float, float]
     right: tuple[float, float, float]
     down: tuple[float, float, float]

@@ -49,6 +49,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -67,6 +68,7 @@ from curation.model import (
     ConvertedCase,
     DefaceCylinder,
     ImageFile,
+    PNGFile,
     PreparedCase,
     QCImage,
     to_jsonable,
@@ -117,6 +119,32 @@ _BLOCK = 8 << 20
 # fingerprint
 
 
+def qc_inputs(
+    case: ConvertedCase,
+    prepared: PreparedCase,
+    *,
+    source_table: SourceLabelTable,
+    release_labels: ReleaseLabels,
+) -> dict[str, Any]:
+    """What the pictures are drawn from, as content keys (the parts of :func:`qc_fingerprint`).
+
+    The prepared CT, PET and label maps (their recorded sha256); for a defaced
+    case the converted CT (the "before" views) and the cylinder; the release
+    label set (the names behind the label values) and the source table (the
+    colours).  A case's pictures are reusable while these are unchanged and
+    :data:`QC_VERSION` is the same.
+    """
+    return {
+        "ct": prepared.ct.sha256,
+        "pt": prepared.pt.sha256,
+        "labels": {category: image.sha256 for category, image in sorted(prepared.labels.items())},
+        "before": case.ct.sha256 if prepared.defaced else None,
+        "cylinder": to_jsonable(prepared.cylinder) if prepared.defaced else None,
+        "release_labels": hashlib.sha256(labels_json_bytes(release_labels)).hexdigest(),
+        "source_table": source_table.digest,
+    }
+
+
 def qc_fingerprint(
     case: ConvertedCase,
     prepared: PreparedCase,
@@ -124,24 +152,15 @@ def qc_fingerprint(
     source_table: SourceLabelTable,
     release_labels: ReleaseLabels,
 ) -> str:
-    """The content key of a case's QC pictures (sha256 hex).
-
-    Covers what the pictures are drawn from: the prepared CT, PET and label
-    maps (their recorded sha256), for a defaced case the converted CT (the
-    "before" views) and the cylinder, the release label set (names of the
-    label values), the source table (colours) and :data:`QC_VERSION`.
-    """
-    doc = {
-        "version": QC_VERSION,
-        "ct": prepared.ct.sha256,
-        "pt": prepared.pt.sha256,
-        "labels": {category: image.sha256 for category, image in sorted(prepared.labels.items())},
-        "before": case.ct.sha256 if prepared.defaced else None,
-        "cylinder": to_jsonable(prepared.cylinder),
-        "release_labels": hashlib.sha256(labels_json_bytes(release_labels)).hexdigest(),
-        "source_table": source_table.digest,
-    }
+    """The content key of a case's QC pictures (sha256 hex): :func:`qc_inputs` and :data:`QC_VERSION`."""
+    doc = {"version": QC_VERSION,
+           **qc_inputs(case, prepared, source_table=source_table, release_labels=release_labels)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def qc_outputs(qc: CaseQC) -> dict[str, PNGFile]:
+    """Every file a QC record vouches for, by file name (to check before reusing it)."""
+    return {Path(f.path).name: f for image in qc.images for f in (image.full, image.thumbnail)}
 
 
 # ---------------------------------------------------------------------------
@@ -492,14 +511,8 @@ def _write_picture(out_dir: Path, name: str, title: str, rgb: np.ndarray, frame:
     return QCImage(
         name=name,
         title=title,
-        path=str(full_path),
-        sha256=hashlib.sha256(data).hexdigest(),
-        width=image.width,
-        height=image.height,
-        thumbnail=str(thumb_path),
-        thumbnail_sha256=hashlib.sha256(thumb_data).hexdigest(),
-        thumbnail_width=thumb.width,
-        thumbnail_height=thumb.height,
+        full=PNGFile(str(full_path), hashlib.sha256(data).hexdigest(), image.width, image.height),
+        thumbnail=PNGFile(str(thumb_path), hashlib.sha256(thumb_data).hexdigest(), thumb.width, thumb.height),
         top_left=top_left,  # type: ignore[arg-type]
         right=right,  # type: ignore[arg-type]
         down=down,  # type: ignore[arg-type]
@@ -771,7 +784,7 @@ def render_case_qc(
 
 
 def _remove_stale(out_dir: Path, pictures: Iterable[QCImage]) -> None:
-    keep = {Path(p.path).name for p in pictures} | {Path(p.thumbnail).name for p in pictures}
+    keep = {Path(f.path).name for p in pictures for f in (p.full, p.thumbnail)}
     for path in out_dir.glob("*.png"):
         if path.name not in keep:
             path.unlink(missing_ok=True)

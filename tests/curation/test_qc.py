@@ -30,6 +30,7 @@ from curation.qc import (
     THUMB_SIZE,
     label_colours,
     qc_fingerprint,
+    qc_outputs,
     render_case_qc,
 )
 from curation.state import StatePaths, read_qc, write_qc
@@ -51,7 +52,7 @@ class Rendered:
         return image
 
     def pixels(self, name: str) -> np.ndarray:
-        return np.asarray(Image.open(self.image(name).path).convert("RGB"))
+        return np.asarray(Image.open(self.image(name).full.path).convert("RGB"))
 
 
 def render(case: ConvertedCase, prepared: PreparedCase, out_dir: Path, **changes) -> CaseQC:
@@ -116,21 +117,21 @@ def test_pictures_files_and_record(defaced: Rendered, undefaced: Rendered, tmp_p
     qc = defaced.qc
     assert [i.name for i in qc.images] == [*BODY, *AFTER, *BEFORE]
     assert [i.name for i in undefaced.qc.images] == [*BODY, *AFTER]
+    folder = StatePaths(Path(qc.images[0].full.path).parents[3]).qc_dir(defaced.case.key)
+    assert sorted(qc_outputs(qc)) == sorted(p.name for p in folder.iterdir())
+    assert len(qc_outputs(qc)) == 2 * len(qc.images)
+    for name, file in qc_outputs(qc).items():
+        assert Path(file.path) == folder / name
+        assert hashlib.sha256(Path(file.path).read_bytes()).hexdigest() == file.sha256
+        with Image.open(file.path) as png:
+            assert png.format == "PNG" and png.size == (file.width, file.height) and png.mode == "RGB"
+            assert not png.info  # no text, time or dpi chunk: the bytes depend on the pixels only
     for image in qc.images:
-        for path, digest, size in ((image.path, image.sha256, (image.width, image.height)),
-                                   (image.thumbnail, image.thumbnail_sha256,
-                                    (image.thumbnail_width, image.thumbnail_height))):
-            data = Path(path).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == digest
-            with Image.open(path) as png:
-                assert png.format == "PNG" and png.size == size and png.mode == "RGB"
-                assert not png.info  # no text, time or dpi chunk: the bytes depend on the pixels only
-        assert max(image.thumbnail_width, image.thumbnail_height) == THUMB_SIZE
-        assert Path(image.thumbnail).parent == Path(image.path).parent == StatePaths(
-            Path(image.path).parents[3]).qc_dir(defaced.case.key)
+        assert Path(image.full.path).name == f"{image.name}.png"
+        assert max(image.thumbnail.width, image.thumbnail.height) == THUMB_SIZE
     # square pixels, longer side FULL_SIZE, the CT's extent: 64 x 7 mm wide, 120 x 5 mm high
     mip = defaced.image("pet-mip-coronal")
-    assert (mip.width, mip.height) == (round(448 / 600 * FULL_SIZE), FULL_SIZE)
+    assert (mip.full.width, mip.full.height) == (round(448 / 600 * FULL_SIZE), FULL_SIZE)
     assert np.linalg.norm(mip.right) == pytest.approx(600 / FULL_SIZE)
     assert np.linalg.norm(mip.down) == pytest.approx(600 / FULL_SIZE)
 
@@ -155,8 +156,8 @@ def test_pictures_files_and_record(defaced: Rendered, undefaced: Rendered, tmp_p
 
 def test_same_inputs_same_bytes_and_stale_pictures_go(defaced: Rendered, tmp_path: Path) -> None:
     again = render(defaced.case, defaced.prepared, tmp_path / "qc")
-    assert [(i.sha256, i.thumbnail_sha256) for i in again.images] == [
-        (i.sha256, i.thumbnail_sha256) for i in defaced.qc.images
+    assert [(i.full.sha256, i.thumbnail.sha256) for i in again.images] == [
+        (i.full.sha256, i.thumbnail.sha256) for i in defaced.qc.images
     ]
     # the same folder, now for the case as not defaced: the "before" pictures are removed
     plain = dataclasses.replace(defaced.prepared, defaced=False, cylinder=None)
@@ -245,7 +246,7 @@ def test_axis_order_does_not_change_the_pictures(order: str, defaced: Rendered, 
     assert prepared.ct.shape != defaced.prepared.ct.shape or order == "flipped"
     assert prepared.ct.sha256 != defaced.prepared.ct.sha256
     qc = render(case, prepared, tmp_path / "qc")
-    assert [(i.name, i.sha256) for i in qc.images] == [(i.name, i.sha256) for i in defaced.qc.images]
+    assert [(i.name, i.full.sha256) for i in qc.images] == [(i.name, i.full.sha256) for i in defaced.qc.images]
 
 
 def test_misregistered_pet_is_told(defaced: Rendered, tmp_path: Path) -> None:
@@ -256,7 +257,7 @@ def test_misregistered_pet_is_told(defaced: Rendered, tmp_path: Path) -> None:
     qc = render(defaced.case, dataclasses.replace(defaced.prepared, pt=pt), tmp_path / "qc")
     assert qc.pet_inside_body < defaced.qc.pet_inside_body - 0.2
     # on the fusion picture the PET's colours move to the viewer's left, where the patient's right is
-    fused = np.asarray(Image.open(next(i.path for i in qc.images if i.name == "fusion-coronal")).convert("RGB"))
+    fused = np.asarray(Image.open(next(i.full.path for i in qc.images if i.name == "fusion-coronal")).convert("RGB"))
     good = defaced.pixels("fusion-coronal")
     coloured = lambda rgb: (rgb[:, :, 0].astype(int) - rgb[:, :, 2]) > 60  # noqa: E731 (red-yellow hues)
     assert coloured(fused).sum() > 0 and coloured(good).sum() > 0
