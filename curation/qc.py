@@ -78,6 +78,11 @@ logger = logging.getLogger(__name__)
 
 #: Part of every QC fingerprint: raise it when the pictures change.
 QC_VERSION = 1
+#: Every picture a case can have, in the order they are listed (a case has those that apply).
+PICTURE_NAMES = (
+    "pet-mip-coronal", "fusion-coronal", "ct-labels-coronal", "ct-labels-sagittal",
+    "head-sagittal-before", "head-sagittal-after", "head-axial-before", "head-axial-after",
+)
 #: Longer side (px) of a full-size whole-body picture.
 FULL_SIZE = 800
 #: Side (px) of a full-size head picture.
@@ -99,6 +104,8 @@ BODY_MASK_MM = 2.0
 PET_SAMPLE_MM = 6.0
 #: PNG deflate level: 3 is within a few per cent of 9 in size for these pictures, and 4x faster.
 PNG_LEVEL = 3
+#: Width (px) of the label boundaries on full-size pictures (thumbnails keep them visible).
+LABEL_LINE = 2
 #: Colours of the drawn outlines.
 BODY_OUTLINE_MIP = (0, 110, 255)
 BODY_OUTLINE_FUSION = (0, 255, 0)
@@ -459,8 +466,12 @@ def _rgb(grey: np.ndarray) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-def _edges(labels: np.ndarray) -> np.ndarray:
-    """Pixels of a non-zero label with a 4-neighbour of another value (the inner boundary)."""
+def _edges(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """The inner boundary of every non-zero label, ``width`` pixels thick.
+
+    A pixel is on it when it holds a non-zero label and a pixel within
+    ``width`` steps (4-neighbours) holds another value.
+    """
     edge = np.zeros(labels.shape, dtype=bool)
     vertical = labels[1:, :] != labels[:-1, :]
     edge[1:, :] |= vertical
@@ -468,6 +479,14 @@ def _edges(labels: np.ndarray) -> np.ndarray:
     horizontal = labels[:, 1:] != labels[:, :-1]
     edge[:, 1:] |= horizontal
     edge[:, :-1] |= horizontal
+    same_v, same_h = ~vertical, ~horizontal
+    for _ in range(width - 1):  # grow inwards, within the same label
+        grown = edge.copy()
+        grown[1:, :] |= edge[:-1, :] & same_v
+        grown[:-1, :] |= edge[1:, :] & same_v
+        grown[:, 1:] |= edge[:, :-1] & same_h
+        grown[:, :-1] |= edge[:, 1:] & same_h
+        edge = grown
     edge &= labels > 0
     return edge
 
@@ -746,7 +765,7 @@ def render_case_qc(
             if category == "Organs":
                 brain.add(stored, block)
         for view, (_, rgb) in views.items():
-            edge = _edges(labels[view])
+            edge = _edges(labels[view], width=LABEL_LINE)
             rgb[edge] = lut[labels[view][edge]]
     pictures += [
         _write_picture(out_dir, f"ct-labels-{view}", f"CT ({view} slice through the body centroid) with the "
@@ -777,6 +796,7 @@ def render_case_qc(
                                "yellow", _head_picture(before[view], frame, cylinder), frame)
                 for view, frame in frames.items()
             ]
+    pictures.sort(key=lambda picture: PICTURE_NAMES.index(picture.name))
     _remove_stale(out_dir, pictures)
 
     total = sum(len(release_labels.categories[c]) for c in CATEGORIES)

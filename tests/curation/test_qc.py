@@ -27,6 +27,7 @@ from curation.phantom import write_lesion, write_segmentations, write_study
 from curation.qc import (
     FULL_SIZE,
     PALETTE,
+    PICTURE_NAMES,
     THUMB_SIZE,
     label_colours,
     qc_fingerprint,
@@ -115,7 +116,7 @@ def cylinder_box(rendered: Rendered, image: QCImage, cylinder, margin_mm: float)
 
 def test_pictures_files_and_record(defaced: Rendered, undefaced: Rendered, tmp_path: Path) -> None:
     qc = defaced.qc
-    assert [i.name for i in qc.images] == [*BODY, *AFTER, *BEFORE]
+    assert [i.name for i in qc.images] == [*BODY, BEFORE[0], AFTER[0], BEFORE[1], AFTER[1]] == list(PICTURE_NAMES)
     assert [i.name for i in undefaced.qc.images] == [*BODY, *AFTER]
     folder = StatePaths(Path(qc.images[0].full.path).parents[3]).qc_dir(defaced.case.key)
     assert sorted(qc_outputs(qc)) == sorted(p.name for p in folder.iterdir())
