@@ -471,7 +471,7 @@ code{font-size:.95em}.muted{color:#777}.bad{color:#b00}.good{color:#070}
 .case{background:#fff;border:1px solid #ccc;padding:.6em .8em}.case h3{margin:0 0 .4em;font-size:1.05em}
 .case table{font-size:.92em;margin-bottom:.5em}.thumbs{display:flex;flex-wrap:wrap;gap:.4em}
 .thumbs figure{margin:0}.thumbs a{display:block;border:1px solid #ccc;background:#000}
-.thumbs img{display:block}.thumbs figcaption{font-size:.8em;color:#555;text-align:center}
+.thumbs img{display:block;height:150px;width:auto}.thumbs figcaption{font-size:.8em;color:#555;text-align:center}
 .status-released{color:#070}.status-held{color:#b00}.status-withdrawn{color:#777}
 svg text{font:11px system-ui,sans-serif}
 """

@@ -286,6 +286,7 @@ def test_report_in_a_headless_browser(reported: Reported, tmp_path: Path) -> Non
         # no console error, and a picture of the page
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
+        browser.set_window_size(1280, 2300)  # the summary, the release, the rejections and a case
         browser.execute_script("window.scrollTo(0, 0);")
         shot = tmp_path / "report.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
