@@ -40,9 +40,9 @@ def build_case(root: Path) -> dict[str, tuple[object, object]]:
     from curation.ingest import ingest_study
     from curation.labels import load_release_labels, load_source_table
     from curation.model import ConvertedCase, PreparedCase, from_jsonable, to_jsonable
+    from curation.phantom import make_phantom, write_lesion, write_segmentations, write_study
     from curation.prepare import prepare_case
     from curation.state import StatePaths
-    from curation.synthetic import make_phantom, write_lesion, write_segmentations, write_study
 
     record_path = root / "cases.json"
     if record_path.is_file():

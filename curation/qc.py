@@ -41,6 +41,7 @@ which is most of the cost.  Files are written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -49,7 +50,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import nibabel as nib
 import numpy as np
@@ -68,11 +69,14 @@ from curation.model import (
     ConvertedCase,
     DefaceCylinder,
     ImageFile,
+    Phase,
     PNGFile,
     PreparedCase,
     QCImage,
     to_jsonable,
 )
+from curation.stage import CaseStage, StudySubject
+from curation.state import StatePaths
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +146,18 @@ def qc_inputs(
     label set (the names behind the label values) and the source table (the
     colours).  A case's pictures are reusable while these are unchanged and
     :data:`QC_VERSION` is the same.
+
+    Parameters
+    ----------
+    case, prepared
+        The converted case and its preparation.
+    source_table, release_labels
+        The label tables the pictures are coloured with.
+
+    Returns
+    -------
+    dict[str, Any]
+        JSON-serialisable content keys.
     """
     return {
         "ct": prepared.ct.sha256,
@@ -161,14 +177,42 @@ def qc_fingerprint(
     source_table: SourceLabelTable,
     release_labels: ReleaseLabels,
 ) -> str:
-    """The content key of a case's QC pictures (sha256 hex): :func:`qc_inputs` and :data:`QC_VERSION`."""
-    doc = {"version": QC_VERSION,
+    """The content key of a case's QC pictures (sha256 hex).
+
+    The value :meth:`QCStage.fingerprint <curation.stage.CaseStage.fingerprint>`
+    gives for ``(case, prepared)``: the stage's name and :data:`QC_VERSION` with
+    :func:`qc_inputs`.
+
+    Parameters
+    ----------
+    case, prepared
+        The converted case and its preparation.
+    source_table, release_labels
+        The label tables the pictures are coloured with.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    doc = {"stage": QCStage.name, "version": QC_VERSION,
            **qc_inputs(case, prepared, source_table=source_table, release_labels=release_labels)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def qc_outputs(qc: CaseQC) -> dict[str, PNGFile]:
-    """Every file a QC record vouches for, by file name (to check before reusing it)."""
+    """Every file a QC record vouches for, by file name (checked before the record is reused).
+
+    Parameters
+    ----------
+    qc
+        A QC record.
+
+    Returns
+    -------
+    dict[str, PNGFile]
+        ``<name>.png`` and ``<name>.thumb.png`` of every picture.
+    """
     return {Path(f.path).name: f for image in qc.images for f in (image.full, image.thumbnail)}
 
 
@@ -717,7 +761,7 @@ def render_case_qc(
     CaseQC
         The pictures written (full size and thumbnail, with sha256 and their
         placement in world space) and the numbers shown beside them.  Not
-        written to the state here: :func:`curation.state.write_qc` does.
+        recorded here: :class:`QCStage` does, in ``state.qc_record(key)``.
 
     Raises
     ------
@@ -824,3 +868,63 @@ def _remove_stale(out_dir: Path, pictures: Iterable[QCImage]) -> None:
     for path in out_dir.glob("*.png"):
         if path.name not in keep:
             path.unlink(missing_ok=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class QCStage(CaseStage[CaseQC]):
+    """The QC pictures of one prepared case (upstream: ``(ConvertedCase, PreparedCase)``).
+
+    Pictures go to ``state.qc_dir(key)`` (inside the report folder), the
+    record to ``state.qc_record(key)``.  A case whose volumes cannot be read
+    or differ from their records is held back (``unreadable``), as
+    :class:`~curation.stage.CaseStage` does for any stage's data problem.
+
+    Attributes
+    ----------
+    state
+        The state folder.
+    release_labels, source_table
+        The release label set and the source label table (label colours).
+    """
+
+    name: ClassVar[str] = "qc"
+    phase: ClassVar[Phase] = Phase.BUILD
+    version: ClassVar[int] = QC_VERSION
+    record_type: ClassVar[type] = CaseQC
+    done: ClassVar[str] = "rendered"
+    done_event: ClassVar[str] = "case-qc-rendered"
+    input_name: ClassVar[str] = "prepared"
+
+    state: StatePaths
+    release_labels: ReleaseLabels
+    source_table: SourceLabelTable
+
+    def record_path(self, subject: StudySubject) -> Path:
+        """``qc/<key>.json``."""
+        return self.state.qc_record(subject.key)
+
+    def fingerprint_parts(self, upstream: tuple[Any, ...]) -> dict[str, Any]:
+        """What the pictures are drawn from (:func:`qc_inputs`)."""
+        case, prepared = upstream[:2]
+        return qc_inputs(case, prepared, source_table=self.source_table, release_labels=self.release_labels)
+
+    def produce(self, upstream: tuple[Any, ...], fingerprint: str) -> CaseQC:
+        """Draw the pictures (:func:`render_case_qc`)."""
+        case, prepared = upstream[:2]
+        qc = render_case_qc(case, prepared, self.state.qc_dir(case.key), source_table=self.source_table,
+                            release_labels=self.release_labels)
+        return dataclasses.replace(qc, fingerprint=fingerprint)
+
+    def outputs(self, record: CaseQC) -> dict[str, PNGFile]:
+        """Every picture, full size and thumbnail (:func:`qc_outputs`)."""
+        return qc_outputs(record)
+
+    def parameters(self, record: CaseQC) -> dict[str, Any]:
+        """The numbers shown beside the pictures."""
+        return {
+            "pictures": [image.name for image in record.images],
+            "head_view": record.head_view,
+            "colours": record.colours,
+            "pet_inside_body": record.pet_inside_body,
+            "face_voxels_blanked": record.face_voxels_blanked,
+        }

@@ -41,6 +41,7 @@ from anonymization.leakscan import load_sensitive_values
 from anonymization.redact import public_sentence
 from curation.advice import STEWARD_ADVICE
 from curation.atomic import atomic_write_text, sha256_file
+from curation.clinical import read_clinical_sheet
 from curation.config import Config
 from curation.errors import RejectReason
 from curation.ingest import index_identifiers
@@ -48,15 +49,12 @@ from curation.labels import load_release_labels, load_source_table
 from curation.model import CaseQC, ConvertedCase, PreparedCase, Rejection, SiteIndex, from_jsonable
 from curation.qc import qc_fingerprint
 from curation.registry import Registry, RegistryEntry, format_case_number
-from curation.state import StatePaths, read_prepared, read_qc, site_outcomes
-from release.assemble import manifest_path
-from release.spreadsheets import read_clinical_sheet
+from curation.stage import read_record
+from curation.state import StatePaths, site_outcomes
 
 logger = logging.getLogger(__name__)
 
-#: Audit events the report reads (written by flows/).
-HELD_BACK_EVENT = "case-held-back"
-PREPARED_EVENT = "case-prepared"
+#: The audit event of a verification (``flows.audit.AuditEvent.RELEASE_VERIFIED``).
 VERIFIED_EVENT = "release-verified"
 #: Characters of the state key that name a case without a number.
 SHORT_KEY = 8
@@ -88,7 +86,8 @@ class RejectionRow:
     """A rejected study or held-back case as the report shows it (sentence already blanked)."""
 
     site: str
-    stage: str  # "ingest" | "build"
+    phase: str  # "ingest" (rejected) | "build" (held back)
+    stage: str  # the stage that stopped it: "ingest", "prepare", "qc"
     reason: RejectReason
     sentence: str
     case: str  # case number or short key
@@ -131,31 +130,23 @@ class _State:
 
     config: Config
     state: StatePaths
-    outcomes: dict[str, list[ConvertedCase | Rejection]]
+    outcomes: dict[str, list[ConvertedCase | Rejection]]  # site -> ingest records
+    prepared: dict[str, PreparedCase | Rejection]  # study key -> prepare record (a rejection: held back)
+    qc: dict[str, CaseQC | Rejection]  # study key -> QC record
     seen: dict[str, int]
     registry: dict[str, RegistryEntry]  # StudyInstanceUID -> entry
     released: dict[str, str]  # study key -> case number
     audit: list[dict[str, Any]]
     hidden: set[str] = field(default_factory=set)  # identifying values to blank
 
-    def held_back(self) -> dict[str, dict[str, Any]]:
-        """StudyInstanceUID -> the audit parameters of a converted case held back at build.
-
-        ``prepare_case`` writes no record for a held-back case, so the audit log
-        is the record: a converted study without ``prepared.json`` whose last
-        prepare-step record is a hold-back is held back.
-        """
-        pending = {
-            o.StudyInstanceUID
-            for outcomes in self.outcomes.values()
-            for o in outcomes
-            if isinstance(o, ConvertedCase) and not (self.state.prepared_dir(o.key) / "prepared.json").is_file()
-        }
-        last: dict[str, dict[str, Any]] = {}
-        for record in self.audit:
-            if record.get("study") in pending and record.get("event") in (PREPARED_EVENT, HELD_BACK_EVENT):
-                last[record["study"]] = record
-        return {uid: r.get("parameters", {}) for uid, r in last.items() if r["event"] == HELD_BACK_EVENT}
+    def held_back(self) -> dict[str, Rejection]:
+        """Study key -> the rejection of a converted case held back by a build stage (prepare or QC)."""
+        out = {}
+        for records in (self.prepared, self.qc):
+            for key, record in records.items():
+                if isinstance(record, Rejection):
+                    out.setdefault(key, record)
+        return out
 
 
 def read_audit(path: Path) -> list[dict[str, Any]]:
@@ -220,11 +211,33 @@ def _gather(config: Config) -> _State:
                        "still blanked", exc)
     registry = {e.StudyInstanceUID: e for e in Registry(state.registry).entries()} if state.registry.is_file() else {}
     released: dict[str, str] = {}
-    manifest = manifest_path(state.root, config.release.zip_name)
+    manifest = state.release_manifest(config.release.zip_name)
     if manifest.is_file() and config.release.zip_path.is_file():
         for entry in json.loads(manifest.read_text(encoding="utf-8")).get("cases", []):
             released[str(entry["study_key"])] = str(entry["case"])
-    return _State(config, state, outcomes, seen, registry, released, read_audit(state.audit_log), hidden)
+    prepared: dict[str, PreparedCase | Rejection] = {}
+    qc: dict[str, CaseQC | Rejection] = {}
+    for site_outcomes_ in outcomes.values():
+        for outcome in site_outcomes_:
+            if isinstance(outcome, ConvertedCase):
+                for path, record_type, records in ((state.prepared_record(outcome.key), PreparedCase, prepared),
+                                                   (state.qc_record(outcome.key), CaseQC, qc)):
+                    record = _record(path, record_type)
+                    if record is not None:
+                        records[outcome.key] = record
+    return _State(config, state, outcomes, prepared, qc, seen, registry, released, read_audit(state.audit_log),
+                  hidden)
+
+
+def _record(path: Path, record_type: type) -> Any:
+    """A stage's record, or None when there is none (or it is damaged: the next build redoes it)."""
+    if not path.is_file():
+        return None
+    try:
+        return read_record(path, record_type)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s: unreadable record (%s); the report leaves it out", path, exc)
+        return None
 
 
 def site_summary(config: Config) -> list[SiteSummary]:
@@ -242,8 +255,7 @@ def _summaries(data: _State) -> list[SiteSummary]:
     for site in data.config.sites:
         outcomes = data.outcomes[site.id]
         rejected = Counter(o.reason.value for o in outcomes if isinstance(o, Rejection))
-        rejected.update(str(held[o.StudyInstanceUID].get("reason", "unknown"))
-                        for o in outcomes if o.StudyInstanceUID in held)
+        rejected.update(held[o.key].reason.value for o in outcomes if o.key in held)
         rows.append(SiteSummary(
             site=site.id,
             studies_seen=data.seen[site.id],
@@ -274,16 +286,17 @@ def _rejections(data: _State) -> list[RejectionRow]:
     rows = []
     for site in data.config.sites:
         for outcome in data.outcomes[site.id]:
-            if isinstance(outcome, Rejection):
-                reason, message, stage = outcome.reason, outcome.message, outcome.stage
-            elif outcome.StudyInstanceUID in held:
-                parameters = held[outcome.StudyInstanceUID]
-                reason = RejectReason(parameters.get("reason", RejectReason.UNREADABLE.value))
-                message, stage = str(parameters.get("message", "")), "build"
-            else:
+            rejection = outcome if isinstance(outcome, Rejection) else held.get(outcome.key)
+            if rejection is None:
                 continue
-            rows.append(RejectionRow(site.id, stage, reason, public_sentence(message, data.hidden, roots),
-                                     _case_name(data, outcome.StudyInstanceUID, outcome.key)))
+            rows.append(RejectionRow(
+                site=site.id,
+                phase=rejection.phase.value,
+                stage=rejection.stage,
+                reason=rejection.reason,
+                sentence=public_sentence(rejection.message, data.hidden, roots),
+                case=_case_name(data, outcome.StudyInstanceUID, outcome.key),
+            ))
     return sorted(rows, key=lambda r: ([s.id for s in data.config.sites].index(r.site), r.reason.value, r.case))
 
 
@@ -368,16 +381,16 @@ def _cases(data: _State, out_dir: Path, indications: Mapping[tuple[str, str], st
             if not isinstance(case, ConvertedCase):
                 continue
             entry = data.registry.get(case.StudyInstanceUID)
-            prepared_path = data.state.prepared_dir(case.key) / "prepared.json"
-            prepared = read_prepared(prepared_path) if prepared_path.is_file() else None
-            qc_path = data.state.qc_record(case.key)
-            qc = read_qc(qc_path) if qc_path.is_file() and prepared is not None else None
+            prepared = data.prepared.get(case.key)
+            prepared = prepared if isinstance(prepared, PreparedCase) else None
+            qc = data.qc.get(case.key)
+            qc = qc if isinstance(qc, CaseQC) and prepared is not None else None
             reason = ""
             # the latest decision first: a case held back since the last release leaves the next one
             if entry is not None and entry.withdrawn:
                 status = "withdrawn"
-            elif case.StudyInstanceUID in held:
-                status, reason = "held back", str(held[case.StudyInstanceUID].get("reason", "unknown"))
+            elif case.key in held:
+                status, reason = "held back", held[case.key].reason.value
             elif case.key in data.released:
                 status = "released"
             elif prepared is not None:
@@ -578,10 +591,11 @@ def _release_html(info: ReleaseInfo) -> str:
 def _rejections_html(rows: list[RejectionRow]) -> str:
     if not rows:
         return "<p>No study was rejected and no case is held back.</p>"
-    out = ["<table id=rejections><tr><th>site</th><th>case</th><th>stage</th><th>reason</th><th>why</th></tr>"]
+    out = ["<table id=rejections><tr><th>site</th><th>case</th><th>stopped at</th><th>reason</th><th>why</th></tr>"]
     for r in rows:
         out.append(f'<tr data-filter data-site="{_e(r.site)}" data-reason="{_e(r.reason.value)}">'
-                   f"<td>{_e(r.site)}</td><td>{_e(r.case)}</td><td>{_e(r.stage)}</td>"
+                   f"<td>{_e(r.site)}</td><td>{_e(r.case)}</td><td>{_e(r.stage)}"
+                   f"{' (held back)' if r.phase == 'build' else ''}</td>"
                    f'<td><a href="#advice-{_e(r.reason.value)}"><code>{_e(r.reason.value)}</code></a></td>'
                    f'<td class="sentence">{_e(r.sentence)}</td></tr>')
     out.append("</table>")
@@ -679,7 +693,7 @@ def write_report(config: Config, *, out_dir: Path | None = None) -> Path:
 
     Raises
     ------
-    release.spreadsheets.ClinicalSheetError
+    curation.clinical.ClinicalSheetError
         When a site's clinical sheet cannot be read.
     """
     data = _gather(config)

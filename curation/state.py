@@ -22,12 +22,10 @@ The report folder holds no UID: the QC records, which do, stay outside it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.atomic import atomic_write_json
-from curation.model import CaseQC, ConvertedCase, Rejection, from_jsonable, to_jsonable
+from curation.model import ConvertedCase, Rejection
 from curation.stage import read_record
 
 
@@ -135,14 +133,3 @@ def site_outcomes(state: StatePaths, site: str) -> list[ConvertedCase | Rejectio
     # names starting with "." are atomic_output temporaries (a run killed mid-write leaves one)
     return [read_record(p, ConvertedCase) for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")]
 
-
-def write_qc(state: StatePaths, qc: CaseQC) -> Path:
-    """Record the QC of one case (atomically)."""
-    path = state.qc_record(qc.key)
-    atomic_write_json(path, to_jsonable(qc))
-    return path
-
-
-def read_qc(path: Path) -> CaseQC:
-    """Read a record written by :func:`write_qc`."""
-    return from_jsonable(CaseQC, json.loads(path.read_text(encoding="utf-8")))

@@ -19,6 +19,7 @@ from curation.model import (
     ImageFile,
     PreparedCase,
     QCImage,
+    Rejection,
     from_jsonable,
     to_jsonable,
 )
@@ -29,12 +30,14 @@ from curation.qc import (
     PALETTE,
     PICTURE_NAMES,
     THUMB_SIZE,
+    QCStage,
     label_colours,
     qc_fingerprint,
     qc_outputs,
     render_case_qc,
 )
-from curation.state import StatePaths, read_qc, write_qc
+from curation.stage import read_record
+from curation.state import StatePaths
 from tests.curation.conftest import MOOSE, RELEASE, ingest_one, make_site, prepare
 
 AFTER = ("head-sagittal-after", "head-axial-after")
@@ -148,11 +151,8 @@ def test_pictures_files_and_record(defaced: Rendered, undefaced: Rendered, tmp_p
     assert qc.fingerprint == qc_fingerprint(defaced.case, defaced.prepared, source_table=MOOSE,
                                             release_labels=RELEASE)
 
-    # the record round-trips through JSON and the state
+    # the record round-trips through JSON
     assert from_jsonable(CaseQC, to_jsonable(qc)) == qc
-    state = StatePaths(tmp_path / "state")
-    assert read_qc(write_qc(state, qc)) == qc
-    assert write_qc(state, qc) == state.qc_record(defaced.case.key)
 
 
 def test_same_inputs_same_bytes_and_stale_pictures_go(defaced: Rendered, tmp_path: Path) -> None:
@@ -309,3 +309,32 @@ def test_fingerprint_covers_what_is_drawn(defaced: Rendered, undefaced: Rendered
     other_table = dataclasses.replace(MOOSE, digest="2" * 64)
     assert qc_fingerprint(undefaced.case, undefaced.prepared, source_table=other_table,
                           release_labels=RELEASE) != undefaced.qc.fingerprint
+
+
+def test_the_qc_stage_records_reuses_and_redoes(defaced: Rendered, tmp_path: Path) -> None:
+    state = StatePaths(tmp_path / "state")
+    stage = QCStage(state=state, release_labels=RELEASE, source_table=MOOSE)
+    upstream = (defaced.case, defaced.prepared)
+    first = stage.run(upstream)
+    assert first.fresh and isinstance(first.outcome, CaseQC)
+    qc = first.outcome
+    # the stage's fingerprint is qc_fingerprint; pictures in the report folder, record beside it
+    assert qc.fingerprint == stage.fingerprint(upstream) == defaced.qc.fingerprint
+    assert read_record(state.qc_record(defaced.case.key), CaseQC) == qc
+    assert {Path(f.path).parent for f in qc_outputs(qc).values()} == {state.qc_dir(defaced.case.key)}
+    assert [(i.name, i.full.sha256) for i in qc.images] == [(i.name, i.full.sha256) for i in defaced.qc.images]
+    assert stage.parameters(qc)["face_voxels_blanked"] == defaced.qc.face_voxels_blanked > 0
+
+    again = stage.run(upstream)
+    assert not again.fresh and again.outcome == qc
+    # a damaged picture: drawn again
+    victim = Path(qc.images[0].thumbnail.path)
+    victim.write_bytes(b"not a png")
+    redone = stage.run(upstream)
+    assert redone.fresh and redone.outcome == qc
+    assert hashlib.sha256(victim.read_bytes()).hexdigest() == qc.images[0].thumbnail.sha256
+    # a volume that is not what its record says: the case is held back (unreadable)
+    bad = dataclasses.replace(defaced.prepared, pt=dataclasses.replace(defaced.prepared.pt, sha256="0" * 64))
+    held = stage.run((defaced.case, bad))
+    assert isinstance(held.outcome, Rejection) and held.outcome.reason.value == "unreadable"
+    assert held.outcome.stage == "qc" and held.outcome.phase.value == "build"

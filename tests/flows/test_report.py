@@ -24,28 +24,30 @@ from curation.atomic import sha256_file
 from curation.config import Config, load_config
 from curation.errors import RejectReason
 from curation.labels import load_release_labels, load_source_table
-from curation.model import CaseQC, ConvertedCase, Rejection
-from curation.qc import render_case_qc
+from curation.model import CaseQC, ConvertedCase, Phase, PreparedCase, Rejection
+from curation.qc import QCStage
 from curation.registry import Registry, format_case_number
 from curation.report import read_audit_head, site_summary, write_report
-from curation.state import StatePaths, read_prepared, site_outcomes, write_qc
+from curation.stage import REJECTED, read_record, write_record
+from curation.state import StatePaths, site_outcomes
 from flows.audit import AuditLog
 from tests.flows.conftest import CuratedDemo
 
 
 def render_all_qc(config: Config) -> dict[str, CaseQC]:
-    """The QC step the flows will run: every prepared case of the state, pictures and record."""
+    """The QC stage on every prepared case of the state, as a build with the stage will run it."""
     state = StatePaths(config.release.state_dir)
-    labels, source = load_release_labels(config.release.labels), load_source_table()
+    stage = QCStage(state=state, release_labels=load_release_labels(config.release.labels),
+                    source_table=load_source_table())
     out = {}
     for site in config.sites:
         for case in site_outcomes(state, site.id):
-            record = state.prepared_dir(case.key) / "prepared.json"
-            if isinstance(case, ConvertedCase) and record.is_file():
-                qc = render_case_qc(case, read_prepared(record), state.qc_dir(case.key),
-                                    source_table=source, release_labels=labels)
-                write_qc(state, qc)
-                out[case.key] = qc
+            if isinstance(case, ConvertedCase) and state.prepared_record(case.key).is_file():
+                prepared = read_record(state.prepared_record(case.key), PreparedCase)
+                assert isinstance(prepared, PreparedCase), prepared
+                result = stage.run((case, prepared))
+                assert isinstance(result.outcome, CaseQC), result.outcome
+                out[case.key] = result.outcome
     return out
 
 
@@ -112,7 +114,7 @@ def test_report_page_holds_the_state(reported: Reported) -> None:
                 in page)
 
     # every released case, by number, with its pictures; no UID, PatientID or path anywhere
-    manifest = json.loads((demo.state.root / "releases" / f"{demo.zip_path.stem}.json").read_text())
+    manifest = json.loads(demo.state.release_manifest(demo.zip_path.name).read_text())
     numbers = sorted(c["case"] for c in manifest["cases"])
     assert numbers == ["0001", "0002", "0003"]
     for number in numbers:
@@ -158,16 +160,15 @@ def test_withdrawn_held_back_escaped_and_copied_elsewhere(curated_demo: CuratedD
     render_all_qc(config)
     registry = Registry(state.registry)
     registry.withdraw(1, "consent withdrawn")
-    # case 0003 held back at a later build: no prepared record, the audit log says why
+    # case 0003 held back by a later build's prepare stage, as its record says
     entry = next(e for e in registry.entries() if e.number == 3)
     key = next(o.key for s in config.sites for o in site_outcomes(state, s.id)
                if o.StudyInstanceUID == entry.StudyInstanceUID)
-    (state.prepared_dir(key) / "prepared.json").unlink()
     message = (f"study {entry.StudyInstanceUID}: no brain in {config.sites[2].segmentations_dir}/x/Organs.nii.gz: "
                "the head is not in the scan")
-    AuditLog(state.audit_log).append("case-held-back", site=entry.site, study=entry.StudyInstanceUID,
-                                     parameters={"reason": "head-not-found", "message": message, "stage": "build"},
-                                     outcome="rejected")
+    write_record(state.prepared_record(key), Rejection(
+        site=entry.site, StudyInstanceUID=entry.StudyInstanceUID, reason=RejectReason.HEAD_NOT_FOUND,
+        message=message, phase=Phase.BUILD, stage="prepare", fingerprint="0" * 64), status=REJECTED)
     elsewhere = tmp_path / "report-copy"
 
     page = write_report(config, out_dir=elsewhere).read_text(encoding="utf-8")
@@ -175,7 +176,8 @@ def test_withdrawn_held_back_escaped_and_copied_elsewhere(curated_demo: CuratedD
     assert "&lt;b&gt;lymphoma&lt;/b&gt; &amp; &quot;stage&quot;" in page and "<b>lymphoma</b>" not in page
     assert '<h3>Case 0001 <span class="status-withdrawn">withdrawn</span>' in page
     assert '<h3>Case 0003 <span class="status-held">held back: head-not-found</span>' in page
-    assert ('<td class="sentence">study &lt;id&gt;: no brain in &lt;path&gt;: the head is not in the scan</td>'
+    assert ('<td>prepare (held back)</td><td><a href="#advice-head-not-found"><code>head-not-found</code></a></td>'
+            '<td class="sentence">study &lt;id&gt;: no brain in &lt;path&gt;: the head is not in the scan</td>'
             in page)
     summary = {row.site: row for row in site_summary(config)}
     assert summary[entry.site].rejected["head-not-found"] == 1
