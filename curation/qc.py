@@ -106,7 +106,7 @@ FUSION_WINDOW = (-200.0, 300.0)
 BODY_MASK_MM = 2.0
 #: Sampling (mm) of the PET grid for the PET-in-body number.
 PET_SAMPLE_MM = 6.0
-#: PNG deflate level: 3 is within a few per cent of 9 in size for these pictures, and 4x faster.
+#: PNG deflate level: on the bench case's pictures 3 writes 15 % more bytes than 9, 5x faster.
 PNG_LEVEL = 3
 #: Width (px) of the label boundaries on full-size pictures (thumbnails keep them visible).
 LABEL_LINE = 2
@@ -768,7 +768,8 @@ def render_case_qc(
     ValueError
         When ``prepared`` is not the preparation of ``case``.
     UnreadableError
-        When a volume is missing or differs from the sha256 of its record.
+        When a volume is missing, differs from the sha256 of its record, or
+        the converted and prepared CT of a defaced case differ in shape.
     """
     if prepared.StudyInstanceUID != case.StudyInstanceUID or prepared.site != case.site:
         raise ValueError(f"prepared case {prepared.key} is not the preparation of case {case.key}")
@@ -830,6 +831,9 @@ def render_case_qc(
             for view, frame in frames.items()
         ]
         if cylinder is not None:
+            if tuple(case.ct.shape) != ct_stored.shape:
+                raise UnreadableError(f"converted CT {case.ct.path} has shape {tuple(case.ct.shape)}, the prepared "
+                                      f"CT {prepared.ct.path} {ct_stored.shape}: prepare the case again")
             before = {view: np.full((f.height, f.width), -1000, dtype=np.int16) for view, f in frames.items()}
             for planes, stored, block in _blocks(case.ct, "converted CT"):
                 face_blanked += int(np.count_nonzero(stored != ct_stored[:, :, planes]))
