@@ -8,7 +8,10 @@ CPU), which reads every volume it draws from, checks its sha256 and writes the
 PNGs.  The reference is nibabel reading the same volumes (``nib.load`` and
 ``np.asanyarray(img.dataobj)``), the least any tool drawing them would do.
 
-The budget is 1 s per case on one core.
+The budget is 1 s per case on one core.  The verdict and the ratio use CPU
+time: the work is single-threaded, so on an idle core CPU time is the wall
+time, and on a shared machine it is the figure that does not depend on what
+else runs (the wall times are printed too).
 
 Usage::
 
@@ -82,17 +85,17 @@ def time_render(case: object, prepared: object, out_dir: Path) -> tuple[float, f
 
 
 def time_nibabel(case: object, prepared: object) -> float:
-    """Wall seconds for nibabel to read every volume the QC pictures are drawn from."""
+    """CPU seconds for nibabel to read every volume the QC pictures are drawn from."""
     import nibabel as nib
     import numpy as np
 
     paths = [prepared.ct.path, prepared.pt.path, *(i.path for i in prepared.labels.values())]  # type: ignore[attr-defined]
     if prepared.defaced:  # type: ignore[attr-defined]
         paths.append(case.ct.path)  # type: ignore[attr-defined]
-    start = time.perf_counter()
+    start = time.process_time()
     for path in paths:
         np.asanyarray(nib.load(path).dataobj)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             wall = statistics.median(r[0] for r in runs)
             cpu = statistics.median(r[1] for r in runs)
             reference = statistics.median(time_nibabel(case, prepared) for _ in range(args.repeat))
-            print(f"  {name:12s} render_case_qc {wall:5.2f} s wall, {cpu:5.2f} s CPU, {runs[0][2]} pictures; "
-                  f"nibabel reading its volumes {reference:5.2f} s   (median of {args.repeat})")
-            ratios.append(f"{name} {wall / reference:.2f}")
-            verdicts.append(f"{name} {wall:.2f} s ({'within' if wall <= BUDGET_S else 'over'})")
-        print(f"budget {BUDGET_S:.0f} s per case: " + ", ".join(verdicts))
-        print("ratio render_case_qc / nibabel reading the same volumes: " + ", ".join(ratios))
+            print(f"  {name:12s} render_case_qc {cpu:5.2f} s CPU ({wall:5.2f} s wall), {runs[0][2]} pictures; "
+                  f"nibabel reading its volumes {reference:5.2f} s CPU   (median of {args.repeat})")
+            ratios.append(f"{name} {cpu / reference:.2f}")
+            verdicts.append(f"{name} {cpu:.2f} s ({'within' if cpu <= BUDGET_S else 'over'})")
+        print(f"budget {BUDGET_S:.0f} s CPU per case: " + ", ".join(verdicts))
+        print("ratio render_case_qc / nibabel reading the same volumes (CPU): " + ", ".join(ratios))
     return 0
 
 
