@@ -702,7 +702,9 @@ def _body_mask(stored: np.ndarray, affine: np.ndarray) -> _Volume:
 
 
 def _centroid(mask: _Volume) -> tuple[float, float, float]:
-    counts = [mask.data.sum(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+    """World position of the mask's centroid, from its coronal projection and its counts along y."""
+    coronal = np.count_nonzero(mask.data, axis=_Y)  # one pass over the mask: x and z counts from it
+    counts = [coronal.sum(axis=1), np.count_nonzero(mask.data, axis=(_X, _Z)), coronal.sum(axis=0)]
     total = counts[0].sum()
     if total == 0:  # no body at all: the middle of the grid
         return tuple(float(np.mean(mask.bounds(axis))) for axis in range(3))  # type: ignore[return-value]
