@@ -1,6 +1,6 @@
 """What a data steward can do about each reason a study was rejected or a case held back.
 
-Shown beside every rejection in the steward's report (:mod:`curation.report`).
+Shown beside every rejection in the steward's report (:mod:`flows.report`).
 Every :class:`~curation.errors.RejectReason` has an entry: a new reason code
 without advice fails at import.
 """

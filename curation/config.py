@@ -241,6 +241,17 @@ class Config:
     schedule: ScheduleSettings
     sites: tuple[SiteConfig, ...]
 
+    def configured_paths(self) -> list[str]:
+        """Every folder and file this configuration names, its own folder included.
+
+        Sentences shown outside ``state_dir`` (artifacts, the report) blank a
+        path under any of these whole (:func:`anonymization.redact.public_sentence`).
+        """
+        folders = [self.release.state_dir, self.release.output_dir, self.path.parent]
+        for site in self.sites:
+            folders += [site.dicom_dir, site.segmentations_dir, site.lesions_dir, site.clinical_sheet]
+        return [str(f) for f in folders if f is not None]
+
     def site(self, site_id: str) -> SiteConfig:
         """Return the site called ``site_id``.
 

@@ -13,7 +13,7 @@ state_dir/
   prepared/<key>/...                  defaced images and label maps
   prepared/<key>/prepared.json        prepare's record: {"status": "prepared"|"rejected", "record": ...}
   qc/<key>.json                       CaseQC: the case's QC pictures and numbers (curation.qc)
-  report/index.html                   the steward's QC report (curation.report)
+  report/index.html                   the steward's QC report (flows.report)
   report/qc/<key>/*.png               the QC pictures, full size and thumbnails
 ```
 The report folder holds no UID: the QC records, which do, stay outside it.

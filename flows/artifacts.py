@@ -23,15 +23,9 @@ from release.card import markdown_table
 logger = logging.getLogger(__name__)
 
 
-def config_roots(config: Config) -> list[str]:
-    """Every folder and file the configuration names (blanked whole in artifacts)."""
-    folders = [config.release.state_dir, config.release.output_dir]
-    for site in config.sites:
-        folders += [site.dicom_dir, site.segmentations_dir, site.lesions_dir, site.clinical_sheet]
-    return [str(f) for f in folders if f is not None]
-
-
-def publish(flow_name: str, config: Config, tally: Tally, summary: RunSummary, *, converted_by: str) -> None:
+def publish(
+    flow_name: str, config: Config, tally: Tally, summary: RunSummary, *, converted_by: str, report: str | None = None
+) -> None:
     """Create the run's summary (markdown) and rejections (table) artifacts.
 
     Parameters
@@ -46,8 +40,12 @@ def publish(flow_name: str, config: Config, tally: Tally, summary: RunSummary, *
         The run's summary.
     converted_by
         The stage whose finished cases count as converted.
+    report
+        The steward's QC report (``index.html``), linked from the summary; the
+        report itself shows faces of sites that are not defaced and never goes
+        into an artifact.
     """
-    roots = config_roots(config)
+    roots = config.configured_paths()
     hidden = set(tally.sensitive)
     try:  # every identifying value ingest recorded (names too), not only the ones this run saw
         hidden |= load_sensitive_values(config.release.state_dir)
@@ -75,6 +73,14 @@ def publish(flow_name: str, config: Config, tally: Tally, summary: RunSummary, *
     )
     if summary.zip_path:
         lines += ["", f"Release: `{Path(summary.zip_path).name}`"]
+    if report:
+        # named relative to the config (absolute paths under configured folders never reach an artifact)
+        where = Path(report)
+        shown = where.relative_to(config.path.parent) if where.is_relative_to(config.path.parent) else (
+            Path("<state_dir>") / where.relative_to(config.release.state_dir))
+        lines += ["", f"QC report for the steward, on the machine that ran this run (it shows faces of "
+                      f"sites that are not defaced, so it is never an artifact): `{shown.as_posix()}` "
+                      "beside the config; `petct-release report CONFIG` writes it again."]
     if tally.released:
         lines += ["", "## Released cases", ""]
         lines += [f"- {site}: {', '.join(nums)}" for site, nums in tally.released.items()]

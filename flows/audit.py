@@ -208,6 +208,20 @@ def _read_head(path: Path) -> tuple[int, str] | None:
     return data["count"], str(data.get("sha256", ""))
 
 
+def read_head(path: Path) -> tuple[int, str] | None:
+    """``(records, sha256 of the last line)`` from the log's head file, None when there is none.
+
+    A steward who keeps a copy of the head elsewhere can tell later whether
+    the chain was rewritten; the report shows it.
+
+    Raises
+    ------
+    AuditError
+        When the head file exists but cannot be read.
+    """
+    return _read_head(path)
+
+
 def _write_head(path: Path, count: int, line_sha: str) -> None:
     atomic_write_text(head_path(path), json.dumps({"count": count, "sha256": line_sha}) + "\n")
 

@@ -5,7 +5,7 @@ Every command that ingests or builds runs through the Prefect flows of
 leave the same audit trail; they report to the server of ``serve`` for the
 same state folder when it runs (:func:`flows.runners.prefect_api`).  The
 commands that only read a zip or read or edit the state (``verify``,
-``status``, ``withdraw``, ``audit``) never import Prefect nor start a server;
+``status``, ``withdraw``, ``audit``, ``report``) never import Prefect nor start a server;
 ``verify --state`` still records its result in the audit log.
 
 Exit codes
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="check the chain; exit 1 at the first bad line")
 
     p = sub.add_parser("serve", help="serve the deployments with their schedules")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+
+    p = sub.add_parser("report", help="write the steward's QC report (state_dir/report/index.html)")
     p.add_argument("config", type=Path, metavar="CONFIG")
     return parser
 
@@ -451,6 +454,15 @@ def cmd_serve(args: argparse.Namespace, out: Any) -> None:
         print("stopped serving", file=out)
 
 
+def cmd_report(args: argparse.Namespace, out: Any) -> None:
+    """Write the steward's QC report from the state folder and print where it is (no Prefect)."""
+    from flows.report import write_report
+
+    config = _config(args.config)
+    path = write_report(config)
+    print(f"QC report: {path}  (open {path.as_uri()} in a browser)", file=out)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], None]] = {
     "demo": cmd_demo,
     "ingest": cmd_ingest,
@@ -461,6 +473,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], None]] = {
     "withdraw": cmd_withdraw,
     "audit": cmd_audit,
     "serve": cmd_serve,
+    "report": cmd_report,
 }
 #: Commands that do long work (a progress bar on a terminal).
 _LONG = frozenset({"demo", "ingest", "build", "run", "verify", "serve"})

@@ -39,6 +39,7 @@ from curation.ingest import IngestStage, index_identifiers
 from curation.labels import ReleaseLabels, SourceLabelTable, load_release_labels, load_source_table
 from curation.model import ConvertedCase, PreparedCase, SiteIndex
 from curation.prepare import PrepareStage
+from curation.qc import QCStage
 from curation.registry import Registry, format_case_number
 from curation.stage import CaseStage, ChainError, StageResult
 from curation.state import StatePaths, site_outcomes
@@ -60,6 +61,7 @@ from flows.tasks import (
     leak_scan_task,
     number_task,
     package_task,
+    report_task,
     verify_task,
 )
 from release.assemble import (
@@ -123,6 +125,7 @@ def build_stages(config: Config, site: SiteConfig, state: StatePaths, inputs: Bu
     return (
         PrepareStage(site=site, state=state, defacing=config.defacing,
                      release_labels=inputs.release_labels, source_table=inputs.source_table),
+        QCStage(state=state, release_labels=inputs.release_labels, source_table=inputs.source_table),
     )
 
 
@@ -370,9 +373,13 @@ def _context(config_path: str) -> tuple[Config, StatePaths, AuditLog, Tally]:
     return config, state, audit, Tally(recorded=recorded_decisions(audit))
 
 
-def _finish(flow_name: str, config: Config, tally: Tally) -> RunSummary | State[Any]:
+def _finish(flow_name: str, config: Config, tally: Tally, *, report: bool = False) -> RunSummary | State[Any]:
     summary = tally.summary(flow_run_id=_flow_run_id(), converted_by=IngestStage.name)
-    publish(flow_name, config, tally, summary, converted_by=IngestStage.name)
+    report_path = None
+    if report:
+        progress.step("QC report")
+        report_path = report_task.submit(config).result()
+    publish(flow_name, config, tally, summary, converted_by=IngestStage.name, report=report_path)
     if summary.failed:
         # The run went on with the other cases; its final state says how many failed.
         return Failed(message=f"{summary.failed} task(s) failed: see the audit log "
@@ -396,7 +403,7 @@ def build_release_flow(config_path: str, force: bool = False) -> RunSummary | St
     with BuildLock(state):
         inputs = BuildInputs.load(config, state)
         _build(config, state, _Pipeline(tally, audit), inputs, force=force)
-    return _finish("build_release", config, tally)
+    return _finish("build_release", config, tally, report=True)
 
 
 @flow(name="curate", log_prints=False, validate_parameters=False)
@@ -409,7 +416,7 @@ def curate_flow(config_path: str, force: bool = False) -> RunSummary | State[Any
         _ingest(config.sites, state, pipeline, then=lambda site: build_stages(config, site, state, inputs),
                 withdrawn=inputs.withdrawn)
         _build(config, state, pipeline, inputs, force=force)
-    return _finish("curate", config, tally)
+    return _finish("curate", config, tally, report=True)
 
 
 # ---------------------------------------------------------------------------

@@ -118,3 +118,11 @@ def leak_scan_task(zip_path: str, state_dir: str) -> tuple[str, ...]:
     for line in problems:
         logger.warning("%s", line)
     return problems
+
+
+@task(name="report", **TASK_OPTIONS)
+def report_task(config: Config) -> str:
+    """Write the steward's QC report (:func:`flows.report.write_report`); returns its ``index.html``."""
+    from flows.report import write_report
+
+    return str(write_report(config))

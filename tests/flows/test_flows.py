@@ -173,6 +173,7 @@ def test_artifacts_report_counts_and_reasons_without_identifiers(curated_demo: C
     for reason in {r.reason.value for r in rejected}:
         assert f"`{reason}`" in markdown
     assert f"released {curated_demo.summary.released}" in markdown
+    assert "`.petct/report/index.html` beside the config" in markdown  # the steward's report, by relative path
 
     identifiers = _index_identifiers(curated_demo.state, [s.id for s in curated_demo.config.sites])
     assert identifiers

@@ -1,4 +1,4 @@
-"""The steward's QC report (curation.report) on the demo pipeline's real output.
+"""The steward's QC report (flows.report) on the demo pipeline's real output.
 
 Here rather than in tests/curation because the curated demo (``curated_demo``,
 a whole ``curate`` run on the phantom sites) is a fixture of the flow tests.
@@ -27,10 +27,10 @@ from curation.labels import load_release_labels, load_source_table
 from curation.model import CaseQC, ConvertedCase, Phase, PreparedCase, Rejection
 from curation.qc import QCStage
 from curation.registry import Registry, format_case_number
-from curation.report import read_audit_head, site_summary, write_report
 from curation.stage import REJECTED, read_record, write_record
 from curation.state import StatePaths, site_outcomes
-from flows.audit import AuditLog
+from flows.audit import AuditLog, read_head
+from flows.report import site_summary, write_report
 from tests.flows.conftest import CuratedDemo
 
 
@@ -143,7 +143,7 @@ def test_report_page_holds_the_state(reported: Reported) -> None:
     # the last release
     assert demo.zip_path.name in page and sha256_file(demo.zip_path) in page
     assert re.search(r'<th>verify</th><td><span class="good">ok</span>', page)
-    count, head = read_audit_head(demo.state.audit_log)
+    count, head = read_head(demo.state.audit_log)
     assert count == len(AuditLog(demo.state.audit_log).records()) and f"{count} records" in page and head in page
 
 

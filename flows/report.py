@@ -51,11 +51,10 @@ from curation.qc import qc_fingerprint
 from curation.registry import Registry, RegistryEntry, format_case_number
 from curation.stage import read_record
 from curation.state import StatePaths, site_outcomes
+from flows.audit import AuditError, AuditEvent, AuditLog, read_head
 
 logger = logging.getLogger(__name__)
 
-#: The audit event of a verification (``flows.audit.AuditEvent.RELEASE_VERIFIED``).
-VERIFIED_EVENT = "release-verified"
 #: Characters of the state key that name a case without a number.
 SHORT_KEY = 8
 
@@ -149,39 +148,20 @@ class _State:
         return out
 
 
-def read_audit(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of the audit log ``path`` (read only; an unfinished last line is left out).
-
-    The chain itself is checked by ``petct-release audit --verify``
-    (``flows.audit.verify_chain``); the report only reads what the records say.
-    """
-    if not path.is_file():
-        return []
-    lines = path.read_bytes().split(b"\n")[:-1]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            logger.warning("%s: line %d is not a JSON record; the report leaves it out", path, number)
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def read_audit_head(path: Path) -> tuple[int, str] | None:
-    """``(records, sha256 of the last line)`` from the audit log's head file, None when it has none.
-
-    The head file (``audit.jsonl.head``, kept by ``flows.audit``) is
-    ``{"count": N, "sha256": "..."}``; a steward who keeps a copy of it
-    elsewhere can tell later whether the chain was rewritten.
-    """
-    head = path.with_name(path.name + ".head")
+def _audit_records(path: Path) -> list[dict[str, Any]]:
+    """The audit log's records for the report; a damaged log is reported by ``audit --verify``, not here."""
     try:
-        data = json.loads(head.read_text(encoding="utf-8"))
-        return int(data["count"]), str(data["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return AuditLog(path).records()
+    except AuditError as exc:
+        logger.warning("report: %s; the last release's verification is not shown", exc)
+        return []
+
+
+def _audit_head(path: Path) -> tuple[int, str] | None:
+    try:
+        return read_head(path)
+    except AuditError as exc:
+        logger.warning("report: %s", exc)
         return None
 
 
@@ -225,7 +205,7 @@ def _gather(config: Config) -> _State:
                     record = _record(path, record_type)
                     if record is not None:
                         records[outcome.key] = record
-    return _State(config, state, outcomes, prepared, qc, seen, registry, released, read_audit(state.audit_log),
+    return _State(config, state, outcomes, prepared, qc, seen, registry, released, _audit_records(state.audit_log),
                   hidden)
 
 
@@ -267,21 +247,13 @@ def _summaries(data: _State) -> list[SiteSummary]:
     return rows
 
 
-def _roots(config: Config) -> list[str]:
-    """The configured folders: a path under one of them is blanked whole."""
-    folders = [config.release.state_dir, config.release.output_dir, config.path.parent]
-    for site in config.sites:
-        folders += [site.dicom_dir, site.segmentations_dir, site.lesions_dir, site.clinical_sheet]
-    return [str(f) for f in folders if f is not None]
-
-
 def _case_name(data: _State, uid: str, key: str) -> str:
     entry = data.registry.get(uid)
     return format_case_number(entry.number) if entry is not None else key[:SHORT_KEY]
 
 
 def _rejections(data: _State) -> list[RejectionRow]:
-    roots = _roots(data.config)
+    roots = data.config.configured_paths()
     held = data.held_back()
     rows = []
     for site in data.config.sites:
@@ -450,14 +422,14 @@ def _release(data: _State) -> ReleaseInfo:
         sha256 = match.group(1) if match else ""
     verify, verified_at = "not verified", ""
     for record in reversed(data.audit):
-        if record.get("event") == VERIFIED_EVENT and zip_path.name in (record.get("inputs") or {}):
+        if record.get("event") == AuditEvent.RELEASE_VERIFIED and zip_path.name in (record.get("inputs") or {}):
             problems = len((record.get("parameters") or {}).get("problems", []))
             verify = "ok" if record.get("outcome") == "ok" else f"failed ({problems} problems)"
             if sha256 and record["inputs"][zip_path.name] != sha256:
                 verify += ", of an earlier build of this zip"
             verified_at = str(record.get("time", ""))
             break
-    head = read_audit_head(data.state.audit_log)
+    head = _audit_head(data.state.audit_log)
     return ReleaseInfo(
         zip_name=zip_path.name,
         present=zip_path.is_file(),
