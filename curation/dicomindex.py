@@ -174,7 +174,7 @@ def _read_header(path: Path) -> tuple[str, Dataset | None, str]:
         ds = pydicom.dcmread(
             io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(INDEX_TAGS)
         )
-    except (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError, OSError) as exc:
+    except (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError, OSError, zlib.error) as exc:
         return digest, None, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
