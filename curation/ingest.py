@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 #: Identifying attributes whose values are recorded for the release leak scan.
 SENSITIVE_KEYWORDS: tuple[str, ...] = ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError, TypeError)
+_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError, TypeError, zlib.error)
 
 
 def _read_series(series: SeriesRecord, *, pixels: bool) -> list[Dataset]:
