@@ -232,6 +232,11 @@ def legacy_enhanced_study(
         # highdicom stamps the wall clock: fixed, so the same study gives the same bytes
         image.InstanceCreationDate = sources[0].get("ContentDate", "20000101")
         image.InstanceCreationTime = "000000"
+        # and describes its contribution in free text, which PS3.15 removes (X): a site's
+        # de-identifier, run after the conversion, leaves it out
+        for item in image.get("ContributingEquipmentSequence", []):
+            if "ContributionDescription" in item:
+                del item.ContributionDescription
         target = _target(study, study.files[role][0], out_dir).with_name(f"{role}.dcm")
         target.parent.mkdir(parents=True, exist_ok=True)
         image.save_as(target, enforce_file_format=True)
