@@ -10,9 +10,16 @@ Writes one ``make_phantom(size="bench")`` study (at least 300 CT slices of
   whole equivalent of dcm2niix's own folder scan);
 * dcm2niix: the wheel's binary, ``dcm2niix -z y`` on the study folder.
 
-Prints each repetition and the median ratios ours / dcm2niix.
+Then the same study re-encoded to JPEG-LS Lossless and to JPEG 2000 Lossless
+(:mod:`curation.phantom.encode`; pyjpegls and pylibjpeg-openjpeg encode, the
+same plugins decode in ours): ours (:func:`curation.ingest.ingest_study`)
+against ``dcm2niix -z y -1`` (its fastest gzip setting) on the same compressed
+files.
 
-    .venv/bin/python benchmarks/convert_vs_dcm2niix.py [--repeats 5] [--keep DIR]
+Prints each repetition and the median ratios ours / dcm2niix; the last line is
+the ratio of the last compressed run.
+
+    .venv/bin/python benchmarks/convert_vs_dcm2niix.py [--repeats 5] [--keep DIR] [--encodings jpeg-ls,jpeg-2000]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import dcm2niix
 
@@ -35,6 +43,7 @@ from curation.dicomindex import index_site
 from curation.ingest import ingest_study
 from curation.model import ConvertedCase
 from curation.phantom import make_phantom, write_study
+from curation.phantom.encode import ENCODINGS, recode_study
 from curation.state import StatePaths
 
 
@@ -53,6 +62,44 @@ def _site(dicom_dir: Path) -> SiteConfig:
     )
 
 
+def _study_files(dicom_dir: Path) -> SimpleNamespace:
+    """What recode_study reads of a study (root, files by role) for the study already in ``dicom_dir``."""
+    (study,) = index_site("bench", dicom_dir).studies
+    files = {s.Modality.lower(): tuple(Path(f) for f in s.files) for s in study.series}
+    return SimpleNamespace(root=dicom_dir, files=files)
+
+
+def _compressed_run(work: Path, dicom_dir: Path, encoding: str, site: SiteConfig, repeats: int) -> float | None:
+    """Re-encode the study to ``encoding``, then time ours against ``dcm2niix -z y -1``; the median ratio."""
+    encoded_dir = work / f"dicom-{encoding}"
+    if not encoded_dir.is_dir():
+        started = time.perf_counter()
+        recode_study(_study_files(dicom_dir), encoded_dir, encoding)
+        print(f"{encoding}: re-encoded in {time.perf_counter() - started:.1f} s")
+    (study,) = index_site("bench", encoded_dir).studies
+    size_mb = sum(Path(f).stat().st_size for s in study.series for f in s.files) / 1e6
+    print(f"{encoding}: {size_mb:.0f} MB of {ENCODINGS[encoding][0]} DICOM")
+    ours, theirs = [], []
+    for rep in range(repeats):
+        state = StatePaths(work / f"state-{encoding}-{rep}")
+        started = time.perf_counter()
+        outcome = ingest_study(study, site, state)
+        ours.append(time.perf_counter() - started)
+        if not isinstance(outcome, ConvertedCase):
+            print(f"ingest rejected the {encoding} study: {outcome.reason}: {outcome.message}")
+            return None
+        out = work / f"dcm2niix-{encoding}-{rep}"
+        out.mkdir()
+        started = time.perf_counter()
+        subprocess.run([dcm2niix.bin, "-z", "y", "-1", "-o", str(out), str(encoded_dir)], check=True,
+                       capture_output=True)
+        theirs.append(time.perf_counter() - started)
+        print(f"{encoding} rep {rep + 1}: ours {ours[-1]:.2f} s, dcm2niix -z y -1 {theirs[-1]:.2f} s")
+        shutil.rmtree(state.root)
+        shutil.rmtree(out)
+    return statistics.median(ours) / statistics.median(theirs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -63,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         default=nifti.GZIP_LEVEL,
         help=f"our gzip level (default {nifti.GZIP_LEVEL}, what ingest uses; dcm2niix -z y uses 6)",
     )
+    parser.add_argument("--encodings", default="jpeg-ls,jpeg-2000",
+                        help="compressed runs, names of curation.phantom.encode.ENCODINGS ('' for none)")
     args = parser.parse_args(argv)
+    encodings = [e for e in args.encodings.split(",") if e]
+    unknown = [e for e in encodings if e not in ENCODINGS]
+    if unknown:
+        parser.error(f"--encodings: {unknown} not in {', '.join(ENCODINGS)}")
     logging.basicConfig(level=logging.WARNING)
     nifti.GZIP_LEVEL = args.gzip_level  # a what-if: ingest itself never changes it
 
@@ -115,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"median ours {statistics.median(ours):.2f} s, dcm2niix {statistics.median(theirs):.2f} s")
         print(f"median wall-time ratio ours/dcm2niix: {ratio:.2f} (read + gate + QA + convert + metadata)")
         print(f"median wall-time ratio (index + ours)/dcm2niix: {ratio_indexed:.2f}")
+
+        ratios = {}
+        for encoding in encodings:
+            ratios[encoding] = _compressed_run(work, dicom_dir, encoding, site, args.repeats)
+            if ratios[encoding] is None:
+                return 1
+        for encoding, value in ratios.items():
+            print(f"median wall-time ratio ours/dcm2niix -z y -1 on {encoding} files: {value:.2f}")
         return 0
     finally:
         if args.keep is None:

@@ -52,6 +52,11 @@ STEWARD_ADVICE: dict[RejectReason, str] = {
         "The series could not be converted to a volume. Ask the site for a fresh export; if it fails "
         "again, report the message to the pipeline's maintainers."
     ),
+    RejectReason.LOSSY_COMPRESSION: (
+        "The CT or PET was lossy-compressed (the message says which instance and why). Ask the "
+        "site for a lossless or uncompressed export; or, if lossy images are acceptable for this "
+        "release, set lossy = \"accept\" for the site: the details sheets then record the compression."
+    ),
     RejectReason.PHI_DETECTED: (
         "The de-identification gate found identifying attributes (named in the message, never their "
         "values). Ask the site to anonymise the study again with its profile and deliver it again; never "

@@ -69,6 +69,13 @@ AGE_CAP_RANGE = (18, 120)
 DEFAULT_AGE_CAP = 90
 
 
+class LossyPolicy(StrEnum):
+    """What to do with a lossy-compressed selected CT or PET series (``[[site]] lossy``)."""
+
+    REJECT = "reject"
+    ACCEPT = "accept"
+
+
 @dataclass(frozen=True)
 class ReleaseSettings:
     """The ``[release]`` table: what the release is called and where things go.
@@ -200,6 +207,11 @@ class SiteConfig:
         (``""``: none; see :mod:`anonymization.gate`).
     deface_missing_head
         What to do with a case of a defaced site whose head is not found.
+    lossy
+        What to do with a study whose selected CT or PET series was
+        lossy-compressed (:mod:`curation.compression`): reject it
+        (``lossy-compression``, the default) or accept it, the details sheets
+        recording the compression either way.
     """
 
     id: str
@@ -212,6 +224,7 @@ class SiteConfig:
     clinical_sheet: Path | None
     pseudonym_pattern: str
     deface_missing_head: MissingHeadPolicy
+    lossy: LossyPolicy = LossyPolicy.REJECT
 
 
 @dataclass(frozen=True)
@@ -465,6 +478,7 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
             except re.error as exc:
                 raise st._fail("pseudonym_pattern", pattern, f"a valid regular expression ({exc})") from None
         missing_head = st.choice("deface_missing_head", MissingHeadPolicy, MissingHeadPolicy.HOLD)
+        lossy = st.choice("lossy", LossyPolicy, LossyPolicy.REJECT)
         st.finish()
         if any(s.id == site_id for s in sites):
             raise ConfigError(f"{source}: site.id = {site_id!r} is used twice; site ids must be unique")
@@ -480,6 +494,7 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
                 clinical_sheet=sheet,
                 pseudonym_pattern=pattern,
                 deface_missing_head=missing_head,
+                lossy=lossy,
             )
         )
     return Config(source, release, defacing, execution, schedule, tuple(sites))

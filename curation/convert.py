@@ -10,6 +10,9 @@ What dicom2nifti does here, and what it does not:
 * It computes the affine: :func:`dicom2nifti.common.create_affine` on the stack
   sorted along the slice normal (its own ``get_grouped_dicoms`` sorts by
   InstanceNumber, which scanners do not always write in spatial order).
+* It does not decode the pixels either: pydicom does, through the pixel-data
+  plugins the project declares (see the README's "Compressed and enhanced
+  DICOM"), so every transfer syntax a site sends decodes on a fresh install.
 * It does not assemble the voxels.  ``common.get_volume_pixeldata`` deep-copies
   every dataset and builds a float64 block whose dtype is promoted slice by
   slice; the result is right but costs a copy of the whole series and twice the
@@ -37,6 +40,7 @@ from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 from pydicom.dataset import Dataset
 
 from curation.errors import ConversionFailedError, CurationError
+from curation.frames import expand_frames
 from curation.geometry import SliceStack, check_series_geometry
 from curation.model import ImageFile, Modality
 from curation.nifti import write_nifti
@@ -150,7 +154,10 @@ def convert_series(datasets: Sequence[Dataset], out_path: Path, *, modality: Mod
     Parameters
     ----------
     datasets
-        Every slice of the series, in any order.
+        Every slice of the series, in any order: single-frame instances,
+        enhanced multi-frame objects (each frame is a slice, see
+        :mod:`curation.frames`) or their frame views; pixel data in any
+        transfer syntax pydicom's installed plugins decode.
     out_path
         Where to write the ``.nii.gz`` (atomically).
     modality
@@ -171,7 +178,7 @@ def convert_series(datasets: Sequence[Dataset], out_path: Path, *, modality: Mod
     if not datasets:
         raise ConversionFailedError(f"{modality.value}: no datasets to convert to {out_path.name}")
     label = series_label(datasets)
-    stack = check_series_geometry(datasets, series_label=label)
+    stack = check_series_geometry(expand_frames(datasets, series_label=label), series_label=label)
     configure_dicom2nifti()
     try:
         affine, _ = d2n_common.create_affine(list(stack.datasets))

@@ -17,6 +17,7 @@ import logging
 import os
 import struct
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from curation.frames import ENHANCED_PET_CORRECTIONS, first_frame_attributes
 from curation.model import SeriesRecord, SiteIndex, SkippedFile, StudyRecord
 
 logger = logging.getLogger(__name__)
@@ -48,9 +50,15 @@ INDEX_TAGS: tuple[str, ...] = (
     "BitsAllocated",
     "SamplesPerPixel",
     "NumberOfFrames",
+    # enhanced (multi-frame) objects keep ImageType's frame part, Units and the
+    # geometry in functional groups, and Enhanced PET its corrections as flags
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+    *(keyword for keyword, _ in ENHANCED_PET_CORRECTIONS),
 )
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 # groups a dataset without preamble may start with: file meta, or the usual first groups
 _BARE_START_GROUPS = (0x0002, 0x0008)
@@ -137,6 +145,24 @@ def _pixel_data_complete(data: bytes, ds: Dataset) -> str | None:
     return why
 
 
+def _dataset_bytes(data: bytes, ds: Dataset) -> bytes:
+    """The bytes of the dataset as encoded, inflated for Deflated Explicit VR Little Endian.
+
+    A deflated file's PixelData element is inside the deflate stream, so its
+    completeness is judged on the inflated bytes; a stream cut short inflates
+    to what it holds, which the PixelData check then finds incomplete.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID", "")) != _DEFLATED or not _has_preamble(data[:132]):
+        return data
+    group_length = int(meta.get("FileMetaInformationGroupLength", 0) or 0)
+    start = 132 + 12 + group_length  # preamble, DICM, (0002,0000) element, the rest of group 2
+    try:
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:])
+    except zlib.error:
+        return b""
+
+
 def _read_header(path: Path) -> tuple[str, Dataset | None, str]:
     """Read one file: (sha256 hex, header or None, reason when None)."""
     data = path.read_bytes()
@@ -148,7 +174,7 @@ def _read_header(path: Path) -> tuple[str, Dataset | None, str]:
         ds = pydicom.dcmread(
             io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(INDEX_TAGS)
         )
-    except (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError, OSError) as exc:
+    except (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError, OSError, zlib.error) as exc:
         return digest, None, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
@@ -157,7 +183,7 @@ def _read_header(path: Path) -> tuple[str, Dataset | None, str]:
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not str(ds.get(keyword, "")).strip():
             return digest, None, f"no {keyword}"
-    problem = _pixel_data_complete(data, ds)
+    problem = _pixel_data_complete(_dataset_bytes(data, ds), ds)
     if problem:
         return digest, None, problem
     return digest, ds, ""
@@ -268,6 +294,7 @@ def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
     for series_uid in sorted(by_series):
         members = sorted(by_series[series_uid], key=lambda m: str(m[0]))
         _, _, ds = members[0]
+        frame = first_frame_attributes(ds)  # an enhanced object's first frame, else ds itself
         study_uid = study_of_series[series_uid]
         series_by_study[study_uid].append(
             SeriesRecord(
@@ -276,10 +303,10 @@ def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
                 SOPClassUID=str(ds.get("SOPClassUID", "")),
                 SeriesDescription=str(ds.get("SeriesDescription", "")),
                 SeriesNumber=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
-                ImageType=_multi(ds.get("ImageType")),
+                ImageType=_multi(frame.get("ImageType")),
                 FrameOfReferenceUID=str(ds.get("FrameOfReferenceUID", "")),
-                CorrectedImage=_multi(ds.get("CorrectedImage")),
-                Units=str(ds.get("Units", "")),
+                CorrectedImage=_multi(frame.get("CorrectedImage")),
+                Units=str(frame.get("Units", "") or ""),
                 files=tuple(str(m[0].absolute()) for m in members),
             )
         )

@@ -26,6 +26,7 @@ class RejectReason(StrEnum):
     GANTRY_TILT = "gantry-tilt"
     INCONSISTENT_ORIENTATION = "inconsistent-orientation"
     CONVERSION_FAILED = "conversion-failed"
+    LOSSY_COMPRESSION = "lossy-compression"
     PHI_DETECTED = "phi-detected"
     BURNED_IN_ANNOTATION = "burned-in-annotation"
     HEAD_NOT_FOUND = "head-not-found"
@@ -134,6 +135,12 @@ class ConversionFailedError(CurationError):
     """A series cannot be converted to NIfTI."""
 
     reason = RejectReason.CONVERSION_FAILED
+
+
+class LossyCompressionError(CurationError):
+    """A selected series was lossy-compressed and the site's ``lossy`` option is ``reject``."""
+
+    reason = RejectReason.LOSSY_COMPRESSION
 
 
 class PHIDetectedError(CurationError):

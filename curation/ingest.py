@@ -1,7 +1,11 @@
-"""Ingest one study: select -> read once -> de-identification gate -> geometry QA -> convert -> metadata.
+"""Ingest one study: select -> read once -> gate -> frames -> lossy check -> geometry QA -> convert -> metadata.
 
 Each selected file is read with pydicom exactly once; the same datasets serve
-the gate, the geometry checks, the conversion and the metadata.  The step is
+the gate (which walks every nested sequence, functional groups included), then,
+as single-frame slices (:func:`curation.frames.expand_frames` turns each frame
+of an enhanced multi-frame object into one), the lossy-compression check
+(the site's ``lossy`` option), the geometry checks, the conversion and the
+metadata.  The step is
 the :class:`IngestStage` (see :mod:`curation.stage` for reuse and records): a
 study whose recorded outcome has the same fingerprint (content digest of every
 file of the study, the gate's rule table and the site's pseudonym pattern) is
@@ -13,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +31,16 @@ from pydicom.multival import MultiValue
 from anonymization.dates import date_strings, dates_in_value, iter_dates
 from anonymization.gate import check_datasets, profile_digest, raise_for_findings
 from curation.atomic import atomic_write_json
-from curation.config import SiteConfig
+from curation.compression import lossy_compression
+from curation.config import LossyPolicy, SiteConfig
 from curation.convert import convert_series, series_label
-from curation.errors import AmbiguousSeriesError, CurationError, UnreadableError
+from curation.errors import (
+    AmbiguousSeriesError,
+    CurationError,
+    LossyCompressionError,
+    UnreadableError,
+)
+from curation.frames import expand_frames
 from curation.geometry import check_series_geometry
 from curation.metadata import ct_metadata, pet_metadata
 from curation.model import (
@@ -50,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 #: Identifying attributes whose values are recorded for the release leak scan.
 SENSITIVE_KEYWORDS: tuple[str, ...] = ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError, TypeError)
+_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError, TypeError, zlib.error)
 
 
 def _read_series(series: SeriesRecord, *, pixels: bool) -> list[Dataset]:
@@ -155,6 +167,19 @@ def _write_sensitive(
     )
 
 
+def _slices(datasets: list[Dataset], site: SiteConfig) -> list[Dataset]:
+    """The series as single-frame slices, refused when lossy-compressed and the site rejects that."""
+    label = series_label(datasets)
+    frames = expand_frames(datasets, series_label=label)
+    lossy = lossy_compression(frames)
+    if lossy.lossy and site.lossy is LossyPolicy.REJECT:
+        raise LossyCompressionError(
+            f"{label}: lossy-compressed: {lossy.evidence}; site {site.id!r} has lossy = 'reject' "
+            "(set lossy = 'accept' to release it, the details sheets record the compression)"
+        )
+    return frames
+
+
 def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprint: str) -> ConvertedCase:
     # recorded before anything can reject the study: the leak scan covers every study seen
     _write_sensitive(state, site, study, index_identifiers(study), index_dates(study))
@@ -179,8 +204,10 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
         context=f"{series_label(ct_datasets)} / {series_label(pt_datasets)} of study {study.StudyInstanceUID}",
     )
 
-    ct_stack = check_series_geometry(ct_datasets, series_label=series_label(ct_datasets))
-    pt_stack = check_series_geometry(pt_datasets, series_label=series_label(pt_datasets))
+    ct_frames = _slices(ct_datasets, site)
+    pt_frames = _slices(pt_datasets, site)
+    ct_stack = check_series_geometry(ct_frames, series_label=series_label(ct_datasets))
+    pt_stack = check_series_geometry(pt_frames, series_label=series_label(pt_datasets))
     case_dir = state.case_dir(study.key)
     ct_image = convert_series(ct_stack.datasets, case_dir / "CT.nii.gz", modality=Modality.CT)
     pt_image = convert_series(pt_stack.datasets, case_dir / "PT.nii.gz", modality=Modality.PT)
@@ -209,8 +236,9 @@ class IngestStage(CaseStage[ConvertedCase]):
 
     The fingerprint covers the sha256 of every source file of the study
     (``StudyRecord.fingerprint``) and everything else that decides the outcome:
-    the gate's rule table and the site's pseudonym pattern, so a tightened gate
-    re-checks studies converted before.
+    the gate's rule table, the site's pseudonym pattern and its ``lossy``
+    option, so a tightened gate re-checks studies converted before and a site
+    that starts accepting lossy series gets its rejected studies converted.
 
     Attributes
     ----------
@@ -222,7 +250,7 @@ class IngestStage(CaseStage[ConvertedCase]):
 
     name: ClassVar[str] = "ingest"
     phase: ClassVar[Phase] = Phase.INGEST
-    version: ClassVar[int] = 3  # 3: the identifying-values record lists every header date
+    version: ClassVar[int] = 4  # 3: every header date in the identifying values; 4: enhanced objects, lossy option and columns
     record_type: ClassVar[type] = ConvertedCase
     done: ClassVar[str] = "converted"
     done_event: ClassVar[str] = "study-converted"
@@ -236,9 +264,14 @@ class IngestStage(CaseStage[ConvertedCase]):
         return self.state.study_outcome(subject.site, subject.key)
 
     def fingerprint_parts(self, upstream: tuple[Any, ...]) -> dict[str, Any]:
-        """Source files' content, gate rule table, pseudonym pattern."""
+        """Source files' content, gate rule table, pseudonym pattern, lossy option."""
         (study,) = upstream
-        return {"dicom": study.fingerprint, "gate": profile_digest(), "pseudonym_pattern": self.site.pseudonym_pattern}
+        return {
+            "dicom": study.fingerprint,
+            "gate": profile_digest(),
+            "pseudonym_pattern": self.site.pseudonym_pattern,
+            "lossy": self.site.lossy.value,
+        }
 
     def produce(self, upstream: tuple[Any, ...], fingerprint: str) -> ConvertedCase:
         """Convert the study; a study another site converted already is ``ambiguous-series``."""

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from curation.compression import LOSSY_FIELDS, lossy_compression
 from curation.geometry import check_series_geometry
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ CT_FIELDS: tuple[tuple[str, str], ...] = (
     ("Exposure", "float"),
     ("AcquisitionDate", "date"),
     ("AcquisitionTime", "time"),
+    *LOSSY_FIELDS,
 )
 
 PT_FIELDS: tuple[tuple[str, str], ...] = (
@@ -80,6 +82,7 @@ PT_FIELDS: tuple[tuple[str, str], ...] = (
     ("Columns", "int"),
     ("AcquisitionDate", "date"),
     ("AcquisitionTime", "time"),
+    *LOSSY_FIELDS,
 )
 
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
@@ -175,8 +178,15 @@ def _geometry(datasets: Sequence[Dataset], label: str) -> dict[str, Any]:
     }
 
 
-def _mean(datasets: Sequence[Dataset], keyword: str) -> float | None:
-    values = [v for v in (_float(ds, keyword) for ds in datasets) if v is not None]
+def _mean(datasets: Sequence[Dataset], keyword: str, fallback: str = "") -> float | None:
+    """Mean of ``keyword`` over the slices; ``fallback`` is read where a slice lacks it."""
+    values = []
+    for ds in datasets:
+        value = _float(ds, keyword)
+        if value is None and fallback:
+            value = _float(ds, fallback)
+        if value is not None:
+            values.append(value)
     return float(np.mean(values)) if values else None
 
 
@@ -199,7 +209,8 @@ def ct_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
     -------
     dict
         JSON-serialisable values; tube current and exposure are means over the
-        slices (they vary with tube current modulation).
+        slices (they vary with tube current modulation); the lossy compression
+        columns are :func:`curation.compression.lossy_compression`'s.
     """
     first = datasets[0]
     values: dict[str, Any] = {
@@ -210,11 +221,13 @@ def ct_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
         "ConvolutionKernel": _str(first, "ConvolutionKernel"),
         "SliceThickness": _float(first, "SliceThickness"),
         "FocalSpots": _str(first, "FocalSpots"),
-        "XRayTubeCurrent": _mean(datasets, "XRayTubeCurrent"),
-        "Exposure": _mean(datasets, "Exposure"),
+        # Enhanced CT states them per frame as XRayTubeCurrentInmA and ExposureInmAs
+        "XRayTubeCurrent": _mean(datasets, "XRayTubeCurrent", "XRayTubeCurrentInmA"),
+        "Exposure": _mean(datasets, "Exposure", "ExposureInmAs"),
         "AcquisitionDate": _date(first.get("AcquisitionDate") or first.get("SeriesDate")),
         "AcquisitionTime": _time(first.get("AcquisitionTime") or first.get("SeriesTime")),
         **_geometry(datasets, "CT series"),
+        **lossy_compression(datasets).fields(),
     }
     return _ordered(CT_FIELDS, values)
 
@@ -268,5 +281,6 @@ def pet_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
         "AcquisitionDate": _date(first.get("AcquisitionDate") or first.get("SeriesDate")),
         "AcquisitionTime": _time(first.get("AcquisitionTime") or first.get("SeriesTime")),
         **_geometry(datasets, "PET series"),
+        **lossy_compression(datasets).fields(),
     }
     return _ordered(PT_FIELDS, values)

@@ -27,14 +27,30 @@ from curation.errors import (
     NoACPETError,
     NoCTError,
 )
+from curation.frames import (
+    ENHANCED_CT_IMAGE_STORAGE,
+    ENHANCED_PET_IMAGE_STORAGE,
+    LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE,
+    LEGACY_CONVERTED_ENHANCED_PET_IMAGE_STORAGE,
+)
 from curation.model import IgnoredSeries, SeriesRecord, StudyRecord
 
-#: The CT and PET SOP classes the pipeline converts: one slice per file.  Enhanced
-#: and legacy-converted enhanced CT/PET are multi-frame (one file, per-frame
-#: geometry in functional groups), which the geometry checks and the conversion
-#: do not read, so such a series is a decoy with a clear reason.
+#: Single-frame CT and PET Image Storage: one slice per file.
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
+#: The CT SOP classes the pipeline converts, by name: single-frame slices, and the
+#: multi-frame objects whose frames :mod:`curation.frames` turns into slices.
+CT_SOP_CLASSES: dict[str, str] = {
+    CT_IMAGE_STORAGE: "CT Image Storage",
+    ENHANCED_CT_IMAGE_STORAGE: "Enhanced CT Image Storage",
+    LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE: "Legacy Converted Enhanced CT Image Storage",
+}
+#: The PET SOP classes the pipeline converts, by name.
+PET_SOP_CLASSES: dict[str, str] = {
+    PET_IMAGE_STORAGE: "PET Image Storage",
+    ENHANCED_PET_IMAGE_STORAGE: "Enhanced PET Image Storage",
+    LEGACY_CONVERTED_ENHANCED_PET_IMAGE_STORAGE: "Legacy Converted Enhanced PET Image Storage",
+}
 #: Secondary capture SOP classes (single- and multi-frame variants).
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 #: Structured report SOP classes (dose reports are SRs: RDSR 88.67, enhanced/comprehensive SR).
@@ -47,6 +63,10 @@ def _label(series: SeriesRecord) -> str:
 
 def _joined(values: tuple[str, ...]) -> str:
     return "\\".join(values)
+
+
+def _classes(names: dict[str, str]) -> str:
+    return ", ".join(f"{name} {uid}" for uid, name in names.items())
 
 
 def _is_dose_report(s: SeriesRecord) -> bool:
@@ -126,13 +146,13 @@ DECOY_RULES: tuple[DecoyRule, ...] = (
     ),
     DecoyRule(
         "ct-not-ct-image-storage",
-        lambda s: s.Modality == "CT" and s.SOPClassUID != CT_IMAGE_STORAGE,
-        lambda s: f"CT SOP class {s.SOPClassUID} is not CT Image Storage ({CT_IMAGE_STORAGE})",
+        lambda s: s.Modality == "CT" and s.SOPClassUID not in CT_SOP_CLASSES,
+        lambda s: f"CT SOP class {s.SOPClassUID} is not one the pipeline converts ({_classes(CT_SOP_CLASSES)})",
     ),
     DecoyRule(
         "pet-not-pet-image-storage",
-        lambda s: s.Modality == "PT" and s.SOPClassUID != PET_IMAGE_STORAGE,
-        lambda s: f"PET SOP class {s.SOPClassUID} is not PET Image Storage ({PET_IMAGE_STORAGE})",
+        lambda s: s.Modality == "PT" and s.SOPClassUID not in PET_SOP_CLASSES,
+        lambda s: f"PET SOP class {s.SOPClassUID} is not one the pipeline converts ({_classes(PET_SOP_CLASSES)})",
     ),
     DecoyRule(
         "pet-not-attenuation-corrected",
@@ -242,12 +262,13 @@ def select_series(study: StudyRecord) -> Selection:
     where = f"study {study.StudyInstanceUID}"
     if not cts:
         raise NoCTError(
-            f"{where}: no diagnostic axial CT (ORIGINAL\\PRIMARY\\AXIAL, CT Image Storage, not a "
-            f"localiser); {_listing(decoys)}"
+            f"{where}: no diagnostic axial CT (ORIGINAL\\PRIMARY\\AXIAL, CT Image Storage or Enhanced "
+            f"or Legacy Converted Enhanced CT, not a localiser); {_listing(decoys)}"
         )
     if not pts:
         raise NoACPETError(
-            f"{where}: no attenuation-corrected PET (PET Image Storage, CorrectedImage with ATTN, Units BQML); "
+            f"{where}: no attenuation-corrected PET (PET Image Storage or Enhanced or Legacy Converted Enhanced "
+            f"PET, CorrectedImage with ATTN, Units BQML); "
             f"{_listing(decoys)}"
         )
     pairs = [(c, p) for c in cts for p in pts if c.FrameOfReferenceUID and c.FrameOfReferenceUID == p.FrameOfReferenceUID]

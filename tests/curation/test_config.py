@@ -12,6 +12,7 @@ from curation.config import (
     DatePolicy,
     DefacingSettings,
     ExecutionSettings,
+    LossyPolicy,
     MissingHeadPolicy,
     Runner,
     ScheduleSettings,
@@ -64,6 +65,7 @@ deface = false
 indication = "melanoma"
 clinical_sheet = "clinical/vienna.csv"
 deface_missing_head = "release"
+lossy = "accept"
 """
 
 
@@ -89,6 +91,8 @@ def test_good_config_resolves_paths_relative_to_the_file(tmp_path: Path) -> None
     assert vienna.clinical_sheet == tmp_path / "clinical" / "vienna.csv"
     assert vienna.pseudonym_pattern == ""
     assert vienna.deface_missing_head is MissingHeadPolicy.RELEASE
+    assert leipzig.lossy is LossyPolicy.REJECT  # the default: lossy-compressed series are rejected
+    assert vienna.lossy is LossyPolicy.ACCEPT
     assert config.site("vienna") is vienna
 
 
@@ -138,6 +142,8 @@ def test_default_config_text_is_what_an_absent_table_means(tmp_path: Path) -> No
         ('id = "leipzig"', 'id = "Leipzig Uni"', r"site\[0\]\.id = 'Leipzig Uni'"),
         ("deface = true", 'deface = "yes"', r"site\.leipzig\.deface = 'yes'.*true or false"),
         ('deface_missing_head = "hold"', 'deface_missing_head = "skip"', r"deface_missing_head = 'skip'.*'hold' \| 'release'"),
+        ('lossy = "accept"', 'lossy = "yes"', r"site\.vienna\.lossy = 'yes'.*'reject' \| 'accept'"),
+        ('lossy = "accept"', "lossy = true", r"site\.vienna\.lossy = True"),
         ('pseudonym_pattern = "^LEI-[0-9]{4}$"', 'pseudonym_pattern = "LEI-("', r"pseudonym_pattern = 'LEI-\('.*regular expression"),
         ('build_cron = "0 2 * * 1"', 'build_cron = "every monday"', r"schedule\.build_cron = 'every monday'"),
         ('name = "enhance-pet-1_6k"', 'name = "a/b"', r"release\.name = 'a/b'"),

@@ -86,20 +86,37 @@ def test_rules_are_readable_data():
     assert names[:2] == ["dose-report", "secondary-capture"]
     assert "pet-not-attenuation-corrected" in names and "localiser" in names
     assert decoy_reason(CT) is None and decoy_reason(PT) is None
-    enhanced_ct = _like(CT, "9", SOPClassUID="1.2.840.10008.5.1.4.1.1.2.1")
-    assert decoy_reason(enhanced_ct) == (
-        "CT SOP class 1.2.840.10008.5.1.4.1.1.2.1 is not CT Image Storage (1.2.840.10008.5.1.4.1.1.2)"
+    mr_class_ct = _like(CT, "9", SOPClassUID="1.2.840.10008.5.1.4.1.1.4")
+    assert decoy_reason(mr_class_ct) == (
+        "CT SOP class 1.2.840.10008.5.1.4.1.1.4 is not one the pipeline converts (CT Image Storage "
+        "1.2.840.10008.5.1.4.1.1.2, Enhanced CT Image Storage 1.2.840.10008.5.1.4.1.1.2.1, "
+        "Legacy Converted Enhanced CT Image Storage 1.2.840.10008.5.1.4.1.1.2.2)"
     )
-    enhanced_pet = _like(PT, "10", SOPClassUID="1.2.840.10008.5.1.4.1.1.130")
-    assert decoy_reason(enhanced_pet) == (
-        "PET SOP class 1.2.840.10008.5.1.4.1.1.130 is not PET Image Storage (1.2.840.10008.5.1.4.1.1.128)"
+    nm_class_pet = _like(PT, "10", SOPClassUID="1.2.840.10008.5.1.4.1.1.20")
+    assert decoy_reason(nm_class_pet).startswith(
+        "PET SOP class 1.2.840.10008.5.1.4.1.1.20 is not one the pipeline converts (PET Image Storage "
+        "1.2.840.10008.5.1.4.1.1.128, Enhanced PET Image Storage 1.2.840.10008.5.1.4.1.1.130, "
     )
 
 
-def test_a_multi_frame_pet_is_no_ac_pet_naming_its_sop_class():
-    legacy_enhanced = _like(PT, "1.2.3.16", SOPClassUID="1.2.840.10008.5.1.4.1.1.128.1")
-    with pytest.raises(NoACPETError, match=r"series 1\.2\.3\.16 \('PET AC'\): PET SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.128\.1 is not"):
-        select_series(_study(CT, legacy_enhanced))
+@pytest.mark.parametrize(
+    ("ct_class", "pt_class"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.130"),  # Enhanced CT / Enhanced PET
+        ("1.2.840.10008.5.1.4.1.1.2.2", "1.2.840.10008.5.1.4.1.1.128.1"),  # Legacy Converted Enhanced
+    ],
+)
+def test_enhanced_and_legacy_converted_ct_and_pet_are_selected_by_sop_class(ct_class, pt_class):
+    enhanced_ct = _like(CT, "1.2.3.40", SOPClassUID=ct_class, ImageType=("ORIGINAL", "PRIMARY", "AXIAL", "NONE"))
+    enhanced_pt = _like(PT, "1.2.3.41", SOPClassUID=pt_class)
+    selection = select_series(_study(enhanced_ct, enhanced_pt, LOCALISER))
+    assert selection.ct is enhanced_ct and selection.pt is enhanced_pt
+
+
+def test_a_multi_frame_pet_of_another_class_is_no_ac_pet_naming_its_sop_class():
+    nm_multi_frame = _like(PT, "1.2.3.16", SOPClassUID="1.2.840.10008.5.1.4.1.1.20")
+    with pytest.raises(NoACPETError, match=r"series 1\.2\.3\.16 \('PET AC'\): PET SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.20 is not"):
+        select_series(_study(CT, nm_multi_frame))
 
 
 def test_no_ct_names_the_series_that_were_not_taken():

@@ -86,6 +86,9 @@ def ct_metadata(i: int) -> dict[str, object]:
         "Exposure": 33.0,
         "AcquisitionDate": f"2024-03-{i + 1:02d}",
         "AcquisitionTime": "14:05:09",
+        "LossyImageCompression": "00",
+        "LossyImageCompressionRatio": None,
+        "LossyImageCompressionMethod": None,
     }
     assert [k for k, _ in CT_FIELDS] == list(values), "fixture out of step with CT_FIELDS"
     values["PatientID"] = PLANTED_PATIENT_ID  # never a column: must not reach the release
