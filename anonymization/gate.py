@@ -605,8 +605,9 @@ def _tag_text(tag: int) -> str:
 class _Collector:
     """Accumulates findings, review notes and sensitive values over a study."""
 
-    def __init__(self, profile: GateProfile, pseudonym_pattern: str) -> None:
+    def __init__(self, profile: GateProfile, pseudonym_pattern: str, *, identity_flag_required: bool = True) -> None:
         self.profile = profile
+        self.identity_flag_required = identity_flag_required
         self.pattern = re.compile(pseudonym_pattern) if pseudonym_pattern else None
         self.findings: dict[tuple[str, str, str], GateFinding] = {}
         self.review: set[str] = set()
@@ -708,7 +709,7 @@ class _Collector:
         rule = self.profile.public.get(int(_PATIENT_IDENTITY_REMOVED))
         if rule is None or rule.action is not GateAction.MUST_BE_YES:
             return
-        if _PATIENT_IDENTITY_REMOVED not in ds:
+        if _PATIENT_IDENTITY_REMOVED not in ds and self.identity_flag_required:
             self.add_finding(
                 rule.tag, rule.keyword, rule.action.value, RejectReason.PHI_DETECTED,
                 f"{rule.keyword} is missing, so the instance does not declare itself de-identified",
@@ -733,7 +734,8 @@ class _Collector:
             self.collect(value, vr)
             self._check_pseudonym(element, rule)
         elif action is GateAction.MUST_BE_YES:
-            if str(value or "").strip().upper() != "YES":
+            text = str(value or "").strip().upper()
+            if text != "YES" and (text or self.identity_flag_required):
                 self.add_finding(
                     rule.tag, keyword, action.value, RejectReason.PHI_DETECTED,
                     f"{keyword} must be YES (the site declares the instance de-identified)",
@@ -841,7 +843,9 @@ class _Collector:
         )
 
 
-def check_datasets(datasets: Sequence[pydicom.Dataset], *, pseudonym_pattern: str = "") -> GateReport:
+def check_datasets(
+    datasets: Sequence[pydicom.Dataset], *, pseudonym_pattern: str = "", identity_flag_required: bool = True
+) -> GateReport:
     """Check the headers of one study's instances against the rule table.
 
     Parameters
@@ -852,6 +856,12 @@ def check_datasets(datasets: Sequence[pydicom.Dataset], *, pseudonym_pattern: st
         is never decoded.
     pseudonym_pattern
         The site's regular expression for PatientName / PatientID (``""``: none).
+    identity_flag_required
+        True (the default, ``identity_removed_flag = "required"``): an
+        instance without PatientIdentityRemoved = YES is a finding.  False
+        (``"optional"``): the attribute may be absent or empty; a value other
+        than YES (such as NO) is still a finding, and every other rule applies
+        unchanged.
 
     Returns
     -------
@@ -866,7 +876,7 @@ def check_datasets(datasets: Sequence[pydicom.Dataset], *, pseudonym_pattern: st
         ``pseudonym_pattern`` is not a valid regular expression.
     """
     try:
-        collector = _Collector(load_profile(), pseudonym_pattern)
+        collector = _Collector(load_profile(), pseudonym_pattern, identity_flag_required=identity_flag_required)
     except re.error as exc:
         raise ValueError(f"pseudonym_pattern {pseudonym_pattern!r} is not a valid regular expression ({exc})") from None
     for ds in datasets:

@@ -21,6 +21,10 @@ from typing import Any
 
 #: ``[release] labels`` naming the ENHANCE.PET label set shipped with the package.
 BUILTIN_LABELS = "builtin:enhance-pet"
+#: ``[[site]] label_table`` naming MOOSE's source label table shipped with the package (the default).
+BUILTIN_MOOSE_TABLE = "builtin:moose"
+#: ``[[site]] label_table`` for a site whose maps already hold release values.
+BUILTIN_RELEASE_TABLE = "builtin:release"
 #: ``[release] output_dir`` when it is not given (relative to the config file).
 DEFAULT_OUTPUT_DIR = "dist"
 #: ``[release] state_dir`` when it is not given (relative to the config file).
@@ -74,6 +78,13 @@ class LossyPolicy(StrEnum):
 
     REJECT = "reject"
     ACCEPT = "accept"
+
+
+class IdentityFlagPolicy(StrEnum):
+    """Whether a site's studies must carry PatientIdentityRemoved = YES (``[[site]] identity_removed_flag``)."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,16 @@ class SiteConfig:
         lossy-compressed (:mod:`curation.compression`): reject it
         (``lossy-compression``, the default) or accept it, the details sheets
         recording the compression either way.
+    label_table
+        What the values of the site's label maps mean, whatever the file
+        names: ``builtin:moose`` (MOOSE's table, the default),
+        ``builtin:release`` (the maps hold release values already) or the
+        absolute path of a csv of the same columns as
+        ``curation/data/moose_label_codes.csv``.
+    identity_removed_flag
+        ``required`` (the default): a study without PatientIdentityRemoved =
+        YES is rejected by the gate; ``optional``: the flag may be absent or
+        NO, every other gate rule unchanged.
     """
 
     id: str
@@ -225,6 +246,8 @@ class SiteConfig:
     pseudonym_pattern: str
     deface_missing_head: MissingHeadPolicy
     lossy: LossyPolicy = LossyPolicy.REJECT
+    label_table: str = BUILTIN_MOOSE_TABLE
+    identity_removed_flag: IdentityFlagPolicy = IdentityFlagPolicy.REQUIRED
 
 
 @dataclass(frozen=True)
@@ -367,6 +390,32 @@ def _check_cron(expr: str, source: Path) -> None:
         )
 
 
+_LABEL_TABLE_ALLOWED = (
+    f"{BUILTIN_MOOSE_TABLE!r}, {BUILTIN_RELEASE_TABLE!r} or a path (relative to the config file) to a csv "
+    "with the columns of curation/data/moose_label_codes.csv"
+)
+
+
+def _label_table(st: _Table, base: Path) -> str:
+    """``[[site]] label_table``: a builtin name, or the absolute path of a csv that parses as a source table."""
+    value = st.string("label_table", BUILTIN_MOOSE_TABLE, allowed=_LABEL_TABLE_ALLOWED)
+    if value in (BUILTIN_MOOSE_TABLE, BUILTIN_RELEASE_TABLE):
+        return value
+    if value.startswith("builtin:") or not value.strip():
+        raise st._fail("label_table", value, _LABEL_TABLE_ALLOWED)
+    p = Path(value).expanduser()
+    path = (p if p.is_absolute() else base / p).resolve()
+    if not path.is_file():
+        raise st._fail("label_table", value, f"{_LABEL_TABLE_ALLOWED}; {path} is not a file")
+    from curation.labels import LabelTableError, load_source_table  # labels imports this module
+
+    try:
+        load_source_table(path)
+    except LabelTableError as exc:
+        raise st._fail("label_table", value, f"{_LABEL_TABLE_ALLOWED}; {exc}") from None
+    return str(path)
+
+
 def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
     """Validate a parsed TOML document into a :class:`Config`.
 
@@ -479,6 +528,8 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
                 raise st._fail("pseudonym_pattern", pattern, f"a valid regular expression ({exc})") from None
         missing_head = st.choice("deface_missing_head", MissingHeadPolicy, MissingHeadPolicy.HOLD)
         lossy = st.choice("lossy", LossyPolicy, LossyPolicy.REJECT)
+        label_table = _label_table(st, base)
+        identity_flag = st.choice("identity_removed_flag", IdentityFlagPolicy, IdentityFlagPolicy.REQUIRED)
         st.finish()
         if any(s.id == site_id for s in sites):
             raise ConfigError(f"{source}: site.id = {site_id!r} is used twice; site ids must be unique")
@@ -495,6 +546,8 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
                 pseudonym_pattern=pattern,
                 deface_missing_head=missing_head,
                 lossy=lossy,
+                label_table=label_table,
+                identity_removed_flag=identity_flag,
             )
         )
     return Config(source, release, defacing, execution, schedule, tuple(sites))

@@ -32,7 +32,7 @@ from anonymization.dates import date_strings, dates_in_value, iter_dates
 from anonymization.gate import check_datasets, profile_digest, raise_for_findings
 from curation.atomic import atomic_write_json
 from curation.compression import lossy_compression
-from curation.config import LossyPolicy, SiteConfig
+from curation.config import IdentityFlagPolicy, LossyPolicy, SiteConfig
 from curation.convert import convert_series, series_label
 from curation.errors import (
     AmbiguousSeriesError,
@@ -193,7 +193,10 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
         for ds in _read_series(series, pixels=False)
     ]
 
-    report = check_datasets([*ct_datasets, *pt_datasets], pseudonym_pattern=site.pseudonym_pattern)
+    report = check_datasets(
+        [*ct_datasets, *pt_datasets], pseudonym_pattern=site.pseudonym_pattern,
+        identity_flag_required=site.identity_removed_flag is IdentityFlagPolicy.REQUIRED,
+    )
     headers = [*ct_datasets, *pt_datasets, *others]
     sensitive = sensitive_values(headers) | set(report.sensitive_values)
     _write_sensitive(
@@ -236,9 +239,10 @@ class IngestStage(CaseStage[ConvertedCase]):
 
     The fingerprint covers the sha256 of every source file of the study
     (``StudyRecord.fingerprint``) and everything else that decides the outcome:
-    the gate's rule table, the site's pseudonym pattern and its ``lossy``
-    option, so a tightened gate re-checks studies converted before and a site
-    that starts accepting lossy series gets its rejected studies converted.
+    the gate's rule table, the site's pseudonym pattern, its ``lossy`` option
+    and its ``identity_removed_flag`` option, so a tightened gate re-checks
+    studies converted before and a site that starts accepting lossy series (or
+    stops requiring PatientIdentityRemoved) gets its rejected studies checked again.
 
     Attributes
     ----------
@@ -264,13 +268,14 @@ class IngestStage(CaseStage[ConvertedCase]):
         return self.state.study_outcome(subject.site, subject.key)
 
     def fingerprint_parts(self, upstream: tuple[Any, ...]) -> dict[str, Any]:
-        """Source files' content, gate rule table, pseudonym pattern, lossy option."""
+        """Source files' content, gate rule table, pseudonym pattern, lossy option, identity flag option."""
         (study,) = upstream
         return {
             "dicom": study.fingerprint,
             "gate": profile_digest(),
             "pseudonym_pattern": self.site.pseudonym_pattern,
             "lossy": self.site.lossy.value,
+            "identity_removed_flag": self.site.identity_removed_flag.value,
         }
 
     def produce(self, upstream: tuple[Any, ...], fingerprint: str) -> ConvertedCase:
@@ -296,8 +301,9 @@ class IngestStage(CaseStage[ConvertedCase]):
         return {"CT.nii.gz": record.ct, "PT.nii.gz": record.pt}
 
     def parameters(self, record: ConvertedCase) -> dict[str, Any]:
-        """The selected series, the ignored ones and why, private attributes listed for review."""
+        """The selected series, the ignored ones and why, private attributes for review, the identity flag option."""
         return {
+            "identity_removed_flag": self.site.identity_removed_flag.value,
             "ct_series": record.ct_series,
             "pt_series": record.pt_series,
             "ignored_series": [{"series": s.SeriesInstanceUID, "why": s.why} for s in record.ignored],

@@ -23,12 +23,18 @@ import io
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.config import BUILTIN_LABELS, ConfigError
+from curation.config import (
+    BUILTIN_LABELS,
+    BUILTIN_MOOSE_TABLE,
+    BUILTIN_RELEASE_TABLE,
+    ConfigError,
+    SiteConfig,
+)
 from curation.model import CATEGORIES, CATEGORY_ALIASES
 
 logger = logging.getLogger(__name__)
@@ -391,3 +397,66 @@ def load_source_table(path: str | Path | None = None) -> SourceLabelTable:
     except OSError as exc:
         raise LabelTableError(f"{path}: cannot read the source label table ({exc.strerror})") from None
     return source_table_from_csv(data, str(path))
+
+
+def release_source_table(release: ReleaseLabels, colours: SourceLabelTable | None = None) -> SourceLabelTable:
+    """The source table of a site whose maps hold release values already (``builtin:release``).
+
+    Parameters
+    ----------
+    release
+        The release label set: each category's values and names are the table's.
+    colours
+        A table whose display colours (by label name) the result keeps, so
+        QC images look the same whichever table a site uses; None for MOOSE's.
+
+    Returns
+    -------
+    SourceLabelTable
+        Source value == release value; ``digest`` is the sha256 of the
+        release's ``labels.json`` under the name ``builtin:release``.
+    """
+    colours = colours or load_source_table()
+    return SourceLabelTable(
+        categories={c: dict(release.categories[c]) for c in CATEGORIES},
+        source=BUILTIN_RELEASE_TABLE,
+        digest=hashlib.sha256(BUILTIN_RELEASE_TABLE.encode("ascii") + b"\n" + labels_json_bytes(release)).hexdigest(),
+        colours={c: t for c in CATEGORIES
+                 if (t := {n: rgb for n, rgb in colours.colours.get(c, {}).items()
+                           if n in release.categories[c].values()})},
+    )
+
+
+def load_site_tables(sites: Iterable[SiteConfig], release: ReleaseLabels) -> dict[str, SourceLabelTable]:
+    """Load each site's ``label_table`` once: site id -> source label table.
+
+    Parameters
+    ----------
+    sites
+        The ``[[site]]`` tables.
+    release
+        The release label set (the table of ``builtin:release`` sites).
+
+    Returns
+    -------
+    dict[str, SourceLabelTable]
+        Site id -> its table; sites naming the same table share one object.
+
+    Raises
+    ------
+    LabelTableError
+        When a csv table cannot be read or fails validation.
+    """
+    loaded: dict[str, SourceLabelTable] = {}
+    tables: dict[str, SourceLabelTable] = {}
+    for site in sites:
+        spec = site.label_table
+        if spec not in loaded:
+            if spec == BUILTIN_MOOSE_TABLE:
+                loaded[spec] = load_source_table()
+            elif spec == BUILTIN_RELEASE_TABLE:
+                loaded[spec] = release_source_table(release)
+            else:
+                loaded[spec] = load_source_table(spec)
+        tables[site.id] = loaded[spec]
+    return tables

@@ -57,7 +57,6 @@ from curation.model import (
 from curation.nifti import write_nifti
 from curation.segmentations import (
     find_category_files,
-    is_release_named,
     load_category,
     load_lesion_mask,
 )
@@ -133,7 +132,7 @@ def _prepare(
     for category, path in files.items():
         loaded = load_category(
             path, ct_img, category,
-            source=source_table, release=release_labels, source_is_release_values=is_release_named(path),
+            source=source_table, release=release_labels,
         )
         maps[category] = loaded.array
         if loaded.dropped:
@@ -219,7 +218,10 @@ class PrepareStage(CaseStage[PreparedCase]):
     defacing
         The ``[defacing]`` settings.
     release_labels, source_table
-        The release label set and the source label table.
+        The release label set and the site's source label table
+        (``[[site]] label_table``): every map of the site is read through it,
+        whatever its file name; its digest is part of the fingerprint, so
+        changing a site's table prepares its cases again.
     """
 
     name: ClassVar[str] = "prepare"

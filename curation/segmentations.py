@@ -4,14 +4,13 @@ A site delivers ``<segmentations_dir>/<StudyInstanceUID>/<name>.nii.gz`` with
 one multi-class label map per release category.  ``<name>`` is the release
 category (``Organs``) or its MOOSE model name (``clin_ct_organs``).
 
-**Which values a file carries** follows from its name:
-
-* a file named with a MOOSE model name carries MOOSE values; they are mapped to
-  release values *by label name* through the source label table, and labels
-  the release does not carry (MOOSE Organs 19 ``trachea``) are set to 0 and
-  recorded;
-* a file named with the release category carries release values already; they
-  are kept as they are, and a value the release does not define is an error.
+**What the values mean** follows from the site's source label table
+(``[[site]] label_table``), never from the file name, which only picks the
+category: every map's values are mapped to release values *by label name*
+through that table.  Labels the release does not carry (MOOSE Organs 19
+``trachea``) are set to 0 and counted; a value the table does not define is an
+error (``segmentation-invalid``).  ``builtin:release`` is the table of a site
+whose maps hold release values already.
 
 **The grid**: a map must lie on the CT's voxel grid, i.e. have the same voxel
 centres in world space within :data:`GRID_TOLERANCE_MM`.  A map stored in
@@ -88,22 +87,6 @@ def category_of_stem(stem: str) -> str | None:
     if stem in CATEGORIES:
         return stem
     return CATEGORY_ALIASES.get(stem)
-
-
-def is_release_named(path: Path) -> bool:
-    """True when ``path`` is named by a release category (so it carries release values).
-
-    Parameters
-    ----------
-    path
-        A label map file (``<name>.nii.gz``).
-
-    Returns
-    -------
-    bool
-        False for a MOOSE model name (the map carries MOOSE values) or any other name.
-    """
-    return path.name.removesuffix(_SUFFIX) in CATEGORIES
 
 
 def find_category_files(segmentations_dir: Path, study_uid: str) -> dict[str, Path]:
@@ -257,7 +240,7 @@ def to_ct_grid(data: np.ndarray, affine: np.ndarray, ct: nib.Nifti1Image, path: 
     return moved
 
 
-def _lookup(category: str, *, source: SourceLabelTable, release: ReleaseLabels, release_values: bool):
+def _lookup(category: str, *, source: SourceLabelTable, release: ReleaseLabels):
     """Build the value lookup of one category.
 
     Returns ``(lut, known, dropped_names)``: ``lut[v]`` is the release value of
@@ -268,11 +251,6 @@ def _lookup(category: str, *, source: SourceLabelTable, release: ReleaseLabels, 
     known = np.zeros(256, dtype=bool)
     known[0] = True
     dropped: dict[int, str] = {}
-    if release_values:
-        for value in release.categories[category]:
-            lut[value] = value
-            known[value] = True
-        return lut, known, dropped
     wanted = release.values_by_name(category)
     for value, name in source.names(category).items():
         known[value] = True
@@ -290,7 +268,6 @@ def load_category(
     *,
     source: SourceLabelTable,
     release: ReleaseLabels,
-    source_is_release_values: bool,
 ) -> CategoryMap:
     """Read one category's label map onto the CT grid, in release values.
 
@@ -303,10 +280,10 @@ def load_category(
     category
         The release category the file holds.
     source, release
-        The source label table and the release label set.
-    source_is_release_values
-        True for a file named by its release category (values are release
-        values already), False for a MOOSE-named file (mapped by name).
+        The site's source label table and the release label set.  Every map
+        is read through ``source``, whatever its file name (the name only
+        picks the category): values are mapped to release values by name,
+        labels the release does not carry are dropped and counted.
 
     Returns
     -------
@@ -324,10 +301,8 @@ def load_category(
         raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
     img = _load(path)
     data = _integer_data(img, path)
-    lut, known, dropped_names = _lookup(
-        category, source=source, release=release, release_values=source_is_release_values
-    )
-    table = "release labels" if source_is_release_values else f"source label table ({source.source})"
+    lut, known, dropped_names = _lookup(category, source=source, release=release)
+    table = f"source label table ({source.source})"
     if data.dtype != np.uint8:
         lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
         if lo < 0 or hi > 255:

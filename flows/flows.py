@@ -36,7 +36,7 @@ from prefect.states import Failed, State
 from curation.clinical import read_clinical_sheet
 from curation.config import Config, SiteConfig, load_config
 from curation.ingest import IngestStage, index_identifiers
-from curation.labels import ReleaseLabels, SourceLabelTable, load_release_labels, load_source_table
+from curation.labels import ReleaseLabels, SourceLabelTable, load_release_labels, load_site_tables
 from curation.model import ConvertedCase, PreparedCase, SiteIndex
 from curation.prepare import PrepareStage
 from curation.qc import QCStage
@@ -100,8 +100,10 @@ class BuildInputs:
 
     Attributes
     ----------
-    release_labels, source_table
-        The release label set and the source label table.
+    release_labels
+        The release label set.
+    source_tables
+        Site id -> the site's source label table (``[[site]] label_table``).
     withdrawn
         StudyInstanceUIDs of withdrawn cases (never built again).
     indications
@@ -109,7 +111,7 @@ class BuildInputs:
     """
 
     release_labels: ReleaseLabels
-    source_table: SourceLabelTable
+    source_tables: dict[str, SourceLabelTable]
     withdrawn: frozenset[str]
     indications: dict[tuple[str, str], str]
 
@@ -117,15 +119,16 @@ class BuildInputs:
     def load(cls, config: Config, state: StatePaths) -> BuildInputs:
         """Read the label tables, the registry's withdrawals and the clinical sheets."""
         withdrawn = frozenset(e.StudyInstanceUID for e in Registry(state.registry).entries() if e.withdrawn)
-        return cls(load_release_labels(config.release.labels), load_source_table(), withdrawn, indications(config))
+        release_labels = load_release_labels(config.release.labels)
+        return cls(release_labels, load_site_tables(config.sites, release_labels), withdrawn, indications(config))
 
 
 def build_stages(config: Config, site: SiteConfig, state: StatePaths, inputs: BuildInputs) -> tuple[CaseStage[Any], ...]:
     """The per-case stages of a build, in order; a case is released when it finishes all of them."""
     return (
         PrepareStage(site=site, state=state, defacing=config.defacing,
-                     release_labels=inputs.release_labels, source_table=inputs.source_table),
-        QCStage(state=state, release_labels=inputs.release_labels, source_table=inputs.source_table),
+                     release_labels=inputs.release_labels, source_table=inputs.source_tables[site.id]),
+        QCStage(state=state, release_labels=inputs.release_labels, source_table=inputs.source_tables[site.id]),
     )
 
 

@@ -45,7 +45,7 @@ from curation.clinical import read_clinical_sheet
 from curation.config import Config
 from curation.errors import RejectReason
 from curation.ingest import index_identifiers
-from curation.labels import load_release_labels, load_source_table
+from curation.labels import load_release_labels, load_site_tables
 from curation.model import CaseQC, ConvertedCase, PreparedCase, Rejection, SiteIndex, from_jsonable
 from curation.qc import qc_fingerprint
 from curation.registry import Registry, RegistryEntry, format_case_number
@@ -346,7 +346,7 @@ def _placed(path: Path, out_dir: Path, key: str, sha256: str) -> Path:
 def _cases(data: _State, out_dir: Path, indications: Mapping[tuple[str, str], str]) -> list[CaseRow]:
     held = data.held_back()
     release_labels = load_release_labels(data.config.release.labels)
-    source_table = load_source_table()
+    source_tables = load_site_tables(data.config.sites, release_labels)
     rows = []
     for site in data.config.sites:
         for case in data.outcomes[site.id]:
@@ -372,7 +372,7 @@ def _cases(data: _State, out_dir: Path, indications: Mapping[tuple[str, str], st
             pictures: list[tuple[str, str, str, str, int, int]] = []
             note = ""
             if qc is not None and prepared is not None:
-                if qc.fingerprint != qc_fingerprint(case, prepared, source_table=source_table,
+                if qc.fingerprint != qc_fingerprint(case, prepared, source_table=source_tables[site.id],
                                                    release_labels=release_labels):
                     note = "The pictures were drawn from an earlier preparation of this case."
                 for image in qc.images:

@@ -41,7 +41,7 @@ from curation.atomic import (
     fsync_dir,
     sha256_file,
 )
-from curation.config import Config, DatePolicy
+from curation.config import Config, DatePolicy, IdentityFlagPolicy
 from curation.errors import RunRefusedError
 from curation.labels import ReleaseLabels, labels_json_bytes
 from curation.metadata import CT_FIELDS, PT_FIELDS
@@ -317,7 +317,8 @@ def _plan(
                 )
                 for e in entries
             ],
-            sites=[CardSite(s.id, s.license, s.deface) for s in config.sites],
+            sites=[CardSite(s.id, s.license, s.deface, s.identity_removed_flag is IdentityFlagPolicy.OPTIONAL)
+                   for s in config.sites],
             labels=labels,
             defacing=config.defacing,
             dates=config.release.dates,

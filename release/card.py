@@ -57,11 +57,16 @@ class CardSite:
         The site's licence.
     deface
         Whether the site's cases are defaced.
+    identity_flag_optional
+        True when the site's ``identity_removed_flag`` is ``optional``: its
+        studies were released without PatientIdentityRemoved = YES (every
+        other de-identification check applied).
     """
 
     id: str
     license: str
     deface: bool
+    identity_flag_optional: bool = False
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -228,6 +233,13 @@ def render_card(
         "- CT and PET were converted from DICOM with their scanner geometry; PET voxels are "
         "activity concentration with each slice's own rescale applied.",
     ]
+    optional_flag = [s.id for s in shown if s.identity_flag_optional]
+    if optional_flag:
+        out += [
+            f"- PatientIdentityRemoved was not required for: {', '.join(optional_flag)} (the steward "
+            "set `identity_removed_flag = \"optional\"`: their de-identifiers do not set the flag); "
+            "every other de-identification check applied to these sites as to all others."
+        ]
     defaced_sites = [s.id for s in shown if s.deface]
     if defaced_sites:
         out += [

@@ -175,6 +175,8 @@ def write_demo_sites(out_dir: Path, *, cases_per_site: int = 2, seed: int = 0, s
                 f'clinical_sheet = "{sheet}"',
                 f"pseudonym_pattern = '{plan.pattern}'",
                 'deface_missing_head = "hold"',
+                # release-named files hold release values; MOOSE-named ones MOOSE's
+                f'label_table = "{"builtin:moose" if plan.moose_names else "builtin:release"}"',
             ])
         )
     config = (

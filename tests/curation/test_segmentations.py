@@ -14,11 +14,10 @@ from curation.errors import (
     SegmentationInvalidError,
     SegmentationMissingError,
 )
-from curation.labels import load_release_labels, load_source_table
+from curation.labels import load_release_labels, load_source_table, release_source_table
 from curation.model import CATEGORIES, CATEGORY_ALIASES
 from curation.segmentations import (
     find_category_files,
-    is_release_named,
     load_category,
     load_lesion_mask,
 )
@@ -30,6 +29,7 @@ CT_AFFINE = np.array(
 )
 RELEASE = load_release_labels("builtin:enhance-pet")
 MOOSE = load_source_table()
+RELEASE_TABLE = release_source_table(RELEASE)
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
 def test_moose_organs_mapped_by_name_and_trachea_dropped(tmp_path: Path, ct: nib.Nifti1Image) -> None:
     src = organs_moose()
     path = save(tmp_path / "clin_ct_organs.nii.gz", src, CT_AFFINE)
-    got = load_category(path, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+    got = load_category(path, ct, "Organs", source=MOOSE, release=RELEASE)
     assert got.array.dtype == np.uint8 and got.array.shape == SHAPE
     assert got.dropped == ("trachea",)
     assert got.dropped_voxels == int(np.count_nonzero(src == 19)) > 0
@@ -87,7 +87,7 @@ def test_values_follow_names_not_numbers(tmp_path: Path, ct: nib.Nifti1Image) ->
     release = load_release_labels(str(labels_path))
     src = organs_moose()
     path = save(tmp_path / "clin_ct_organs.nii.gz", src, CT_AFFINE)
-    got = load_category(path, ct, "Organs", source=MOOSE, release=release, source_is_release_values=False)
+    got = load_category(path, ct, "Organs", source=MOOSE, release=release)
     expected = np.zeros(SHAPE, np.uint8)
     expected[src == 8] = 1  # liver: MOOSE 8 -> 1
     expected[src == 4] = 2  # brain: MOOSE 4 -> 2
@@ -101,13 +101,12 @@ def test_release_named_file_keeps_release_values_and_refuses_others(tmp_path: Pa
     data[2:5, 3:6, 1:3] = 23  # skull
     data[6:8, 1:3, 4:6] = 31  # ulna_right
     path = save(tmp_path / "Peripheral-Bones.nii.gz", data, CT_AFFINE)
-    assert is_release_named(path) and not is_release_named(tmp_path / "clin_ct_ribs.nii.gz")
-    got = load_category(path, ct, "Peripheral-Bones", source=MOOSE, release=RELEASE, source_is_release_values=True)
+    got = load_category(path, ct, "Peripheral-Bones", source=RELEASE_TABLE, release=RELEASE)
     np.testing.assert_array_equal(got.array, data.astype(np.uint8))
     assert got.dropped == () and got.dropped_voxels == 0
     organs = save(tmp_path / "Organs.nii.gz", organs_moose(), CT_AFFINE)  # holds 19, not a release Organs value
-    with pytest.raises(SegmentationInvalidError, match=r"Organs\.nii\.gz: values \[19\] are not defined for Organs in the release labels"):
-        load_category(organs, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=True)
+    with pytest.raises(SegmentationInvalidError, match=r"Organs\.nii\.gz: values \[19\] are not defined for Organs in the source label table \(builtin:release\)"):
+        load_category(organs, ct, "Organs", source=RELEASE_TABLE, release=RELEASE)
 
 
 @pytest.mark.parametrize(
@@ -119,26 +118,26 @@ def test_unknown_value_names_file_and_value(tmp_path: Path, ct: nib.Nifti1Image,
     data[3, 3, 3] = value
     path = save(tmp_path / "clin_ct_organs.nii.gz", data, CT_AFFINE)
     with pytest.raises(SegmentationInvalidError, match=rf"clin_ct_organs\.nii\.gz: values {shown} are not defined for Organs in the source label table"):
-        load_category(path, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+        load_category(path, ct, "Organs", source=MOOSE, release=RELEASE)
 
 
 def test_float_and_scaled_maps(tmp_path: Path, ct: nib.Nifti1Image) -> None:
     src = organs_moose()
     path = save(tmp_path / "f.nii.gz", src.astype(np.float32), CT_AFFINE)
-    got = load_category(path, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+    got = load_category(path, ct, "Organs", source=MOOSE, release=RELEASE)
     np.testing.assert_array_equal(got.array, np.where(src == 19, 0, src))
     # stored as value/2 with scl_slope 2: the scaled values are the labels
     img = nib.Nifti1Image((src // 2).astype(np.int16), CT_AFFINE)
     img.header.set_slope_inter(2.0, 0.0)
     nib.save(img, tmp_path / "s.nii.gz")
-    got = load_category(tmp_path / "s.nii.gz", ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+    got = load_category(tmp_path / "s.nii.gz", ct, "Organs", source=MOOSE, release=RELEASE)
     np.testing.assert_array_equal(got.array, (src // 2) * 2)  # 19 -> 18, 15 -> 14: nothing dropped
     assert got.dropped == ()
     frac = src.astype(np.float32)
     frac[1, 2, 3] = 4.5
     save(tmp_path / "x.nii.gz", frac, CT_AFFINE)
     with pytest.raises(SegmentationInvalidError, match=r"x\.nii\.gz: 1 voxels are not whole numbers \(e\.g\. 4\.5\)"):
-        load_category(tmp_path / "x.nii.gz", ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+        load_category(tmp_path / "x.nii.gz", ct, "Organs", source=MOOSE, release=RELEASE)
 
 
 @pytest.mark.parametrize(
@@ -156,13 +155,13 @@ def test_reoriented_copy_equals_native_voxel_for_voxel(tmp_path: Path, ct: nib.N
     src = organs_moose()
     native = load_category(
         save(tmp_path / "n" / "clin_ct_organs.nii.gz", src, CT_AFFINE), ct, "Organs",
-        source=MOOSE, release=RELEASE, source_is_release_values=False,
+        source=MOOSE, release=RELEASE,
     )
     data, affine = make(src, CT_AFFINE)
     assert data.shape != SHAPE or not np.array_equal(data, src)  # really another axis order
     other = load_category(
         save(tmp_path / "o" / "clin_ct_organs.nii.gz", data, affine), ct, "Organs",
-        source=MOOSE, release=RELEASE, source_is_release_values=False,
+        source=MOOSE, release=RELEASE,
     )
     np.testing.assert_array_equal(other.array, native.array)
     assert (other.dropped, other.dropped_voxels) == (native.dropped, native.dropped_voxels)
@@ -198,21 +197,21 @@ def _rotated(a: np.ndarray) -> np.ndarray:
 def test_genuine_grid_mismatch_is_rejected(tmp_path: Path, ct: nib.Nifti1Image, change, evidence: str) -> None:
     path = save(tmp_path / "clin_ct_organs.nii.gz", organs_moose(), change(CT_AFFINE))
     with pytest.raises(SegmentationGridMismatchError, match=rf"clin_ct_organs\.nii\.gz: not on the CT grid.*{evidence}") as info:
-        load_category(path, ct, "Organs", source=MOOSE, release=RELEASE, source_is_release_values=False)
+        load_category(path, ct, "Organs", source=MOOSE, release=RELEASE)
     assert info.value.reason.value == "segmentation-grid-mismatch"
 
 
 def test_other_shape_is_rejected(tmp_path: Path, ct: nib.Nifti1Image) -> None:
     path = save(tmp_path / "Ribs.nii.gz", np.zeros((12, 10, 6), np.uint8), CT_AFFINE)
     with pytest.raises(SegmentationGridMismatchError, match=r"Ribs\.nii\.gz: shape \(12, 10, 6\).*not the CT's \(12, 10, 7\)"):
-        load_category(path, ct, "Ribs", source=MOOSE, release=RELEASE, source_is_release_values=True)
+        load_category(path, ct, "Ribs", source=RELEASE_TABLE, release=RELEASE)
 
 
 def test_unreadable_file_is_invalid(tmp_path: Path, ct: nib.Nifti1Image) -> None:
     path = tmp_path / "Ribs.nii.gz"
     path.write_bytes(b"\x1f\x8b\x08\x00garbage")
     with pytest.raises(SegmentationInvalidError, match=r"Ribs\.nii\.gz: not a readable NIfTI"):
-        load_category(path, ct, "Ribs", source=MOOSE, release=RELEASE, source_is_release_values=True)
+        load_category(path, ct, "Ribs", source=RELEASE_TABLE, release=RELEASE)
 
 
 def test_find_category_files_accepts_release_and_moose_names(tmp_path: Path) -> None:
@@ -257,3 +256,46 @@ def test_lesion_mask(tmp_path: Path, ct: nib.Nifti1Image) -> None:
         load_lesion_mask(save(tmp_path / "l2.nii.gz", mask, CT_AFFINE), ct)
     with pytest.raises(SegmentationGridMismatchError, match=r"l3\.nii\.gz: not on the CT grid"):
         load_lesion_mask(save(tmp_path / "l3.nii.gz", (mask == 1).astype(np.uint8), _shifted(CT_AFFINE)), ct)
+
+
+def test_release_named_file_in_moose_values_is_read_through_the_moose_table(
+    tmp_path: Path, ct: nib.Nifti1Image
+) -> None:
+    # a site that renames MOOSE's files: Organs.nii.gz holding MOOSE values (trachea 19)
+    src = organs_moose()
+    path = save(tmp_path / "Organs.nii.gz", src, CT_AFFINE)
+    got = load_category(path, ct, "Organs", source=MOOSE, release=RELEASE)
+    assert got.dropped == ("trachea",)
+    assert got.dropped_voxels == int(np.count_nonzero(src == 19)) > 0
+    np.testing.assert_array_equal(got.array, np.where(src == 19, 0, src))
+
+
+def test_custom_csv_table_maps_values_by_name(tmp_path: Path, ct: nib.Nifti1Image) -> None:
+    moose_csv = (Path(__file__).resolve().parents[2] / "curation" / "data" / "moose_label_codes.csv").read_text()
+    lines = moose_csv.splitlines()
+    # the site's own numbering of Organs: liver 1, brain 2, spleen 3, trachea 4; other models as MOOSE's
+    others = [line for line in lines[1:] if not line.startswith("organs,")]
+    table_csv = tmp_path / "site_labels.csv"
+    table_csv.write_text("\n".join([
+        "model,label_name,label_id", "organs,liver,1", "organs,brain,2", "organs,spleen,3", "organs,trachea,4",
+        *(",".join(line.split(",")[:3]) for line in others),
+    ]) + "\n")
+    table = load_source_table(table_csv)
+    src = np.zeros(SHAPE, np.uint8)
+    src[1:3, 1:3, 1:3] = 1
+    src[4:6, 4:6, 4:6] = 2
+    src[7:9, 1:3, 2:4] = 3
+    src[0, 0, 0] = 4
+    path = save(tmp_path / "Organs.nii.gz", src, CT_AFFINE)
+    got = load_category(path, ct, "Organs", source=table, release=RELEASE)
+    wanted = RELEASE.values_by_name("Organs")
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[src == 1] = wanted["liver"]
+    expected[src == 2] = wanted["brain"]
+    expected[src == 3] = wanted["spleen"]
+    np.testing.assert_array_equal(got.array, expected)
+    assert got.dropped == ("trachea",) and got.dropped_voxels == 1
+    src[0, 0, 1] = 5  # not in the site's table
+    path = save(tmp_path / "bad" / "Organs.nii.gz", src, CT_AFFINE)
+    with pytest.raises(SegmentationInvalidError, match=r"values \[5\] are not defined for Organs in the source label table"):
+        load_category(path, ct, "Organs", source=table, release=RELEASE)
