@@ -14,7 +14,7 @@ import pytest
 from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
 from curation.dicomindex import index_site
 from curation.ingest import ingest_study
-from curation.labels import load_release_labels, load_source_table
+from curation.labels import load_release_labels, load_site_tables, load_source_table
 from curation.model import ConvertedCase, PreparedCase, Rejection
 from curation.prepare import prepare_case
 from curation.state import StatePaths
@@ -25,8 +25,13 @@ DEFACING = DefacingSettings(height_voxels=16, margin_mm=5.0, clear_labels=True)
 
 
 def make_site(root: Path, *, deface: bool, lesions: bool = True,
-              missing_head: MissingHeadPolicy = MissingHeadPolicy.HOLD) -> SiteConfig:
-    """A site whose segmentations and lesions go under ``root`` (its DICOM is set by the caller)."""
+              missing_head: MissingHeadPolicy = MissingHeadPolicy.HOLD,
+              label_table: str = "builtin:release") -> SiteConfig:
+    """A site whose segmentations and lesions go under ``root`` (its DICOM is set by the caller).
+
+    ``label_table`` defaults to ``builtin:release``: the phantom writes release
+    values unless asked for MOOSE names (then pass ``builtin:moose``).
+    """
     return SiteConfig(
         id="leipzig",
         dicom_dir=root / "drop",
@@ -38,6 +43,7 @@ def make_site(root: Path, *, deface: bool, lesions: bool = True,
         clinical_sheet=None,
         pseudonym_pattern="",
         deface_missing_head=missing_head,
+        label_table=label_table,
     )
 
 
@@ -52,10 +58,11 @@ def ingest_one(study_root: Path, study_uid: str, root: Path) -> ConvertedCase:
 
 
 def prepare(case: ConvertedCase, site: SiteConfig, root: Path, **changes) -> PreparedCase | Rejection:
-    """``prepare_case`` with the default label tables into ``root/state``."""
+    """``prepare_case`` with the release labels and the site's own source label table into ``root/state``."""
     return prepare_case(
         case, site, StatePaths(root / "state"),
-        defacing=changes.get("defacing", DEFACING), release_labels=RELEASE, source_table=MOOSE,
+        defacing=changes.get("defacing", DEFACING), release_labels=RELEASE,
+        source_table=load_site_tables([site], RELEASE)[site.id],
     )
 
 

@@ -8,10 +8,13 @@ import pytest
 
 from curation.config import (
     BUILTIN_LABELS,
+    BUILTIN_MOOSE_TABLE,
+    BUILTIN_RELEASE_TABLE,
     ConfigError,
     DatePolicy,
     DefacingSettings,
     ExecutionSettings,
+    IdentityFlagPolicy,
     LossyPolicy,
     MissingHeadPolicy,
     Runner,
@@ -66,6 +69,8 @@ indication = "melanoma"
 clinical_sheet = "clinical/vienna.csv"
 deface_missing_head = "release"
 lossy = "accept"
+label_table = "builtin:release"
+identity_removed_flag = "optional"
 """
 
 
@@ -94,6 +99,22 @@ def test_good_config_resolves_paths_relative_to_the_file(tmp_path: Path) -> None
     assert leipzig.lossy is LossyPolicy.REJECT  # the default: lossy-compressed series are rejected
     assert vienna.lossy is LossyPolicy.ACCEPT
     assert config.site("vienna") is vienna
+    assert leipzig.label_table == BUILTIN_MOOSE_TABLE  # the default: maps hold MOOSE values
+    assert vienna.label_table == BUILTIN_RELEASE_TABLE
+    assert leipzig.identity_removed_flag is IdentityFlagPolicy.REQUIRED  # the default
+    assert vienna.identity_removed_flag is IdentityFlagPolicy.OPTIONAL
+
+
+def test_label_table_path_is_relative_to_the_config_and_validated(tmp_path: Path) -> None:
+    (tmp_path / "tables").mkdir()
+    table = tmp_path / "tables" / "site.csv"
+    table.write_bytes((Path(__file__).resolve().parents[2] / "curation" / "data" / "moose_label_codes.csv").read_bytes())
+    config = load_config(write(tmp_path, GOOD.replace('label_table = "builtin:release"', 'label_table = "tables/site.csv"')))
+    assert config.site("vienna").label_table == str(table)
+    table.write_text("model,label_name\norgans,liver\n")
+    with pytest.raises(ConfigError, match=r"site\.vienna\.label_table = 'tables/site\.csv' is not allowed; "
+                                          r"expected 'builtin:moose', 'builtin:release' or a path.*label_id"):
+        load_config(write(tmp_path, GOOD.replace('label_table = "builtin:release"', 'label_table = "tables/site.csv"')))
 
 
 def test_defaults_apply_for_optional_tables(tmp_path: Path) -> None:
@@ -144,6 +165,14 @@ def test_default_config_text_is_what_an_absent_table_means(tmp_path: Path) -> No
         ('deface_missing_head = "hold"', 'deface_missing_head = "skip"', r"deface_missing_head = 'skip'.*'hold' \| 'release'"),
         ('lossy = "accept"', 'lossy = "yes"', r"site\.vienna\.lossy = 'yes'.*'reject' \| 'accept'"),
         ('lossy = "accept"', "lossy = true", r"site\.vienna\.lossy = True"),
+        ('label_table = "builtin:release"', 'label_table = "builtin:totalsegmentator"',
+         r"site\.vienna\.label_table = 'builtin:totalsegmentator' is not allowed; expected 'builtin:moose', "
+         r"'builtin:release' or a path"),
+        ('label_table = "builtin:release"', 'label_table = "missing.csv"',
+         r"site\.vienna\.label_table = 'missing\.csv' is not allowed; .*missing\.csv is not a file"),
+        ('label_table = "builtin:release"', "label_table = 3", r"site\.vienna\.label_table = 3 is not allowed"),
+        ('identity_removed_flag = "optional"', 'identity_removed_flag = "no"',
+         r"site\.vienna\.identity_removed_flag = 'no' is not allowed; expected one of 'required' \| 'optional'"),
         ('pseudonym_pattern = "^LEI-[0-9]{4}$"', 'pseudonym_pattern = "LEI-("', r"pseudonym_pattern = 'LEI-\('.*regular expression"),
         ('build_cron = "0 2 * * 1"', 'build_cron = "every monday"', r"schedule\.build_cron = 'every monday'"),
         ('name = "enhance-pet-1_6k"', 'name = "a/b"', r"release\.name = 'a/b'"),

@@ -11,11 +11,15 @@ import pytest
 
 from anonymization.deface import cylinder_mask
 from curation.config import MissingHeadPolicy
-from curation.model import CATEGORIES, ConvertedCase, PreparedCase, Rejection
+from curation.model import CATEGORIES, CATEGORY_ALIASES, ConvertedCase, PreparedCase, Rejection
 from curation.phantom import write_lesion, write_segmentations
 from curation.stage import read_record
 from curation.state import StatePaths
 from tests.curation.conftest import DEFACING, RELEASE, make_site, prepare
+
+
+CATEGORY_ALIASES_BY_CATEGORY = {category: alias for alias, category in CATEGORY_ALIASES.items()
+                                if alias.startswith("clin_ct_")}
 
 
 def data(path: str) -> np.ndarray:
@@ -94,7 +98,7 @@ def test_defaced_site(small_phantom, ingested: ConvertedCase, tmp_path: Path) ->
 
 
 def test_undefaced_site_moose_names_permuted(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:
-    site = make_site(tmp_path, deface=False, lesions=False)
+    site = make_site(tmp_path, deface=False, lesions=False, label_table="builtin:moose")
     write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID,
                         axis_order="permuted", moose_names=True)
     prepared = prepare(ingested, site, tmp_path)
@@ -232,3 +236,46 @@ def test_head_not_found(small_phantom, ingested: ConvertedCase, tmp_path: Path, 
         assert isinstance(got, PreparedCase)
         assert got.head_missing_released and not got.defaced and got.cylinder is None
         assert got.ct == ingested.ct and got.pt == ingested.pt
+
+
+def _release_named_moose_values(small_phantom, site, uid: str) -> None:
+    """MOOSE's files renamed to the release categories, MOOSE values inside (trachea 19 in Organs)."""
+    for path in write_segmentations(small_phantom, site.segmentations_dir, uid, moose_names=True):
+        category = next(c for c in CATEGORIES if path.name == f"{CATEGORY_ALIASES_BY_CATEGORY[c]}.nii.gz")
+        path.rename(path.with_name(f"{category}.nii.gz"))
+
+
+def test_release_named_moose_values_read_through_the_moose_table(
+    small_phantom, ingested: ConvertedCase, tmp_path: Path
+) -> None:
+    site = make_site(tmp_path, deface=False, lesions=False, label_table="builtin:moose")
+    _release_named_moose_values(small_phantom, site, ingested.StudyInstanceUID)
+    assert (site.segmentations_dir / ingested.StudyInstanceUID / "Organs.nii.gz").is_file()
+    prepared = prepare(ingested, site, tmp_path)
+    assert isinstance(prepared, PreparedCase), prepared
+    for category in CATEGORIES:
+        np.testing.assert_array_equal(
+            data(prepared.labels[category].path), expected_labels(small_phantom, category, lesion=False),
+            err_msg=category,
+        )
+    trachea = int(small_phantom.extra_labels["trachea"].sum())
+    assert prepared.dropped_labels == {"Organs": ["trachea"]}
+    assert prepared.dropped_voxels == {"Organs": trachea} and trachea > 0
+
+
+def test_release_named_moose_values_with_the_release_table_are_invalid(
+    small_phantom, ingested: ConvertedCase, tmp_path: Path
+) -> None:
+    site = make_site(tmp_path, deface=False, lesions=False, label_table="builtin:release")
+    _release_named_moose_values(small_phantom, site, ingested.StudyInstanceUID)
+    got = prepare(ingested, site, tmp_path)
+    assert isinstance(got, Rejection) and got.reason.value == "segmentation-invalid", got
+    assert "values [19] are not defined for Organs in the source label table (builtin:release)" in got.message
+
+
+def test_changing_the_site_table_prepares_again(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:
+    site = make_site(tmp_path, deface=False, lesions=False, label_table="builtin:release")
+    _release_named_moose_values(small_phantom, site, ingested.StudyInstanceUID)
+    assert isinstance(prepare(ingested, site, tmp_path), Rejection)
+    got = prepare(ingested, dataclasses.replace(site, label_table="builtin:moose"), tmp_path)
+    assert isinstance(got, PreparedCase), got
