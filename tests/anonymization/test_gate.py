@@ -782,3 +782,30 @@ def test_phantom_study_with_real_name_fails_the_site_pattern(phantom_headers: Ca
         ds.PatientName = "Mustermann^Erika"
     report = check_datasets(named, pseudonym_pattern=SITE_PATTERN)
     assert [(f.keyword, f.rule) for f in report.findings] == [("PatientName", "pseudonym")]
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_optional_identity_flag_lets_a_study_without_it_through(
+    value: str | None, make_clean_ds: Callable[[], Dataset]
+) -> None:
+    ds = make_clean_ds()
+    if value is None:
+        del ds.PatientIdentityRemoved
+    else:
+        ds.PatientIdentityRemoved = value
+    assert check_datasets([ds], pseudonym_pattern=SITE_PATTERN, identity_flag_required=False).findings == ()
+    assert [f.keyword for f in check_datasets([ds], pseudonym_pattern=SITE_PATTERN).findings] == [
+        "PatientIdentityRemoved"
+    ]
+    # every other rule unchanged: a real name still fails, and a declared NO still fails
+    named = copy.deepcopy(ds)
+    named.PatientName = "Mustermann^Erika"
+    report = check_datasets([named], pseudonym_pattern=SITE_PATTERN, identity_flag_required=False)
+    assert [(f.keyword, f.rule) for f in report.findings] == [("PatientName", "pseudonym")]
+    with pytest.raises(PHIDetectedError, match=r"PatientName \[pseudonym\]"):
+        raise_for_findings(report)
+    declared_no = copy.deepcopy(ds)
+    declared_no.PatientIdentityRemoved = "NO"
+    assert [f.keyword for f in check_datasets([declared_no], identity_flag_required=False).findings] == [
+        "PatientIdentityRemoved"
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -17,10 +18,10 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from anonymization.dates import date_forms
 from anonymization.leakscan import load_sensitive_values
-from curation.config import MissingHeadPolicy, SiteConfig
+from curation.config import IdentityFlagPolicy, MissingHeadPolicy, SiteConfig
 from curation.dicomindex import index_site
 from curation.errors import RejectReason
-from curation.ingest import ingest_study
+from curation.ingest import IngestStage, ingest_study
 from curation.metadata import CT_FIELDS, PT_FIELDS
 from curation.model import ConvertedCase, Rejection, from_jsonable
 from curation.phantom import write_study
@@ -339,3 +340,39 @@ def test_every_header_date_is_recorded_for_the_leak_scan_in_every_release_form(t
     # the leak scan's list holds them only when asked (the build asks unless dates are published as delivered)
     assert not {"20210305", "2019-01-01"} & load_sensitive_values(state.root)
     assert {"20210305", "2019-01-01", "43466"} <= load_sensitive_values(state.root, include_dates=True)
+
+
+def test_optional_identity_flag_releases_a_study_without_it_and_is_audited(tmp_path, small_phantom):
+    drop = tmp_path / "drop"
+    write_study(small_phantom, drop, vendor="siemens", seed=45, patient_id="LEI-0045", patient_name="LEI-0045",
+                decoys=False)
+    for path in sorted(p for p in drop.rglob("*") if p.is_file()):
+        ds = pydicom.dcmread(path)
+        del ds.PatientIdentityRemoved  # a de-identifier that does not set the flag
+        ds.save_as(path)
+    state = StatePaths(tmp_path / "state")
+    (study,) = index_site("leipzig", drop).studies
+    required = _site(drop)
+    assert required.identity_removed_flag is IdentityFlagPolicy.REQUIRED  # the default
+    refused = ingest_study(study, required, state)
+    assert isinstance(refused, Rejection) and refused.reason is RejectReason.PHI_DETECTED
+    assert "PatientIdentityRemoved" in refused.message
+
+    optional = dataclasses.replace(required, identity_removed_flag=IdentityFlagPolicy.OPTIONAL)
+    stage_required, stage_optional = IngestStage(site=required, state=state), IngestStage(site=optional, state=state)
+    assert stage_required.fingerprint_parts((study,))["identity_removed_flag"] == "required"
+    assert stage_optional.fingerprint_parts((study,))["identity_removed_flag"] == "optional"
+    case = ingest_study(study, optional, state)  # the changed option re-checks the study
+    assert isinstance(case, ConvertedCase), case
+    assert stage_optional.parameters(case)["identity_removed_flag"] == "optional"
+    assert stage_required.parameters(case)["identity_removed_flag"] == "required"
+
+    # every other rule unchanged: a real PatientName still fails with the flag optional
+    for path in sorted(p for p in drop.rglob("*") if p.is_file()):
+        ds = pydicom.dcmread(path)
+        ds.PatientName = "Mustermann^Erika"
+        ds.save_as(path)
+    (study,) = index_site("leipzig", drop).studies
+    named = ingest_study(study, optional, state)
+    assert isinstance(named, Rejection) and named.reason is RejectReason.PHI_DETECTED
+    assert "PatientName" in named.message and "PatientIdentityRemoved" not in named.message
