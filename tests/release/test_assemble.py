@@ -16,6 +16,7 @@ import openpyxl
 import pytest
 
 from anonymization.dates import SECRET_NAME, date_strings, patient_offset_days
+from curation.config import IdentityFlagPolicy
 from curation.metadata import CT_FIELDS, PT_FIELDS
 from curation.model import CATEGORIES
 from curation.state import StatePaths
@@ -426,3 +427,14 @@ def test_header_values_that_cannot_be_read_do_not_stop_the_packaging(tmp_path: P
     assert row[col["ConvolutionKernel"]] == '=HYPERLINK("http://x")'
     sheet_xml = _text_members(result.zip_path)[f"{NAME}/CT-details.xlsx!xl/worksheets/sheet1.xml"]
     assert "<f>" not in sheet_xml and "<f " not in sheet_xml
+
+
+def test_the_card_names_the_sites_whose_identity_flag_is_optional(tmp_path: Path) -> None:
+    card = _text_members(_build(make_inputs(tmp_path / "required")).zip_path)[f"{NAME}/README.md"]
+    assert "PatientIdentityRemoved was not required" not in card  # the default: required everywhere
+    inputs = make_inputs(tmp_path / "optional")
+    vienna = dataclasses.replace(inputs.config.sites[1], identity_removed_flag=IdentityFlagPolicy.OPTIONAL)
+    config = dataclasses.replace(inputs.config, sites=(inputs.config.sites[0], vienna))
+    card = _text_members(_build(dataclasses.replace(inputs, config=config)).zip_path)[f"{NAME}/README.md"]
+    assert "- PatientIdentityRemoved was not required for: vienna (the steward set " in card
+    assert 'identity_removed_flag = "optional"' in card and "leipzig (the steward" not in card
