@@ -17,7 +17,6 @@ from curation.stage import read_record
 from curation.state import StatePaths
 from tests.curation.conftest import DEFACING, RELEASE, make_site, prepare
 
-
 CATEGORY_ALIASES_BY_CATEGORY = {category: alias for alias, category in CATEGORY_ALIASES.items()
                                 if alias.startswith("clin_ct_")}
 
