@@ -46,7 +46,7 @@ def one_case(root: Path, phantom: object) -> dict[str, float]:
     """Stage wall times (s) for one case written under ``root``."""
     from curation.dicomindex import index_site
     from curation.ingest import ingest_study
-    from curation.labels import load_release_labels, load_source_table
+    from curation.labels import load_release_labels, release_source_table
     from curation.model import ConvertedCase, PreparedCase
     from curation.phantom import write_lesion, write_segmentations, write_study
     from curation.prepare import prepare_case
@@ -64,7 +64,8 @@ def one_case(root: Path, phantom: object) -> dict[str, float]:
                     ReleaseSettings("bench", "1.0.0", root / "dist", root / "state", "builtin:enhance-pet"),
                     DefacingSettings(), ExecutionSettings(), ScheduleSettings(), (site,))
     state = StatePaths(config.release.state_dir)
-    labels, source = load_release_labels(config.release.labels), load_source_table()
+    labels = load_release_labels(config.release.labels)
+    source = release_source_table(labels)  # the phantom's release-named maps hold release values
     times: dict[str, float] = {}
 
     start = time.perf_counter()

@@ -41,7 +41,7 @@ def build_case(root: Path) -> dict[str, tuple[object, object]]:
     from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
     from curation.dicomindex import index_site
     from curation.ingest import ingest_study
-    from curation.labels import load_release_labels, load_source_table
+    from curation.labels import load_release_labels, release_source_table
     from curation.model import ConvertedCase, PreparedCase, from_jsonable, to_jsonable
     from curation.phantom import make_phantom, write_lesion, write_segmentations, write_study
     from curation.prepare import prepare_case
@@ -56,7 +56,8 @@ def build_case(root: Path) -> dict[str, tuple[object, object]]:
                         patient_name="SITE-0001", decoys=False)
     write_segmentations(phantom, root / "seg", study.StudyInstanceUID)
     write_lesion(phantom, root / "lesions", study.StudyInstanceUID)
-    labels, source = load_release_labels("builtin:enhance-pet"), load_source_table()
+    labels = load_release_labels("builtin:enhance-pet")
+    source = release_source_table(labels)  # the phantom's release-named maps hold release values
     out = {}
     for name, deface in (("defaced", True), ("not defaced", False)):
         site = SiteConfig("site", root / "drop", root / "seg", root / "lesions", "CC-BY-4.0", deface, "benchmark",
@@ -75,10 +76,11 @@ def build_case(root: Path) -> dict[str, tuple[object, object]]:
 
 def time_render(case: object, prepared: object, out_dir: Path) -> tuple[float, float, int]:
     """Wall and CPU seconds of one render_case_qc, and the number of pictures."""
-    from curation.labels import load_release_labels, load_source_table
+    from curation.labels import load_release_labels, release_source_table
     from curation.qc import render_case_qc
 
-    labels, source = load_release_labels("builtin:enhance-pet"), load_source_table()
+    labels = load_release_labels("builtin:enhance-pet")
+    source = release_source_table(labels)  # the phantom's release-named maps hold release values
     wall, cpu = time.perf_counter(), time.process_time()
     qc = render_case_qc(case, prepared, out_dir, source_table=source, release_labels=labels)  # type: ignore[arg-type]
     return time.perf_counter() - wall, time.process_time() - cpu, len(qc.images)

@@ -69,7 +69,7 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
     """Every stage function serially on ``config``; (seconds, cases, zip sha256)."""
     from curation.dicomindex import index_site
     from curation.ingest import ingest_study
-    from curation.labels import load_release_labels, load_source_table
+    from curation.labels import load_release_labels, load_site_tables
     from curation.model import ConvertedCase, PreparedCase
     from curation.prepare import prepare_case
     from curation.registry import Registry
@@ -82,7 +82,7 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
     start = time.perf_counter()
     state = StatePaths(config.release.state_dir)
     labels = load_release_labels(config.release.labels)
-    source = load_source_table()
+    source_tables = load_site_tables(config.sites, labels)
     converted: list[ConvertedCase] = []
     for site in config.sites:
         for study in index_site(site.id, site.dicom_dir).studies:
@@ -93,7 +93,7 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
     prepared: list[tuple[PreparedCase, ConvertedCase]] = []
     for case in converted:
         result = prepare_case(case, sites[case.site], state, defacing=config.defacing,
-                              release_labels=labels, source_table=source)
+                              release_labels=labels, source_table=source_tables[case.site])
         if isinstance(result, PreparedCase):
             prepared.append((result, case))
     prepared_cases = [p for p, _ in prepared]

@@ -23,7 +23,7 @@ from anonymization.redact import public_sentence
 from curation.atomic import sha256_file
 from curation.config import Config, load_config
 from curation.errors import RejectReason
-from curation.labels import load_release_labels, load_source_table
+from curation.labels import load_release_labels, load_site_tables
 from curation.model import CaseQC, ConvertedCase, Phase, PreparedCase, Rejection
 from curation.qc import QCStage
 from curation.registry import Registry, format_case_number
@@ -37,10 +37,11 @@ from tests.flows.conftest import CuratedDemo
 def render_all_qc(config: Config) -> dict[str, CaseQC]:
     """The QC stage on every prepared case of the state, as a build with the stage will run it."""
     state = StatePaths(config.release.state_dir)
-    stage = QCStage(state=state, release_labels=load_release_labels(config.release.labels),
-                    source_table=load_source_table())
+    release_labels = load_release_labels(config.release.labels)
+    tables = load_site_tables(config.sites, release_labels)
     out = {}
     for site in config.sites:
+        stage = QCStage(state=state, release_labels=release_labels, source_table=tables[site.id])
         for case in site_outcomes(state, site.id):
             if isinstance(case, ConvertedCase) and state.prepared_record(case.key).is_file():
                 prepared = read_record(state.prepared_record(case.key), PreparedCase)
