@@ -254,7 +254,7 @@ class IngestStage(CaseStage[ConvertedCase]):
 
     name: ClassVar[str] = "ingest"
     phase: ClassVar[Phase] = Phase.INGEST
-    version: ClassVar[int] = 4  # 3: every header date in the identifying values; 4: enhanced objects, lossy option and columns
+    version: ClassVar[int] = 5  # 3: every header date in the identifying values; 4: enhanced objects, lossy option and columns; 5: SUV-ready PET columns
     record_type: ClassVar[type] = ConvertedCase
     done: ClassVar[str] = "converted"
     done_event: ClassVar[str] = "study-converted"

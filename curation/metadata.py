@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 
 from curation.compression import LOSSY_FIELDS, lossy_compression
 from curation.geometry import check_series_geometry
+from curation.suv import SUV_FIELDS, suv_fields
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +64,13 @@ PT_FIELDS: tuple[tuple[str, str], ...] = (
     ("PatientSize", "float"),
     ("Radiopharmaceutical", "str"),
     ("RadionuclideTotalDose", "float"),
-    ("RadiopharmaceuticalStartDateTime", "datetime"),
     ("RadionuclideHalfLife", "float"),
     ("Units", "str"),
-    ("DecayCorrection", "str"),
     ("CorrectedImage", "str"),
     ("RescaleSlopeMin", "float"),
     ("RescaleSlopeMax", "float"),
     ("RescaleIntercept", "float"),
+    *SUV_FIELDS,
     ("PhilipsSUVScaleFactor", "float"),
     ("PhilipsActivityConcentrationScaleFactor", "float"),
     ("PixelSpacingRow", "float"),
@@ -126,15 +126,6 @@ def _time(value: object) -> str | None:
         ss = text[4:6] if len(text) >= 6 and text[4:6].isdigit() else "00"
         return f"{hh}:{mm}:{ss}"
     return None
-
-
-def _datetime(value: object) -> str | None:
-    text = str(value or "").strip()
-    date = _date(text[:8])
-    time = _time(text[8:]) if len(text) > 8 else None
-    if date is None:
-        return None
-    return f"{date}T{time}" if time else date
 
 
 def _age_years(value: object) -> int | None:
@@ -243,19 +234,15 @@ def pet_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
     Returns
     -------
     dict
-        JSON-serialisable values.  The injection start is
-        RadiopharmaceuticalStartDateTime, or the series date with
-        RadiopharmaceuticalStartTime; the rescale slope range is over every
-        slice.
+        JSON-serialisable values.  The series timing, the injection start,
+        the decay correction and the QIBA SUVbw scale factor are
+        :func:`curation.suv.suv_fields`'s; the rescale slope range is over
+        every slice; the Philips SUV and activity scale factors (7053,xx00)
+        and (7053,xx09) are kept as the scanner wrote them.
     """
     first = datasets[0]
     info = first.get("RadiopharmaceuticalInformationSequence")
     drug = info[0] if info else Dataset()
-    start = _datetime(drug.get("RadiopharmaceuticalStartDateTime"))
-    if start is None and drug.get("RadiopharmaceuticalStartTime"):
-        day = _date(first.get("SeriesDate") or first.get("AcquisitionDate"))
-        clock = _time(drug.get("RadiopharmaceuticalStartTime"))
-        start = f"{day}T{clock}" if day and clock else None
     slopes = [float(ds.get("RescaleSlope", 1.0)) for ds in datasets]
     intercepts = {float(ds.get("RescaleIntercept", 0.0)) for ds in datasets}
     values: dict[str, Any] = {
@@ -267,10 +254,8 @@ def pet_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
         "PatientSize": _float(first, "PatientSize"),
         "Radiopharmaceutical": _str(drug, "Radiopharmaceutical"),
         "RadionuclideTotalDose": _float(drug, "RadionuclideTotalDose"),
-        "RadiopharmaceuticalStartDateTime": start,
         "RadionuclideHalfLife": _float(drug, "RadionuclideHalfLife"),
         "Units": _str(first, "Units"),
-        "DecayCorrection": _str(first, "DecayCorrection"),
         "CorrectedImage": _str(first, "CorrectedImage"),
         "RescaleSlopeMin": min(slopes),
         "RescaleSlopeMax": max(slopes),
@@ -281,6 +266,7 @@ def pet_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
         "AcquisitionDate": _date(first.get("AcquisitionDate") or first.get("SeriesDate")),
         "AcquisitionTime": _time(first.get("AcquisitionTime") or first.get("SeriesTime")),
         **_geometry(datasets, "PET series"),
+        **suv_fields(datasets),
         **lossy_compression(datasets).fields(),
     }
     return _ordered(PT_FIELDS, values)
