@@ -119,6 +119,17 @@ def pt_metadata(i: int) -> dict[str, object]:
             "NumberOfSlices": PT_SHAPE[2],
             "AcquisitionDate": f"2024-03-{i + 1:02d}",
             "AcquisitionTime": "14:20:00",
+            "SeriesDate": f"2024-03-{i + 1:02d}",
+            "SeriesTime": "14:20:00",
+            "SeriesStartDateTime": f"2024-03-{i + 1:02d}T14:20:00",
+            "InjectionToSeriesStartSeconds": 4738.0,  # 13:01:02 -> 14:20:00
+            "DecayCorrectionReferenceDateTime": f"2024-03-{i + 1:02d}T14:20:00",
+            "DecayFactorMin": 1.645,
+            "DecayFactorMax": 1.645,
+            "FrameReferenceTimeMin": 0.0,
+            "FrameReferenceTimeMax": 0.0,
+            # 71500 / (3.1e8 * 2 ** (-4738 / 6586.2))
+            "SUVbwScaleFactor": 71500 / (3.1e8 * 2 ** (-4738 / 6586.2)),
         }
     )
     values["PatientName"] = "Doe^Planted"

@@ -322,6 +322,13 @@ def test_shift_moves_each_patients_dates_by_one_offset_and_keeps_times_and_inter
         scan = dt.datetime.combine(pt_row[pt_col["AcquisitionDate"]].date(), pt_row[pt_col["AcquisitionTime"]])
         assert injection == original.replace(hour=13, minute=1, second=2) + shift
         assert scan - injection == dt.timedelta(minutes=78, seconds=58)  # exact
+        # the SUV columns: dates shifted with the others, the interval and the factor exact
+        assert pt_row[pt_col["SeriesDate"]] == original + shift
+        assert pt_row[pt_col["SeriesTime"]] == dt.time(14, 20)
+        start = pt_row[pt_col["SeriesStartDateTime"]]
+        assert start == original.replace(hour=14, minute=20) + shift
+        assert (start - injection).total_seconds() == pt_row[pt_col["InjectionToSeriesStartSeconds"]] == 4738.0
+        assert pt_row[pt_col["SUVbwScaleFactor"]] == pytest.approx(71500 / (3.1e8 * 2 ** (-4738 / 6586.2)))
     # between the two studies of one patient: exactly the original two days
     assert ct[3][ct_col["AcquisitionDate"]] - ct[1][ct_col["AcquisitionDate"]] == dt.timedelta(days=2)
     # no original date, and no offset, anywhere in the release's text (spreadsheet XML, card, ...)
@@ -362,6 +369,9 @@ def test_year_keeps_the_year_and_the_times(tmp_path: Path) -> None:
     assert [r[ct_col["AcquisitionDate"]] for r in ct[1:]] == [2024, 2024, 2024]
     assert [r[ct_col["AcquisitionTime"]] for r in ct[1:]] == [dt.time(14, 5, 9)] * 3
     assert [r[pt_col["RadiopharmaceuticalStartDateTime"]] for r in pt[1:]] == [dt.time(13, 1, 2)] * 3
+    assert [r[pt_col["SeriesDate"]] for r in pt[1:]] == [2024, 2024, 2024]
+    assert [r[pt_col["SeriesStartDateTime"]] for r in pt[1:]] == [dt.time(14, 20)] * 3
+    assert [r[pt_col["InjectionToSeriesStartSeconds"]] for r in pt[1:]] == [4738.0] * 3
     card = _text_members(result.zip_path)[f"{NAME}/README.md"]
     assert "Dates carry the year only" in card
 
