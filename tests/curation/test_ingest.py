@@ -159,6 +159,9 @@ def test_converted_case_volumes_metadata_and_decoys(site_run, small_phantom):
     block = first_pt.private_block(0x7053, "Philips PET Private Group")
     assert pm["PhilipsSUVScaleFactor"] == pytest.approx(float(block[0x00].value))
     assert pm["PhilipsActivityConcentrationScaleFactor"] == pytest.approx(float(block[0x09].value))
+    # the QIBA factor computed from the headers agrees with the vendor's (Philips style) within 1 %
+    assert pm["SUVbwScaleFactorReason"] is None
+    assert abs(pm["SUVbwScaleFactor"] / pm["PhilipsSUVScaleFactor"] - 1) < 0.01
     slopes = [float(pydicom.dcmread(p, stop_before_pixels=True).RescaleSlope) for p in good.files["pt"]]
     assert (pm["RescaleSlopeMin"], pm["RescaleSlopeMax"]) == (min(slopes), max(slopes))
     assert pm["RadiopharmaceuticalStartDateTime"].startswith(f"{good.StudyDate[:4]}-{good.StudyDate[4:6]}-")
