@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 
 from curation.compression import LOSSY_FIELDS, lossy_compression
 from curation.geometry import check_series_geometry
-from curation.suv import SUV_FIELDS, suv_fields
+from curation.suv import SUV_FIELDS, parse_dt, suv_fields
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,20 @@ PHILIPS_PET_CREATOR = "Philips PET Private Group"
 PHILIPS_PET_GROUP = 0x7053
 PHILIPS_SUV_SCALE_ELEMENT = 0x00  # (7053,xx00) SUV scale factor
 PHILIPS_ACTIVITY_SCALE_ELEMENT = 0x09  # (7053,xx09) activity concentration scale factor
+
+#: GE's PET private group (names as in pydicom's private dictionary of GEMS_PETD_01).
+GE_PETD_CREATOR = "GEMS_PETD_01"
+GE_PETD_GROUP = 0x0009
+#: ``(column, element offset, kind)`` of the GE decay fields kept beside the QIBA factor.
+GE_PETD_ELEMENTS: tuple[tuple[str, int, str], ...] = (
+    ("GEScanDateTime", 0x0D, "datetime"),  # (0009,xx0D) PET scan_datetime
+    ("GEAdminDateTime", 0x3B, "datetime"),  # (0009,xx3B) PET admin_datetime
+    ("GETracerActivity", 0x38, "float"),  # (0009,xx38) PET tracer_activity
+    ("GEMeasDateTime", 0x39, "datetime"),  # (0009,xx39) PET meas_datetime (of tracer_activity)
+    ("GEPostInjActivity", 0x3C, "float"),  # (0009,xx3C) PET post_inj_activity (residual)
+    ("GEPostInjDateTime", 0x3D, "datetime"),  # (0009,xx3D) PET post_inj_datetime
+    ("GEHalfLife", 0x3F, "float"),  # (0009,xx3F) PET half_life
+)
 
 CT_FIELDS: tuple[tuple[str, str], ...] = (
     ("Manufacturer", "str"),
@@ -73,6 +87,7 @@ PT_FIELDS: tuple[tuple[str, str], ...] = (
     *SUV_FIELDS,
     ("PhilipsSUVScaleFactor", "float"),
     ("PhilipsActivityConcentrationScaleFactor", "float"),
+    *((name, kind) for name, _, kind in GE_PETD_ELEMENTS),
     ("PixelSpacingRow", "float"),
     ("PixelSpacingColumn", "float"),
     ("SliceThickness", "float"),
@@ -135,26 +150,52 @@ def _age_years(value: object) -> int | None:
     return int(int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)])
 
 
-def _private_float(ds: Dataset, element: int) -> float | None:
-    """A Philips PET private value found through its private creator, never a fixed tag."""
+def _private_element(ds: Dataset, group: int, creator: str, element: int) -> Any:
+    """A private element's value found through its private creator, never a fixed tag."""
     try:
-        block = ds.private_block(PHILIPS_PET_GROUP, PHILIPS_PET_CREATOR)
-        elem = block[element]
+        return ds.private_block(group, creator)[element].value
     except KeyError:
         return None
-    value = elem.value
-    if isinstance(value, bytes):  # implicit VR / UN: DS text or a binary double
+
+
+def _private_float(ds: Dataset, element: int, *, group: int = PHILIPS_PET_GROUP,
+                   creator: str = PHILIPS_PET_CREATOR) -> float | None:
+    """A private number (DS, FL or FD; as UN bytes too), by default in the Philips PET group."""
+    value = _private_element(ds, group, creator, element)
+    if value is None:
+        return None
+    if isinstance(value, bytes):  # implicit VR / UN: DS text or a binary float or double
         text = value.rstrip(b"\x00 ").decode("ascii", "replace").strip()
         try:
             return float(text.split("\\")[0])
         except ValueError:
-            if len(value) == 8:
-                return float(struct.unpack("<d", value)[0])
+            if len(value) in (4, 8):
+                return float(struct.unpack("<f" if len(value) == 4 else "<d", value)[0])
             return None
     try:
         return float(value[0] if isinstance(value, list | tuple) else value)
     except (TypeError, ValueError, IndexError):
         return None
+
+
+def _private_datetime(ds: Dataset, element: int, *, group: int, creator: str) -> str | None:
+    """A private DT value (as UN bytes too) as an ISO date-time string."""
+    value = _private_element(ds, group, creator, element)
+    if isinstance(value, bytes):
+        value = value.rstrip(b"\x00 ").decode("ascii", "replace")
+    moment = parse_dt(value)
+    return moment.isoformat() if moment else None
+
+
+def _ge_decay(first: Dataset) -> dict[str, Any]:
+    """GE's private decay fields (GEMS_PETD_01, group 0009) as the scanner wrote them."""
+    values: dict[str, Any] = {}
+    for name, element, kind in GE_PETD_ELEMENTS:
+        if kind == "datetime":
+            values[name] = _private_datetime(first, element, group=GE_PETD_GROUP, creator=GE_PETD_CREATOR)
+        else:
+            values[name] = _private_float(first, element, group=GE_PETD_GROUP, creator=GE_PETD_CREATOR)
+    return values
 
 
 def _geometry(datasets: Sequence[Dataset], label: str) -> dict[str, Any]:
@@ -267,6 +308,7 @@ def pet_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
         "AcquisitionTime": _time(first.get("AcquisitionTime") or first.get("SeriesTime")),
         **_geometry(datasets, "PET series"),
         **suv_fields(datasets),
+        **_ge_decay(first),
         **lossy_compression(datasets).fields(),
     }
     return _ordered(PT_FIELDS, values)

@@ -188,3 +188,36 @@ def test_phantom_vendor_styles(tmp_path, small_phantom, vendor) -> None:
         assert abs(pm["SUVbwScaleFactor"] / pm["PhilipsSUVScaleFactor"] - 1) < 0.01
     else:
         assert pm["PhilipsSUVScaleFactor"] is None
+
+
+def test_ge_private_decay_fields_are_kept_beside_and_agree(tmp_path, small_phantom) -> None:
+    # the phantom's GE style writes only (0009,xx01); a GE scanner also writes its decay fields
+    # in GEMS_PETD_01 (pydicom's private dictionary): add them as a scanner would, from the
+    # phantom's own values, and check they are read beside the QIBA factor and agree with it
+    from curation.phantom import write_study
+
+    study = write_study(small_phantom, tmp_path / "drop", vendor="ge", seed=4, patient_id="P-2",
+                        patient_name="Test^Patient", decoys=False)
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in study.files["pt"]]
+    first = datasets[0]
+    admin = first.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalStartDateTime
+    scan = first.SeriesDate + first.SeriesTime
+    for ds in datasets:
+        block = ds.private_block(0x0009, "GEMS_PETD_01")
+        block.add_new(0x0D, "DT", scan)
+        block.add_new(0x3B, "DT", admin)
+        block.add_new(0x38, "FL", study.injected_activity_bq)
+        block.add_new(0x39, "DT", admin)
+        block.add_new(0x3F, "FL", HALF_LIFE)
+    pm = pet_metadata(datasets)
+    assert pm["GEScanDateTime"] == dt.datetime.strptime(scan, "%Y%m%d%H%M%S").isoformat()
+    assert pm["GEAdminDateTime"] == pm["RadiopharmaceuticalStartDateTime"] == pm["GEMeasDateTime"]
+    assert pm["GEPostInjActivity"] is None and pm["GEPostInjDateTime"] is None
+    # GE's view: tracer activity measured at meas_datetime, decayed to scan_datetime (FL: float32)
+    seconds = (dt.datetime.fromisoformat(pm["GEScanDateTime"])
+               - dt.datetime.fromisoformat(pm["GEMeasDateTime"])).total_seconds()
+    ge_factor = study.patient.weight_kg * 1000 / (pm["GETracerActivity"] * 2 ** (-seconds / pm["GEHalfLife"]))
+    assert abs(pm["SUVbwScaleFactor"] / ge_factor - 1) < 0.01
+    # as the phantom wrote it: no GE decay field, every GE column empty
+    plain = pet_metadata([pydicom.dcmread(p, stop_before_pixels=True) for p in study.files["pt"]])
+    assert [plain[name] for name, _ in PT_FIELDS if name.startswith("GE")] == [None] * 7
