@@ -96,7 +96,9 @@ def test_curate_releases_every_converted_case_and_rejects_with_reason_codes(cura
 #: demo's fixed secret) and the age cap in the spreadsheets, and the card's "Dates and ages".
 #: Issue 10 moved it from 1f124b1c...b4ec: CT-details.xlsx and PT-details.xlsx gain the
 #: LossyImageCompression, LossyImageCompressionRatio and LossyImageCompressionMethod columns.
-PINNED_DEMO_ZIP_SHA256 = "77c97ac49d524f5894b1265986197ec5cf5120312fce9cecce80c0790890b409"
+#: Issue 10 (SUV) moved it from 77c97ac4...b409: PT-details.xlsx gains the SUV-ready columns
+#: (series timing, decay correction, SUVbwScaleFactor and its reason, GE's decay fields).
+PINNED_DEMO_ZIP_SHA256 = "bea45c6d199057feb5e4a95d4ccac58fb94890a665419daa3b82c78ecda7c548"
 
 
 def test_the_demo_release_is_byte_identical_to_the_pinned_zip(curated_demo: CuratedDemo) -> None:
