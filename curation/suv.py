@@ -18,6 +18,11 @@ FDG-PET/CT SUV pseudo-code (vendor-neutral part):
 * DecayCorrection ``ADMIN``: the image is decay-corrected to the injection
   already, so ``SUVbwScaleFactor = weight_g / dose_Bq``.
 
+* Enhanced PET has no DecayCorrection: with DecayCorrected ``YES`` its
+  DecayCorrectionDateTime is the time the frames are decay-corrected to, and
+  takes the place of the scan reference time in the formula above.  Its
+  frames' FrameAcquisitionDateTime stand for AcquisitionDate + AcquisitionTime.
+
 Where the factor cannot be computed it is ``None`` and
 ``SUVbwScaleFactorReason`` says why (``no PatientWeight``, ``Units CNTS``,
 ``DecayCorrection NONE``, ``no injection time``, ...); it is never guessed.
@@ -167,8 +172,20 @@ def _positive(ds: Dataset, keyword: str) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
+def _acquired(ds: Dataset) -> dt.datetime | None:
+    """When a slice was acquired: AcquisitionDate + AcquisitionTime, else an Enhanced PET frame's date-times."""
+    moment = _combine(ds.get("AcquisitionDate") or ds.get("SeriesDate"), ds.get("AcquisitionTime"))
+    if moment is None:  # Enhanced PET: the frame's FrameAcquisitionDateTime, else the object's
+        moment = parse_dt(ds.get("FrameAcquisitionDateTime")) or parse_dt(ds.get("AcquisitionDateTime"))
+    return moment
+
+
 def series_start(datasets: Sequence[Dataset]) -> dt.datetime | None:
-    """The earliest AcquisitionDate + AcquisitionTime over every slice (every bed) of a series.
+    """The earliest acquisition over every slice (every bed) of a series.
+
+    A slice's acquisition is AcquisitionDate + AcquisitionTime; an Enhanced PET
+    frame, which has neither, gives its FrameAcquisitionDateTime (else the
+    object's AcquisitionDateTime).
 
     Parameters
     ----------
@@ -178,10 +195,9 @@ def series_start(datasets: Sequence[Dataset]) -> dt.datetime | None:
     Returns
     -------
     datetime.datetime or None
-        The earliest acquisition; ``None`` when no slice has both elements.
+        The earliest acquisition; ``None`` when no slice says when it was acquired.
     """
-    moments = [m for ds in datasets
-               if (m := _combine(ds.get("AcquisitionDate") or ds.get("SeriesDate"), ds.get("AcquisitionTime")))]
+    moments = [m for ds in datasets if (m := _acquired(ds))]
     return min(moments) if moments else None
 
 
@@ -231,8 +247,8 @@ def suv_fields(datasets: Sequence[Dataset]) -> dict[str, Any]:
         ``None`` where the headers do not say.  ``SeriesStartDateTime`` is the
         earliest acquisition over all slices; ``InjectionToSeriesStartSeconds``
         is from the injection to it; ``DecayCorrectionReferenceDateTime`` is
-        the scan reference time of the QIBA method for ``START`` and the
-        injection for ``ADMIN``; ``DecayFactor*`` and ``FrameReferenceTime*``
+        the scan reference time of the QIBA method for ``START``, the
+        injection for ``ADMIN``, and an Enhanced PET's DecayCorrectionDateTime; ``DecayFactor*`` and ``FrameReferenceTime*``
         (ms) are the minimum and maximum over the slices;
         ``SUVbwScaleFactor`` is in g/mL per Bq/mL, or ``None`` with
         ``SUVbwScaleFactorReason`` saying why.
@@ -248,7 +264,11 @@ def suv_fields(datasets: Sequence[Dataset]) -> dict[str, Any]:
     # QIBA: the series time, unless the series was made again after the acquisition (or has none)
     scan_ref = series if series is not None and (start is None or series <= start) else start
     reference = {"START": scan_ref, "ADMIN": injection}.get(decay or "")
-    factor, reason = _suvbw(first, drug, decay, scan_ref, injection)
+    if decay is None:  # Enhanced PET states the time its frames are decay-corrected to
+        stated = parse_dt(first.get("DecayCorrectionDateTime"))
+        if stated is not None and str(first.get("DecayCorrected") or "").strip().upper() == "YES":
+            reference = scan_ref = stated
+    factor, reason = _suvbw(first, drug, decay or ("STATED" if reference else None), scan_ref, injection)
     decay_factors = _floats(datasets, "DecayFactor")
     frame_refs = _floats(datasets, "FrameReferenceTime")
     return {
@@ -280,7 +300,7 @@ def _suvbw(
     missing = [c for c in ("ATTN", "DECY") if c not in corrected]
     if missing:
         return None, f"CorrectedImage without {' and '.join(missing)}"
-    if decay not in ("START", "ADMIN"):
+    if decay not in ("START", "ADMIN", "STATED"):
         return None, f"DecayCorrection {decay}" if decay else "no DecayCorrection"
     weight = _positive(first, "PatientWeight")
     if weight is None:

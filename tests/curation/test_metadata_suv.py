@@ -221,3 +221,26 @@ def test_ge_private_decay_fields_are_kept_beside_and_agree(tmp_path, small_phant
     # as the phantom wrote it: no GE decay field, every GE column empty
     plain = pet_metadata([pydicom.dcmread(p, stop_before_pixels=True) for p in study.files["pt"]])
     assert [plain[name] for name, _ in PT_FIELDS if name.startswith("GE")] == [None] * 7
+
+
+def test_enhanced_pet_frames_with_a_stated_decay_correction_time() -> None:
+    # Enhanced PET frame views: no AcquisitionDate/Time and no DecayCorrection; FrameAcquisitionDateTime
+    # per frame, DecayCorrected YES with DecayCorrectionDateTime 10:00:00 (what the frames are corrected to).
+    # injection 09:00:00 -> 3600 s: SUVbw = 75000 / (3.7e8 * 2**-0.546597) = 2.960750e-4 (as above)
+    frames = []
+    for moment in ("20240301100300", "20240301100000"):
+        ds = _slice()
+        del ds.AcquisitionDate, ds.AcquisitionTime, ds.DecayCorrection
+        ds.FrameAcquisitionDateTime = moment
+        ds.DecayCorrected = "YES"
+        ds.DecayCorrectionDateTime = "20240301100000"
+        frames.append(ds)
+    f = suv_fields(frames)
+    assert f["SeriesStartDateTime"] == "2024-03-01T10:00:00"
+    assert f["DecayCorrection"] is None
+    assert f["DecayCorrectionReferenceDateTime"] == "2024-03-01T10:00:00"
+    assert f["SUVbwScaleFactor"] == pytest.approx(2.960750e-4, rel=1e-6)
+    for ds in frames:
+        ds.DecayCorrected = "NO"
+    f = suv_fields(frames)
+    assert f["SUVbwScaleFactor"] is None and f["SUVbwScaleFactorReason"] == "no DecayCorrection"
