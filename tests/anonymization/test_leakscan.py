@@ -28,7 +28,7 @@ UID = "2.25.301847562190384756102938475610"
 NAME = "Mustermann^Erika"
 PATIENT_ID = "00007041776"
 AMPERSAND = "Klinik Rot & Weiss"
-VALUES = [UID, NAME, PATIENT_ID, AMPERSAND, "SHORT", "1.2.840.10008.1.2"]  # "SHORT" is below the minimum
+VALUES = [UID, NAME, PATIENT_ID, AMPERSAND, "AB", "1.2.840.10008.1.2"]  # "AB" is below the minimum
 
 
 def _digest(value: str) -> str:
@@ -163,13 +163,13 @@ def test_value_across_a_chunk_boundary_is_found_once(tmp_path: Path, monkeypatch
     assert _found(_scan(tmp_path, VALUES)) == _found(leaks)
 
 
-def test_numbers_need_a_boundary_and_short_values_are_ignored(tmp_path: Path) -> None:
+def test_numbers_need_a_boundary_and_very_short_values_are_ignored(tmp_path: Path) -> None:
     text = (
         f"sha 9f{PATIENT_ID}ab\n"  # glued to hex letters: not a leak
         f"n 1{PATIENT_ID}\n"  # glued to a digit: not a leak
         f"id={PATIENT_ID};\n"  # a leak
         f"{UID}9\n"  # a longer UID: not this UID
-        "SHORT SHORT\n"
+        "AB AB\n"  # below the minimum length
         "1.2.840.10008.1.2\n"  # public DICOM UID: never sensitive
     ).encode()
     (tmp_path / "SHA256SUMS").write_bytes(text)
@@ -277,3 +277,135 @@ def test_gate_values_and_leak_scan_work_together(tmp_path: Path, read_deid: obje
     for value in ("00007041776", "SIMPSON^HOMER^J", "999887722", "Evergreen Terrace Springfield",
                   "1.2.840.113696.376376.500.43158802.99999999999999"):
         assert _digest(value) in found, value
+
+
+# ---------------------------------------------------------------------------
+# no blind spots: letter case, names in any order, short values, dates (issue 9)
+
+
+def _kinds(leaks: list[Leak], value: str) -> list[tuple[str, int, str]]:
+    return sorted((leak.file, leak.offset, leak.kind) for leak in leaks if leak.value_digest == _digest(value))
+
+
+def test_values_are_found_in_any_letter_case(tmp_path: Path) -> None:
+    readme = "pseudonym lei-0001 and KLINIK ROT &AMP; WEISS; MUSTERMANN^ERIKA\n"
+    (tmp_path / "README.md").write_text(readme, encoding="utf-8")
+    values = ["LEI-0001", AMPERSAND, NAME, "Jörg^Müller"]
+    (tmp_path / "card.json").write_text(json.dumps({"by": "JÖRG MÜLLER"}, ensure_ascii=False), encoding="utf-8")
+    leaks = _scan(tmp_path, values)
+    assert _kinds(leaks, "LEI-0001") == [("README.md", readme.find("lei-0001"), "bytes:verbatim")]
+    assert _kinds(leaks, AMPERSAND) == [("README.md", readme.find("KLINIK"), "bytes:xml-escaped")]
+    assert _kinds(leaks, NAME) == [("README.md", readme.find("MUSTERMANN"), "bytes:verbatim")]
+    assert _kinds(leaks, "Jörg^Müller") == [("card.json", len('{"by": "'), "bytes:person-name")]
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["Hans Mueller", "mueller, hans", "HANS_MUELLER", "Mueller.Hans", "hans-mueller.nii.gz", "Mueller  ^Hans",
+     "MuellerHans"],
+)
+def test_person_name_is_found_by_its_components_in_any_order(tmp_path: Path, written: str) -> None:
+    text = f"<t>reported by {written}</t>"
+    (tmp_path / "notes.xml").write_text(text, encoding="utf-8")
+    leaks = _scan(tmp_path, ["MUELLER^HANS"])
+    assert _kinds(leaks, "MUELLER^HANS") == [("notes.xml", text.find(written), "bytes:person-name")]
+
+
+def test_person_name_initials_and_titles_may_sit_between_components(tmp_path: Path) -> None:
+    text = "Homer J. Simpson; SIMPSON, HOMER J; Dr. Karl Hausmann\n"
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    leaks = _scan(tmp_path, ["SIMPSON^HOMER^J", "Hausmann^Karl^^Dr."])
+    assert [o for _, o, _ in _kinds(leaks, "SIMPSON^HOMER^J")] == [0, text.find("SIMPSON")]
+    assert [o for _, o, _ in _kinds(leaks, "Hausmann^Karl^^Dr.")] == [text.find("Karl")]
+
+
+def test_a_name_needs_every_long_component(tmp_path: Path) -> None:
+    text = "Hans Meier; Muellerstrasse 3; Mueller, Dr. Hans; xHans Mueller's\n"
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    leaks = _scan(tmp_path, ["MUELLER^HANS"])
+    # "Dr" is not part of this name; "Hans Mueller" glued into "xHans Mueller's" is 12 characters,
+    # long enough to count anywhere
+    assert [leak.offset for leak in leaks] == [text.find("Hans Mueller's")]
+
+
+def test_short_values_are_matched_as_whole_tokens_in_text(tmp_path: Path) -> None:
+    text = "id KAI-7 by kai; Kaiser; skai; 0451; 04511; (0451)\n"
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    leaks = _scan(tmp_path, ["Kai", "0451"])
+    assert [o for _, o, _ in _kinds(leaks, "Kai")] == [text.find("KAI"), text.find("kai;")]
+    assert [o for _, o, _ in _kinds(leaks, "0451")] == [text.find("0451"), text.find("(0451)") + 1]
+
+
+def test_short_values_in_a_nifti_header_are_found_but_not_in_binary_voxels(tmp_path: Path) -> None:
+    """A short value in the NIfTI descrip (text, NUL padded) is found; the same bytes in noise are not."""
+    rng = np.random.default_rng(3)
+    noise = bytearray(rng.integers(0, 256, 1 << 16, dtype=np.uint8).tobytes())
+    noise[5000:5005] = b"\x01kai\x02"  # bounded by non-alphanumerics, but in binary bytes
+    data = np.frombuffer(bytes(noise), dtype=np.float32).reshape((64, 64, 4), order="F").copy()
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header["descrip"] = b"kai"
+    nib.save(img, tmp_path / "PT.nii.gz")
+    leaks = _scan(tmp_path, ["KAI"])
+    assert _found(leaks) == {("PT.nii.gz", 148, _digest("KAI"), "gunzip:verbatim")}
+
+
+def test_dates_are_found_as_tokens_including_the_xlsx_serial(tmp_path: Path) -> None:
+    import datetime
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["case", "StudyDate", "note"])
+    sheet.append(["0001", datetime.date(2023, 7, 16), "scanned 2023-07-16T10:15:00"])
+    sheet.append(["0002", 145123, "20230716x"])  # the serial inside a longer number; a date glued to a letter
+    buf = io.BytesIO()
+    book.save(buf)
+    (tmp_path / "CT-details.xlsx").write_bytes(buf.getvalue())
+    dates = ["20230716", "2023-07-16", "45123"]  # the three forms ingest records for a date
+    leaks = _scan(tmp_path, dates)
+    serial_member, serial_offset = _member_offset(buf.getvalue(), b"<v>45123</v>")
+    iso_member, iso_offset = _member_offset(buf.getvalue(), b"2023-07-16T")
+    assert _found(leaks) == {
+        (f"CT-details.xlsx!{serial_member}", serial_offset + 3, _digest("45123"), "bytes:verbatim"),
+        (f"CT-details.xlsx!{iso_member}", iso_offset, _digest("2023-07-16"), "bytes:verbatim"),
+    }
+
+
+def test_short_values_and_names_across_a_chunk_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leakscan, "CHUNK_SIZE", 97)
+    filler = "lorem ipsum dolor sit amet, " * 3
+    text = f"{filler}kai {filler}Hans Mueller{filler} 45123"
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    values = ["KAI", "MUELLER^HANS", "45123"]
+    leaks = _scan(tmp_path, values)
+    expected = {(text.find("kai "), _digest("KAI")), (text.find("Hans"), _digest("MUELLER^HANS")),
+                (text.find("45123"), _digest("45123"))}
+    assert {(leak.offset, leak.value_digest) for leak in leaks} == expected
+    for size in (7, 13, 64, 8 << 20):
+        monkeypatch.setattr(leakscan, "CHUNK_SIZE", size)
+        assert {(leak.offset, leak.value_digest) for leak in _scan(tmp_path, values)} == expected, size
+
+
+def test_no_false_alarm_from_short_values_on_phantom_volumes(tmp_path: Path, small_phantom: object) -> None:
+    """Short values and dates against real-looking volumes and random float noise: only the planted one is found."""
+    rng = np.random.default_rng(5)
+    ct = np.asarray(small_phantom.ct_hu, dtype=np.int16)  # type: ignore[attr-defined]
+    pt = np.asarray(small_phantom.pt_bqml, dtype=np.float32)  # type: ignore[attr-defined]
+    nib.save(nib.Nifti1Image(ct, np.eye(4)), tmp_path / "CT.nii.gz")
+    nib.save(nib.Nifti1Image(pt, np.eye(4)), tmp_path / "PT.nii.gz")
+    (tmp_path / "noise.bin").write_bytes(rng.standard_normal(1 << 20).astype(np.float32).tobytes())
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    values = ["".join(rng.choice(list(letters), size=int(rng.integers(3, 6)))) for _ in range(300)]
+    values += [f"{int(rng.integers(40000, 47000))}" for _ in range(300)]  # xlsx date serials
+    # the one place a value is: in text
+    (tmp_path / "README.md").write_text(f"# notes\n\nseen on {values[-1]}\n", encoding="utf-8")
+    leaks = _scan(tmp_path, values)
+    assert [(leak.file, leak.value_digest) for leak in leaks] == [("README.md", _digest(values[-1]))]
+
+
+def test_scan_logs_never_show_a_value(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "a.txt").write_text("Hans Mueller 45123", encoding="utf-8")
+    with caplog.at_level("DEBUG"):
+        leaks = _scan(tmp_path, ["MUELLER^HANS", "45123"])
+    assert len(leaks) == 2
+    text = caplog.text + repr(leaks)
+    assert "Mueller" not in text and "MUELLER" not in text and "45123" not in text
