@@ -61,6 +61,10 @@ the walk ingest uses too); a non-empty private element of VR PN is a
 ``phi-detected`` finding; and a DA, DT or TM value that the gate lets
 through must be written with the characters of a date or time only (a letter
 means text such as a name: ``phi-detected``, rule ``temporal-text``).
+In an implicit-VR file a private element of a creator pydicom does not know has
+VR UN: its bytes are decoded as text, and text shaped like a person name
+(``family^given``) is a PN, text shaped like a UID a UI, with the same
+consequences as in explicit VR.
 
 Findings and error messages name attributes (tag and keyword), never values.
 """
@@ -550,7 +554,12 @@ def _is_empty(value: Any) -> bool:
 
 
 def _person_name_strings(name: str) -> Iterator[str]:
-    """The whole name and its components (family, given, ...)."""
+    """The whole name and its components (family, given, ...).
+
+    A name typed with spaces or commas instead of ``^`` ("Hans Mueller") is
+    also given with its words joined by ``^``: the leak scan takes a value
+    with ``^`` for a person name and finds its words in any order.
+    """
     whole = name.strip(" ^=")
     if whole:
         yield whole
@@ -558,14 +567,43 @@ def _person_name_strings(name: str) -> Iterator[str]:
         for part in group.split("^"):
             if part.strip():
                 yield part.strip()
+    words = [w for w in re.split(r"[\s,]+", whole) if w]
+    if "^" not in whole and len(words) > 1:
+        yield "^".join(words)
 
 
 def _text_of_bytes(raw: bytes) -> str | None:
-    """Printable ASCII text of a binary value, or None if it is not text."""
-    text = raw.strip(b" \x00")
-    if not text or len(text) > 1024 or any(b < 0x20 or b > 0x7E for b in text):
+    """Printable text (UTF-8, else Latin-1) of a binary value, or None if it is not text."""
+    data = raw.strip(b" \x00")
+    if not data or len(data) > 1024:
         return None
-    return text.decode("ascii")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    return text if text.isprintable() else None
+
+
+#: the text of a person name: letters (any script), spaces, ``. , ' -`` and the separators ``^ =``
+_NAME_TEXT = re.compile(r"[^\W\d_](?:[^\W\d_]|[ .,'^=-])*")
+_UID_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)+")
+
+
+def _implicit_private_value(raw: bytes) -> tuple[str, Any]:
+    """The VR and value of a private element whose VR the file does not say (implicit VR: UN).
+
+    Text shaped like a person name (``family^given``: letters, the ``^``
+    separator, spaces and ``. , ' -``) is taken for a PN, text shaped like a
+    UID for a UI; anything else stays UN (bytes).
+    """
+    text = _text_of_bytes(raw)
+    if text is None:
+        return "UN", raw
+    if "^" in text and _NAME_TEXT.fullmatch(text):
+        return "PN", PersonName(text)
+    if _UID_TEXT.fullmatch(text):
+        return "UI", text
+    return "UN", raw
 
 
 def _value_strings(value: Any, vr: str) -> Iterator[str]:
@@ -822,6 +860,9 @@ class _Collector:
             self._apply(data_element, rule, label=label)
             return
         value = data_element.value
+        if vr == "UN" and isinstance(value, bytes):
+            # implicit VR: the file does not say this is a PN; its text decides, as PN decides in explicit VR
+            vr, value = _implicit_private_value(value)
         if vr == "SQ":
             self.review.add(generic)
             for item in value or ():
@@ -832,8 +873,11 @@ class _Collector:
                 text_tag, f"{creator}:private person name", "private-person-name", RejectReason.PHI_DETECTED,
                 f"private element {generic} is a person name (VR PN) and holds a value",
             )
-        else:  # a private UID is collected by iter_uids
-            self.review.add(generic)
+        else:
+            if vr == "UI" and data_element.VR == "UN":
+                # iter_uids cannot tell a UID in an unknown creator's implicit-VR element: its text did
+                self.sensitive.update(uid_strings(value))
+            self.review.add(generic)  # explicit-VR private UIDs are collected by iter_uids
 
     def report(self) -> GateReport:
         return GateReport(

@@ -254,7 +254,10 @@ class IngestStage(CaseStage[ConvertedCase]):
 
     name: ClassVar[str] = "ingest"
     phase: ClassVar[Phase] = Phase.INGEST
-    version: ClassVar[int] = 5  # 3: every header date in the identifying values; 4: enhanced objects, lossy option and columns; 5: SUV-ready PET columns
+    # 3: every header date in the identifying values; 4: enhanced objects, lossy option and columns;
+    # 5: SUV-ready PET columns; 6: the gate refuses a private person name in implicit VR (VR UN) and
+    # records names typed with spaces for the leak scan
+    version: ClassVar[int] = 6
     record_type: ClassVar[type] = ConvertedCase
     done: ClassVar[str] = "converted"
     done_event: ClassVar[str] = "study-converted"

@@ -809,3 +809,47 @@ def test_optional_identity_flag_lets_a_study_without_it_through(
     assert [f.keyword for f in check_datasets([declared_no], identity_flag_required=False).findings] == [
         "PatientIdentityRemoved"
     ]
+
+
+def _implicit_vr_copy(ds: Dataset) -> Dataset:
+    """``ds`` written with ImplicitVRLittleEndian and read back (private elements of unknown creators: UN)."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+@pytest.mark.parametrize("name", ["Doctor^Who", "Müller^Jörg", "O'NEIL-SMITH^MARY ANN^^DR."])
+def test_private_person_name_is_refused_in_implicit_vr_too(clean_ds: Dataset, name: str) -> None:
+    ds = clean_ds
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    block = ds.private_block(0x0035, "ACME PACS 2.0", create=True)
+    block.add_new(0x01, "PN", name)
+    block.add_new(0x02, "DS", "3.5")
+    block.add_new(0x03, "LO", "B30f^3.0^WB")  # a "^" in text with digits, not a name: listed, not refused
+    block.add_new(0x04, "UI", "2.25.8765432109876")
+    implicit = _implicit_vr_copy(ds)
+    assert implicit[0x00351001].VR == "UN"  # the file does not say PN
+    report = check_datasets([implicit], pseudonym_pattern=SITE_PATTERN)
+    assert [(f.tag, f.rule, f.reason_code) for f in report.findings] == [
+        ("(0035,1001)", "private-person-name", RejectReason.PHI_DETECTED)
+    ]
+    assert report.private_review == ("(0035,xx02) creator 'ACME PACS 2.0'", "(0035,xx03) creator 'ACME PACS 2.0'",
+                                     "(0035,xx04) creator 'ACME PACS 2.0'")
+    assert {name, "2.25.8765432109876"} <= report.sensitive_values
+    _no_value_anywhere(report, [name], _message_of(report))
+    # the same as the explicit-VR file
+    explicit = check_datasets([ds], pseudonym_pattern=SITE_PATTERN)
+    assert [(f.tag, f.rule) for f in explicit.findings] == [(f.tag, f.rule) for f in report.findings]
+
+
+def test_a_name_typed_with_spaces_is_recorded_for_the_leak_scan_as_a_person_name(clean_ds: Dataset) -> None:
+    from anonymization.leakscan import is_person_name
+
+    clean_ds.OperatorsName = "Hans Mueller"
+    report = check_datasets([clean_ds], pseudonym_pattern=SITE_PATTERN)
+    assert [f.keyword for f in report.findings] == ["OperatorsName"]
+    names = {v for v in report.sensitive_values if is_person_name(v)}
+    assert names == {"Hans^Mueller"}
