@@ -80,8 +80,15 @@ STEWARD_ADVICE: dict[RejectReason, str] = {
         "resampled. Segment the converted CT of this study again, then run build again."
     ),
     RejectReason.SEGMENTATION_INVALID: (
-        "A segmentation cannot be read or holds values its label table does not define. Check the site's "
-        "label_table against the segmentation model, then deliver the maps again."
+        "A segmentation cannot be read, holds values its label table does not define, or is a symbolic "
+        "link leading outside the site's segmentations_dir or lesions_dir (named in the message). Check the "
+        "site's label_table against the segmentation model, replace links by the files, then deliver the "
+        "maps again."
+    ),
+    RejectReason.INVALID_UID: (
+        "A UID of the study (StudyInstanceUID, or a selected file's SeriesInstanceUID, FrameOfReferenceUID "
+        "or SOPInstanceUID) is not a DICOM UID: only digits and dots, at most 64 characters. Ask the site's "
+        "anonymiser to write conforming UIDs and deliver the study again; never rename files here."
     ),
 }
 assert set(STEWARD_ADVICE) == set(RejectReason), "every reason code needs advice for the steward"

@@ -33,6 +33,7 @@ class RejectReason(StrEnum):
     SEGMENTATION_MISSING = "segmentation-missing"
     SEGMENTATION_GRID_MISMATCH = "segmentation-grid-mismatch"
     SEGMENTATION_INVALID = "segmentation-invalid"
+    INVALID_UID = "invalid-uid"
 
     def __str__(self) -> str:  # so f"{reason}" prints the code
         return self.value
@@ -178,6 +179,11 @@ class SegmentationInvalidError(CurationError):
 
     reason = RejectReason.SEGMENTATION_INVALID
 
+
+class InvalidUIDError(CurationError):
+    """A UID the study relies on is not a DICOM UID (PS3.5 9.1); it may never name a file."""
+
+    reason = RejectReason.INVALID_UID
 
 
 class RunRefusedError(RuntimeError):

@@ -56,7 +56,7 @@ from curation.model import (
 from curation.select import select_series
 from curation.stage import CaseStage, StudySubject, read_record
 from curation.state import StatePaths
-from curation.uids import iter_uids
+from curation.uids import check_uid, iter_uids, shown
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +180,46 @@ def _slices(datasets: list[Dataset], site: SiteConfig) -> list[Dataset]:
     return frames
 
 
+#: The UIDs of every selected file that must conform (PS3.5 9.1): they name folders, files and cases.
+CHECKED_UIDS: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")
+
+
+def check_study_uids(study: StudyRecord, selected: Iterable[SeriesRecord]) -> None:
+    """Refuse a study whose StudyInstanceUID or selected series' UIDs are not DICOM UIDs.
+
+    Raises
+    ------
+    InvalidUIDError
+        Naming the attribute, the value and the series.
+    """
+    check_uid(study.StudyInstanceUID, keyword="StudyInstanceUID", where=f"study {shown(study.StudyInstanceUID)}")
+    for series in selected:
+        where = f"{series.Modality} series {shown(series.SeriesInstanceUID)} of study {study.StudyInstanceUID}"
+        check_uid(series.SeriesInstanceUID, keyword="SeriesInstanceUID", where=where)
+        check_uid(series.FrameOfReferenceUID, keyword="FrameOfReferenceUID", where=where)
+
+
+def check_file_uids(series: SeriesRecord, datasets: Iterable[Dataset]) -> None:
+    """Refuse a series one of whose files has a :data:`CHECKED_UIDS` value that is not a DICOM UID.
+
+    Raises
+    ------
+    InvalidUIDError
+        Naming the file, the attribute and the value.
+    """
+    for path, ds in zip(series.files, datasets, strict=True):
+        for keyword in CHECKED_UIDS:
+            value = ds.get(keyword)
+            check_uid(str(value) if value is not None else "", keyword=keyword,
+                      where=f"{path} ({series.Modality} series {series.SeriesInstanceUID})")
+
+
 def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprint: str) -> ConvertedCase:
     # recorded before anything can reject the study: the leak scan covers every study seen
     _write_sensitive(state, site, study, index_identifiers(study), index_dates(study))
+    check_study_uids(study, ())
     selection = select_series(study)
+    check_study_uids(study, (selection.ct, selection.pt))
     ct_datasets = _read_series(selection.ct, pixels=True)
     pt_datasets = _read_series(selection.pt, pixels=True)
     others = [
@@ -206,6 +242,8 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
         report,
         context=f"{series_label(ct_datasets)} / {series_label(pt_datasets)} of study {study.StudyInstanceUID}",
     )
+    check_file_uids(selection.ct, ct_datasets)
+    check_file_uids(selection.pt, pt_datasets)
 
     ct_frames = _slices(ct_datasets, site)
     pt_frames = _slices(pt_datasets, site)

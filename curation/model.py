@@ -64,8 +64,13 @@ class Landmarks(StrEnum):
 
 
 def study_key(study_instance_uid: str) -> str:
-    """The name a study's state goes under: a digest, so no UID is ever a file name."""
-    return hashlib.sha256(study_instance_uid.encode("ascii", "replace")).hexdigest()[:24]
+    """The name a study's state goes under: a digest, so no UID is ever a file name.
+
+    The digest is over the value's exact UTF-8 bytes (lone surrogates kept), so
+    two different values never share a key; for ASCII values (every
+    conforming UID) these are the bytes the key has always been made of.
+    """
+    return hashlib.sha256(study_instance_uid.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 # ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from nibabel.filebasedimages import ImageFileError
 from anonymization.deface import apply_cylinder, landmark_masks, plan_cylinder
 from curation.atomic import sha256_file
 from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
-from curation.errors import HeadNotFoundError, UnreadableError
+from curation.errors import CurationError, HeadNotFoundError, UnreadableError
 from curation.labels import ReleaseLabels, SourceLabelTable, labels_json_bytes
 from curation.model import (
     CATEGORIES,
@@ -56,7 +56,9 @@ from curation.model import (
 )
 from curation.nifti import write_nifti
 from curation.segmentations import (
+    category_files_in,
     find_category_files,
+    lesion_file,
     load_category,
     load_lesion_mask,
 )
@@ -66,14 +68,14 @@ from curation.state import StatePaths
 logger = logging.getLogger(__name__)
 
 def _input_files(case: ConvertedCase, site: SiteConfig) -> tuple[list[Path], Path | None]:
-    """Every segmentation file of the study's folder, and the lesion file if there is one."""
-    folder = site.segmentations_dir / case.StudyInstanceUID
-    segs = sorted(p for p in folder.glob("*.nii.gz") if p.is_file()) if folder.is_dir() else []
-    lesion = None
-    if site.lesions_dir is not None:
-        candidate = site.lesions_dir / f"{case.StudyInstanceUID}.nii.gz"
-        lesion = candidate if candidate.is_file() else None
-    return segs, lesion
+    """Every segmentation file of the study's folder, and the lesion file if there is one.
+
+    Paths are built from the StudyInstanceUID only through the checks of
+    :mod:`curation.uids` (a conforming UID; nothing outside the configured folders).
+    """
+    segs = category_files_in(site.segmentations_dir, case.StudyInstanceUID)
+    lesion = lesion_file(site.lesions_dir, case.StudyInstanceUID)
+    return segs, lesion if lesion is not None and lesion.is_file() else None
 
 
 # ---------------------------------------------------------------------------
@@ -144,8 +146,7 @@ def _prepare(
         # before the lesion is subtracted: a lesion in the head is still head
         brain, skull = landmark_masks(maps, release_labels.categories)
 
-    lesion_path = site.lesions_dir / f"{case.StudyInstanceUID}.nii.gz" if site.lesions_dir else None
-    lesion = load_lesion_mask(lesion_path, ct_img)
+    lesion = load_lesion_mask(lesion_file(site.lesions_dir, case.StudyInstanceUID), ct_img)
     removed = 0
     if lesion is not None:
         where = np.nonzero(lesion)  # lesions are small: index them once, not mask 7 volumes twice
@@ -226,7 +227,7 @@ class PrepareStage(CaseStage[PreparedCase]):
 
     name: ClassVar[str] = "prepare"
     phase: ClassVar[Phase] = Phase.BUILD
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3  # 3: input paths checked (conforming UID, inside the configured folders)
     record_type: ClassVar[type] = PreparedCase
     done: ClassVar[str] = "prepared"
     done_event: ClassVar[str] = "case-prepared"
@@ -243,14 +244,25 @@ class PrepareStage(CaseStage[PreparedCase]):
         return self.state.prepared_record(subject.key)
 
     def fingerprint_parts(self, upstream: tuple[Any, ...]) -> dict[str, Any]:
-        """Converted volumes, every segmentation and lesion file, site switches, settings, label tables."""
+        """Converted volumes, every segmentation and lesion file, site switches, settings, label tables.
+
+        Input paths that may not be read (a StudyInstanceUID that is not a
+        UID, a link leaving its configured folder) are never hashed: the
+        refusal stands in for them, and :meth:`produce` raises it.
+        """
         (case,) = upstream[:1]
-        segs, lesion = _input_files(case, self.site)
+        try:
+            segs, lesion = _input_files(case, self.site)
+        except CurationError as exc:
+            segs, lesion, refused = [], None, f"{exc.reason.value}: {exc.message}"
+        else:
+            refused = None
         return {
             "ct": case.ct.sha256,
             "pt": case.pt.sha256,
             "segmentations": [[p.name, sha256_file(p)] for p in segs],
             "lesion": sha256_file(lesion) if lesion is not None else None,
+            "refused_inputs": refused,
             "deface": self.site.deface,
             "deface_missing_head": self.site.deface_missing_head.value,
             "defacing": to_jsonable(self.defacing) if self.site.deface else None,
@@ -263,6 +275,7 @@ class PrepareStage(CaseStage[PreparedCase]):
         case: ConvertedCase = upstream[0]
         if case.site != self.site.id:
             raise ValueError(f"case {case.key} belongs to site {case.site!r}, not {self.site.id!r}")
+        _input_files(case, self.site)  # raises the refusal of an input path that may not be read
         prepared = _prepare(
             case, self.site, self.state.prepared_dir(case.key), fingerprint,
             defacing=self.defacing, release_labels=self.release_labels, source_table=self.source_table,

@@ -38,6 +38,7 @@ from curation.errors import (
 )
 from curation.labels import ReleaseLabels, SourceLabelTable
 from curation.model import CATEGORIES, CATEGORY_ALIASES
+from curation.uids import OutsideFolderError, path_under, require_inside
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,68 @@ class CategoryMap:
 
 # ---------------------------------------------------------------------------
 # finding the files
+
+
+def _inside(path: Path, root: Path, what: str) -> Path:
+    try:
+        return require_inside(path, root)
+    except OutsideFolderError as exc:
+        raise SegmentationInvalidError(f"{exc} ({what})") from None
+
+
+def study_folder(segmentations_dir: Path, study_uid: str) -> Path:
+    """``<segmentations_dir>/<StudyInstanceUID>``, checked (see :func:`curation.uids.path_under`).
+
+    Raises
+    ------
+    InvalidUIDError
+        ``study_uid`` is not a conforming UID, so it never names a folder.
+    SegmentationInvalidError
+        The folder is a symbolic link leading outside ``segmentations_dir``.
+    """
+    try:
+        return path_under(segmentations_dir, study_uid)
+    except OutsideFolderError as exc:
+        raise SegmentationInvalidError(f"{exc} (segmentations_dir)") from None
+
+
+def lesion_file(lesions_dir: Path | None, study_uid: str) -> Path | None:
+    """``<lesions_dir>/<StudyInstanceUID>.nii.gz`` when the site has a ``lesions_dir``, checked.
+
+    Returns
+    -------
+    Path or None
+        The path (it need not exist: a missing file means no lesions), or
+        None without a ``lesions_dir``.
+
+    Raises
+    ------
+    InvalidUIDError
+        ``study_uid`` is not a conforming UID.
+    SegmentationInvalidError
+        The file is a symbolic link leading outside ``lesions_dir``.
+    """
+    if lesions_dir is None:
+        return None
+    try:
+        return path_under(lesions_dir, study_uid, suffix=_SUFFIX)
+    except OutsideFolderError as exc:
+        raise SegmentationInvalidError(f"{exc} (lesions_dir)") from None
+
+
+def category_files_in(segmentations_dir: Path, study_uid: str) -> list[Path]:
+    """Every ``.nii.gz`` file of a study's segmentation folder (for fingerprints), each checked to stay inside.
+
+    Raises
+    ------
+    InvalidUIDError, SegmentationInvalidError
+        As :func:`study_folder`, and for a file leading outside ``segmentations_dir``.
+    """
+    folder = study_folder(segmentations_dir, study_uid)
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.glob(f"*{_SUFFIX}") if p.is_file())
+    return [_inside(p, segmentations_dir, "segmentations_dir") for p in files]
 
 
 def category_of_stem(stem: str) -> str | None:
@@ -111,7 +174,7 @@ def find_category_files(segmentations_dir: Path, study_uid: str) -> dict[str, Pa
     SegmentationInvalidError
         When a category is delivered twice (under its release and MOOSE name).
     """
-    folder = Path(segmentations_dir) / study_uid
+    folder = study_folder(segmentations_dir, study_uid)
     if not folder.is_dir():
         raise SegmentationMissingError(
             f"study {study_uid}: no segmentation folder {folder}; expected one "
@@ -124,6 +187,7 @@ def find_category_files(segmentations_dir: Path, study_uid: str) -> dict[str, Pa
         if category is None or not path.is_file():
             others.append(path.name)
             continue
+        _inside(path, segmentations_dir, "segmentations_dir")
         if category in found:
             raise SegmentationInvalidError(
                 f"study {study_uid}: category {category} is delivered twice, as {found[category].name} "

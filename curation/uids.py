@@ -9,17 +9,31 @@ is collected as sensitive for the release leak scan.  Ingest
 (:func:`anonymization.gate.check_datasets`) and the leak scan
 (:func:`anonymization.leakscan.usable_values`) all use this module, so there
 is one root and one walk.
+
+UIDs are also names: the pipeline keys state and finds a site's
+segmentations by the StudyInstanceUID.  A site's headers are data, not
+trusted names: a StudyInstanceUID of ``../siteB/1.2.3`` joined to
+``segmentations_dir`` would read another site's files into a release.  Every
+UID the pipeline relies on is checked against DICOM PS3.5 section 9.1
+(:func:`is_conforming_uid`), and a study with one that is not is rejected
+(``invalid-uid``).  Paths under a configured folder are built by
+:func:`path_under`, which checks the UID again and refuses a path that leaves
+the folder once symbolic links are resolved.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
+
+from curation.errors import InvalidUIDError
 
 #: UIDs under this root are DICOM-defined (SOP classes, transfer syntaxes), not identifiers.
 DICOM_UID_ROOT = "1.2.840.10008."
@@ -122,3 +136,138 @@ def iter_uids(ds: Dataset) -> Iterator[str]:
         elif vr == "SQ":
             for item in ds[raw.tag].value or ():
                 yield from iter_uids(item)
+
+
+# ---------------------------------------------------------------------------
+# conforming UIDs, and paths named by them
+
+#: PS3.5 9.1: at most 64 characters.
+UID_MAX_LENGTH = 64
+#: PS3.5 9.1: digits and dots; no empty component; no leading zero unless the component is "0".
+_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*", re.ASCII)
+_SHOWN = 80
+
+
+def is_conforming_uid(value: object) -> bool:
+    """Whether ``value`` is a DICOM UID (PS3.5 9.1).
+
+    1 to 64 characters, only digits and dots, no empty component (no leading,
+    trailing or double dot), no component with a leading zero unless it is
+    exactly ``"0"``.
+
+    Parameters
+    ----------
+    value
+        The value as read (a str; anything else is not a UID).
+
+    Returns
+    -------
+    bool
+    """
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= UID_MAX_LENGTH
+        and _UID.fullmatch(value) is not None
+    )
+
+
+def shown(value: object) -> str:
+    """``repr`` of a header value for a message, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 5] + "...'"
+
+
+def check_uid(value: object, *, keyword: str, where: str) -> str:
+    """Return ``value`` when it is a conforming UID; raise otherwise.
+
+    Parameters
+    ----------
+    value
+        The value read from a header.
+    keyword
+        Its attribute (``"StudyInstanceUID"``), named in the error.
+    where
+        What it belongs to (``"file /x/y.dcm"``, ``"study 1.2.3"``), named in the error.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    InvalidUIDError
+        With a sentence naming ``where``, the attribute, the value and the rule it breaks.
+    """
+    if is_conforming_uid(value):
+        return value  # type: ignore[return-value]
+    raise InvalidUIDError(
+        f"{where}: {keyword} {shown(value)} is not a DICOM UID (PS3.5 9.1: 1-64 characters, "
+        "digits and dots only, no empty component, no leading zero in a component other than '0'); "
+        "the study cannot be released under it"
+    )
+
+
+def path_under(root: Path, uid: str, *, suffix: str = "", keyword: str = "StudyInstanceUID") -> Path:
+    """``root / (uid + suffix)``, checked: a conforming UID, and inside ``root`` after resolving links.
+
+    Parameters
+    ----------
+    root
+        A configured folder (``segmentations_dir``, ``lesions_dir``).
+    uid
+        The header value naming the entry (checked with :func:`check_uid`).
+    suffix
+        Appended to the name (``".nii.gz"``).
+    keyword
+        The attribute ``uid`` comes from, for the error message.
+
+    Returns
+    -------
+    Path
+        The path as joined (not resolved); it need not exist.
+
+    Raises
+    ------
+    InvalidUIDError
+        ``uid`` is not a conforming UID.
+    OutsideFolderError
+        The path, once symbolic links are resolved, is not inside ``root``.
+    """
+    check_uid(uid, keyword=keyword, where=f"a path under {root}")
+    path = Path(root) / f"{uid}{suffix}"
+    require_inside(path, root)
+    return path
+
+
+class OutsideFolderError(ValueError):
+    """A path under a configured folder leads outside it (a symbolic link)."""
+
+
+def require_inside(path: Path, root: Path) -> Path:
+    """Return ``path`` when it resolves (symbolic links followed) to a place inside ``root``.
+
+    Parameters
+    ----------
+    path
+        A path built under ``root``; it need not exist.
+    root
+        The configured folder it must stay in.
+
+    Returns
+    -------
+    Path
+        ``path`` unchanged.
+
+    Raises
+    ------
+    OutsideFolderError
+        Naming the path, where it leads and the folder.
+    """
+    real_root = Path(root).resolve()
+    target = Path(path).resolve()
+    if not target.is_relative_to(real_root):
+        raise OutsideFolderError(
+            f"{path}: leads to {target} (a symbolic link), outside its configured folder {real_root}; "
+            "files are read only from inside the configured folder"
+        )
+    return Path(path)
