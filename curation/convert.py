@@ -39,6 +39,7 @@ import numpy as np
 from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 from pydicom.dataset import Dataset
 
+from curation.dicomfile import pixel_data_problem
 from curation.errors import ConversionFailedError, CurationError
 from curation.frames import expand_frames
 from curation.geometry import SliceStack, check_series_geometry
@@ -48,6 +49,8 @@ from curation.nifti import write_nifti
 logger = logging.getLogger(__name__)
 
 _INT16 = np.iinfo(np.int16)
+#: The largest volume one series may become (a 1024 x 1024 CT of 2000 slices is 4 GiB as int16).
+MAX_VOLUME_BYTES = 8 << 30
 
 
 def configure_dicom2nifti() -> None:
@@ -98,6 +101,13 @@ def _rescale(ds: Dataset, label: str, index: int) -> tuple[float, float]:
 
 
 def _pixels(ds: Dataset, label: str, index: int, shape: tuple[int, int]) -> np.ndarray:
+    # the header's sizes against the pixel data before anything is decoded or allocated
+    problem = pixel_data_problem(ds)
+    if problem is not None:
+        raise ConversionFailedError(
+            f"{label}: slice {index} (InstanceNumber {ds.get('InstanceNumber')}): pixel data cannot be "
+            f"decoded: {problem}"
+        )
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for bad pixel data
@@ -112,8 +122,19 @@ def _pixels(ds: Dataset, label: str, index: int, shape: tuple[int, int]) -> np.n
     return arr
 
 
+def _check_volume(stack: SliceStack, label: str, itemsize: int) -> None:
+    """Refuse a series whose output volume would be larger than :data:`MAX_VOLUME_BYTES`."""
+    size = len(stack.datasets) * stack.rows * stack.columns * itemsize
+    if size > MAX_VOLUME_BYTES:
+        raise ConversionFailedError(
+            f"{label}: {len(stack.datasets)} slices of {stack.rows} x {stack.columns} make a volume of "
+            f"{size / (1 << 30):.1f} GiB, more than the {MAX_VOLUME_BYTES >> 30} GiB a series may have"
+        )
+
+
 def _ct_block(stack: SliceStack, label: str) -> np.ndarray:
     n, shape = len(stack.datasets), (stack.rows, stack.columns)
+    _check_volume(stack, label, 2)
     out = np.empty((n, *shape), dtype=np.int16)
     work = np.empty(shape, dtype=np.float64)
     for k, ds in enumerate(stack.datasets):
@@ -138,6 +159,7 @@ def _ct_block(stack: SliceStack, label: str) -> np.ndarray:
 
 def _pet_block(stack: SliceStack, label: str) -> np.ndarray:
     n, shape = len(stack.datasets), (stack.rows, stack.columns)
+    _check_volume(stack, label, 4)
     out = np.empty((n, *shape), dtype=np.float32)
     work = np.empty(shape, dtype=np.float64)
     for k, ds in enumerate(stack.datasets):

@@ -12,20 +12,25 @@ never stop the walk.  Sources are opened read-only and never modified.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import struct
 import time
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
+from curation.dicomfile import (
+    MAX_FILE_BYTES,
+    READ_ERRORS,
+    DicomBoundError,
+    check_image_bound,
+    header_int,
+    looks_like_dicom,
+    read_dicom_bytes,
+)
 from curation.frames import ENHANCED_PET_CORRECTIONS, first_frame_attributes
 from curation.model import SeriesRecord, SiteIndex, SkippedFile, StudyRecord
 
@@ -58,10 +63,7 @@ INDEX_TAGS: tuple[str, ...] = (
 )
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
-# groups a dataset without preamble may start with: file meta, or the usual first groups
-_BARE_START_GROUPS = (0x0002, 0x0008)
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,7 @@ def _has_preamble(head: bytes) -> bool:
 
 
 def _looks_like_bare_dataset(head: bytes) -> bool:
-    if len(head) < 8:
-        return False
-    (group,) = struct.unpack("<H", head[:2])
-    return group in _BARE_START_GROUPS
+    return not _has_preamble(head) and looks_like_dicom(head)
 
 
 def _pixel_data_element(data: bytes, at: int) -> tuple[int, int] | None:
@@ -145,48 +144,84 @@ def _pixel_data_complete(data: bytes, ds: Dataset) -> str | None:
     return why
 
 
-def _dataset_bytes(data: bytes, ds: Dataset) -> bytes:
-    """The bytes of the dataset as encoded, inflated for Deflated Explicit VR Little Endian.
+@dataclass(frozen=True)
+class _Header:
+    """What the index keeps of one file's header: plain values, read once, checked."""
 
-    A deflated file's PixelData element is inside the deflate stream, so its
-    completeness is judged on the inflated bytes; a stream cut short inflates
-    to what it holds, which the PixelData check then finds incomplete.
-    """
-    meta = getattr(ds, "file_meta", None)
-    if meta is None or str(meta.get("TransferSyntaxUID", "")) != _DEFLATED or not _has_preamble(data[:132]):
-        return data
-    group_length = int(meta.get("FileMetaInformationGroupLength", 0) or 0)
-    start = 132 + 12 + group_length  # preamble, DICM, (0002,0000) element, the rest of group 2
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    study_date: str
+    series: dict[str, object]  # the SeriesRecord fields taken from the series' first file
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "")
+
+
+def _series_number(ds: Dataset, path: Path) -> int | None:
+    """SeriesNumber, or None (with a warning) when the file's value is not a whole number."""
     try:
-        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:])
-    except zlib.error:
-        return b""
+        return header_int(ds, "SeriesNumber")
+    except ValueError as exc:
+        logger.warning("%s: %s; the series number is recorded as unknown", path, exc)
+        return None
 
 
-def _read_header(path: Path) -> tuple[str, Dataset | None, str]:
+def _header_fields(ds: Dataset, path: Path) -> _Header:
+    """Every value the index needs, converted here (a malformed value raises here, for this file only)."""
+    frame = first_frame_attributes(ds)  # an enhanced object's first frame, else ds itself
+    return _Header(
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        patient_id=_text(ds, "PatientID"),
+        study_date=_text(ds, "StudyDate"),
+        series={
+            "Modality": _text(ds, "Modality"),
+            "SOPClassUID": _text(ds, "SOPClassUID"),
+            "SeriesDescription": _text(ds, "SeriesDescription"),
+            "SeriesNumber": _series_number(ds, path),
+            "ImageType": _multi(frame.get("ImageType")),
+            "FrameOfReferenceUID": _text(ds, "FrameOfReferenceUID"),
+            "CorrectedImage": _multi(frame.get("CorrectedImage")),
+            "Units": _text(frame, "Units"),
+        },
+    )
+
+
+def _read_header(path: Path) -> tuple[str, _Header | None, str]:
     """Read one file: (sha256 hex, header or None, reason when None)."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        return "", None, f"{size} bytes, more than the {MAX_FILE_BYTES} bytes a file may have (not read)"
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    head = data[:132]
-    if not _has_preamble(head) and not _looks_like_bare_dataset(head):
+    if not looks_like_dicom(data[:132]):
         return digest, None, "not DICOM (no preamble/DICM marker and no dataset at the start)"
     try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(INDEX_TAGS)
-        )
-    except (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError, OSError, zlib.error) as exc:
+        ds, parsed = read_dicom_bytes(data, stop_before_pixels=True, specific_tags=list(INDEX_TAGS))
+    except DicomBoundError as exc:
+        return digest, None, str(exc)
+    except READ_ERRORS as exc:
         return digest, None, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
-    meta = getattr(ds, "file_meta", None)
-    sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
-    if sop_class == _MEDIA_STORAGE_DIRECTORY:
-        return digest, None, "DICOMDIR (media storage directory), not an image"
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-        if not str(ds.get(keyword, "")).strip():
-            return digest, None, f"no {keyword}"
-    problem = _pixel_data_complete(_dataset_bytes(data, ds), ds)
-    if problem:
-        return digest, None, problem
-    return digest, ds, ""
+    del data
+    try:
+        meta = getattr(ds, "file_meta", None)
+        sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+        if sop_class == _MEDIA_STORAGE_DIRECTORY:
+            return digest, None, "DICOMDIR (media storage directory), not an image"
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+            if not str(ds.get(keyword, "")).strip():
+                return digest, None, f"no {keyword}"
+        check_image_bound(ds)
+        problem = _pixel_data_complete(parsed, ds)
+        if problem:
+            return digest, None, problem
+        return digest, _header_fields(ds, path), ""
+    except DicomBoundError as exc:
+        return digest, None, str(exc)
+    except READ_ERRORS as exc:  # a value pydicom cannot convert, or a malformed size
+        return digest, None, f"unreadable DICOM header value: {type(exc).__name__}: {exc}"
 
 
 def _multi(value: object) -> tuple[str, ...]:
@@ -261,22 +296,25 @@ def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
     skipped: list[SkippedFile] = []
     files = _walk(dicom_dir, skipped)
     not_walked = len(skipped)
-    by_series: dict[str, list[tuple[Path, str, Dataset]]] = defaultdict(list)
+    by_series: dict[str, list[tuple[Path, str, _Header]]] = defaultdict(list)
     study_of_series: dict[str, str] = {}
     bytes_read = 0
     for path in files:
         try:
             size = path.stat().st_size
-            digest, ds, why = _read_header(path)
+            digest, header, why = _read_header(path)
         except OSError as exc:
             skipped.append(SkippedFile(str(path), f"cannot be read: {exc.strerror or exc}"))
             continue
+        except MemoryError:
+            skipped.append(SkippedFile(str(path), "reading it ran out of memory"))
+            continue
         bytes_read += size
-        if ds is None:
+        if header is None:
             skipped.append(SkippedFile(str(path), why))
             continue
-        series_uid = str(ds.SeriesInstanceUID)
-        study_uid = str(ds.StudyInstanceUID)
+        series_uid = header.series_uid
+        study_uid = header.study_uid
         if study_of_series.setdefault(series_uid, study_uid) != study_uid:
             skipped.append(
                 SkippedFile(
@@ -286,43 +324,35 @@ def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
                 )
             )
             continue
-        by_series[series_uid].append((path, digest, ds))
+        by_series[series_uid].append((path, digest, header))
 
     series_by_study: dict[str, list[SeriesRecord]] = defaultdict(list)
     digests_by_study: dict[str, list[str]] = defaultdict(list)
-    first_header: dict[str, Dataset] = {}
+    first_header: dict[str, _Header] = {}
     for series_uid in sorted(by_series):
         members = sorted(by_series[series_uid], key=lambda m: str(m[0]))
-        _, _, ds = members[0]
-        frame = first_frame_attributes(ds)  # an enhanced object's first frame, else ds itself
+        _, _, header = members[0]
         study_uid = study_of_series[series_uid]
         series_by_study[study_uid].append(
             SeriesRecord(
                 SeriesInstanceUID=series_uid,
-                Modality=str(ds.get("Modality", "")),
-                SOPClassUID=str(ds.get("SOPClassUID", "")),
-                SeriesDescription=str(ds.get("SeriesDescription", "")),
-                SeriesNumber=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
-                ImageType=_multi(frame.get("ImageType")),
-                FrameOfReferenceUID=str(ds.get("FrameOfReferenceUID", "")),
-                CorrectedImage=_multi(frame.get("CorrectedImage")),
-                Units=str(frame.get("Units", "") or ""),
+                **header.series,  # type: ignore[arg-type]
                 files=tuple(str(m[0].absolute()) for m in members),
             )
         )
         digests_by_study[study_uid].extend(m[1] for m in members)
-        first_header.setdefault(study_uid, ds)
+        first_header.setdefault(study_uid, header)
 
     studies = []
     for study_uid in sorted(series_by_study):
-        ds = first_header[study_uid]
+        header = first_header[study_uid]
         fingerprint = hashlib.sha256("\n".join(sorted(digests_by_study[study_uid])).encode()).hexdigest()
         studies.append(
             StudyRecord(
                 site=site_id,
                 StudyInstanceUID=study_uid,
-                PatientID=str(ds.get("PatientID", "")),
-                StudyDate=str(ds.get("StudyDate", "")),
+                PatientID=header.patient_id,
+                StudyDate=header.study_date,
                 series=tuple(series_by_study[study_uid]),
                 fingerprint=fingerprint,
             )

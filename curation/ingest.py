@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import struct
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from anonymization.dates import date_strings, dates_in_value, iter_dates
@@ -34,6 +30,7 @@ from curation.atomic import atomic_write_json
 from curation.compression import lossy_compression
 from curation.config import IdentityFlagPolicy, LossyPolicy, SiteConfig
 from curation.convert import convert_series, series_label
+from curation.dicomfile import READ_ERRORS, read_dicom_file
 from curation.errors import (
     AmbiguousSeriesError,
     CurationError,
@@ -62,16 +59,18 @@ logger = logging.getLogger(__name__)
 
 #: Identifying attributes whose values are recorded for the release leak scan.
 SENSITIVE_KEYWORDS: tuple[str, ...] = ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError, TypeError, zlib.error)
 
 
 def _read_series(series: SeriesRecord, *, pixels: bool) -> list[Dataset]:
-    """Read every file of ``series`` once; a file that cannot be read rejects the study."""
+    """Read every file of ``series`` once, within the bounds of :mod:`curation.dicomfile`.
+
+    A file that cannot be read, or breaks a bound, rejects the study (``unreadable``).
+    """
     datasets = []
     for path in series.files:
         try:
-            datasets.append(pydicom.dcmread(path, stop_before_pixels=not pixels))
-        except _READ_ERRORS as exc:
+            datasets.append(read_dicom_file(path, stop_before_pixels=not pixels))
+        except READ_ERRORS as exc:
             raise UnreadableError(
                 f"{path}: file of {series.Modality} series {series.SeriesInstanceUID} cannot be read "
                 f"({type(exc).__name__}: {exc})"

@@ -22,6 +22,7 @@ shift, rotation or extent) is rejected; nothing is ever resampled.
 from __future__ import annotations
 
 import logging
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+from nibabel.spatialimages import HeaderDataError
 
 from curation.errors import (
     SegmentationGridMismatchError,
@@ -208,13 +210,32 @@ def find_category_files(segmentations_dir: Path, study_uid: str) -> dict[str, Pa
 # reading onto the CT grid
 
 
-def _load(path: Path) -> nib.Nifti1Image:
+def _load(path: Path, ct: nib.Nifti1Image) -> nib.Nifti1Image:
+    """Open a map (header only) and check its shape and voxel type before any voxel is read.
+
+    A header may claim any size (2048^3 float64 is 64 GiB in a file of a few
+    KB): the map must be 3-D (trailing axes of length 1 allowed), have the
+    CT's shape in some axis order and a voxel type of at most 8 bytes; only
+    then are the voxels decompressed.
+    """
     try:
         img = nib.load(path)
-    except (ImageFileError, OSError, EOFError, zlib.error, ValueError) as exc:
+    except (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, struct.error) as exc:
         raise SegmentationInvalidError(f"{path}: not a readable NIfTI file ({exc})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise SegmentationInvalidError(f"{path}: expected NIfTI, got {type(img).__name__}")
+    shape = tuple(int(n) for n in img.shape)
+    ct_shape = tuple(int(n) for n in ct.shape[:3])
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+        raise SegmentationInvalidError(f"{path}: expected a 3-D label map, the header says shape {shape}")
+    if sorted(shape[:3]) != sorted(ct_shape):
+        raise SegmentationGridMismatchError(
+            f"{path}: shape {shape[:3]} (from the header) is not the CT's {ct_shape} in any axis order; "
+            "the map must be on the CT grid (it is never resampled; its voxels were not read)"
+        )
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "iubf" or dtype.itemsize > 8:
+        raise SegmentationInvalidError(f"{path}: voxel type {dtype} (from the header) is not a label type")
     return img
 
 
@@ -363,7 +384,7 @@ def load_category(
     """
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
-    img = _load(path)
+    img = _load(path, ct)
     data = _integer_data(img, path)
     lut, known, dropped_names = _lookup(category, source=source, release=release)
     table = f"source label table ({source.source})"
@@ -423,7 +444,7 @@ def load_lesion_mask(path: Path | None, ct: nib.Nifti1Image) -> np.ndarray | Non
     if path is None or not Path(path).is_file():
         return None
     path = Path(path)
-    img = _load(path)
+    img = _load(path, ct)
     data = _integer_data(img, path)
     bad = (data != 0) & (data != 1)
     if bad.any():

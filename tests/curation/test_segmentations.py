@@ -299,3 +299,27 @@ def test_custom_csv_table_maps_values_by_name(tmp_path: Path, ct: nib.Nifti1Imag
     path = save(tmp_path / "bad" / "Organs.nii.gz", src, CT_AFFINE)
     with pytest.raises(SegmentationInvalidError, match=r"values \[5\] are not defined for Organs in the source label table"):
         load_category(path, ct, "Organs", source=table, release=RELEASE)
+
+
+@pytest.mark.parametrize("reader", ["category", "lesion"])
+def test_a_header_claiming_a_huge_map_is_refused_before_any_voxel_is_read(
+    tmp_path: Path, ct: nib.Nifti1Image, reader: str
+) -> None:
+    """A 2048^3 float64 header (64 GiB) in a file of a few KB: refused from the header, nothing decompressed."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 2048, 2048))
+    header.set_data_dtype(np.float64)
+    header.set_sform(CT_AFFINE, code=1)
+    header["vox_offset"] = 352
+    path = tmp_path / "Organs.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + b"\x00" * 4 + bytes(1 << 20)))
+    assert path.stat().st_size < 10_000
+    with pytest.raises(SegmentationGridMismatchError,
+                       match=r"Organs\.nii\.gz: shape \(2048, 2048, 2048\) \(from the header\) is not the CT's "
+                             r"\(12, 10, 7\) in any axis order;.* its voxels were not read"):
+        if reader == "category":
+            load_category(path, ct, "Organs", source=MOOSE, release=RELEASE)
+        else:
+            load_lesion_mask(path, ct)
