@@ -92,11 +92,13 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import PersonName
 
 from anonymization.dates import TEMPORAL_VRS, is_temporal_text
+from curation.dicomfile import READ_ERRORS
 from curation.errors import (
     AttributeFinding,
     BurnedInAnnotationError,
     PHIDetectedError,
     RejectReason,
+    UnreadableError,
 )
 from curation.uids import element_vr, iter_uids, uid_strings
 
@@ -130,6 +132,8 @@ _OPTION_FIELDS = {
 }
 _PATIENT_IDENTITY_REMOVED = Tag(0x0012, 0x0062)
 _MEDIA_STORAGE_SOP_INSTANCE_UID = Tag(0x0002, 0x0003)
+#: what converting a malformed element can raise (pydicom and the struct/codec layers under it)
+_DECODE_ERRORS = (*READ_ERRORS, UnicodeError, LookupError)
 
 
 class GateAction(StrEnum):
@@ -662,32 +666,42 @@ class _Collector:
     def walk(self, ds: pydicom.Dataset, *, top_level: bool) -> None:
         if top_level:
             self._check_identity_removed(ds)
-        creators: dict[tuple[int, int], str] | None = None
+        creators: list[dict[tuple[int, int], str]] = []  # filled on the first private element
         for tag in list(ds.keys()):  # keys only: elements are converted when a rule needs them
-            tag_int = int(tag)
-            group = tag_int >> 16
-            if group % 2 == 1:
-                if creators is None:
-                    creators = self._creators(ds)
-                self._private(ds, tag, creators)
-                continue
-            if tag_int & 0xFFFF == 0:  # group length
-                continue
-            rule = self.profile.public.get(tag_int)
-            if rule is None and group & 0xFF00 in (0x5000, 0x6000) and group < 0x6100:
-                rule = self._repeating_rule(tag_int)
-            vr = element_vr(ds, tag)  # UI values are collected by iter_uids in check_datasets
-            if vr in TEMPORAL_VRS:
-                self._check_temporal(ds, tag, vr, rule)
-            if rule is not None:
-                if not self._settled_from_raw(ds, tag, rule):
-                    self._apply(ds[tag], rule)
-                continue
-            if vr == "SQ":
-                for item in ds[tag].value or ():
-                    self.walk(item, top_level=False)
-            elif vr is None:
-                self.review.add(f"{_tag_text(tag_int)} public element not in the DICOM dictionary")
+            try:
+                self._walk_element(ds, tag, creators)
+            except _DECODE_ERRORS as exc:
+                # an element pydicom cannot decode cannot be checked: the study is not cleared
+                raise UnreadableError(
+                    f"{_tag_text(int(tag))} {keyword_for_tag(tag) or 'element'}: the value cannot be decoded "
+                    f"({type(exc).__name__}), so the header cannot be checked"
+                ) from None
+
+    def _walk_element(self, ds: pydicom.Dataset, tag: BaseTag, creators: list[dict[tuple[int, int], str]]) -> None:
+        tag_int = int(tag)
+        group = tag_int >> 16
+        if group % 2 == 1:
+            if not creators:
+                creators.append(self._creators(ds))
+            self._private(ds, tag, creators[0])
+            return
+        if tag_int & 0xFFFF == 0:  # group length
+            return
+        rule = self.profile.public.get(tag_int)
+        if rule is None and group & 0xFF00 in (0x5000, 0x6000) and group < 0x6100:
+            rule = self._repeating_rule(tag_int)
+        vr = element_vr(ds, tag)  # UI values are collected by iter_uids in check_datasets
+        if vr in TEMPORAL_VRS:
+            self._check_temporal(ds, tag, vr, rule)
+        if rule is not None:
+            if not self._settled_from_raw(ds, tag, rule):
+                self._apply(ds[tag], rule)
+            return
+        if vr == "SQ":
+            for item in ds[tag].value or ():
+                self.walk(item, top_level=False)
+        elif vr is None:
+            self.review.add(f"{_tag_text(tag_int)} public element not in the DICOM dictionary")
 
     def _settled_from_raw(self, ds: pydicom.Dataset, tag: BaseTag, rule: GateRule) -> bool:
         """Decide from the undecoded bytes when that is enough (most elements of a clean header).
@@ -918,6 +932,9 @@ def check_datasets(
     ------
     ValueError
         ``pseudonym_pattern`` is not a valid regular expression.
+    UnreadableError
+        An element's value cannot be decoded, so the header cannot be checked
+        (the message names the element, never its bytes).
     """
     try:
         collector = _Collector(load_profile(), pseudonym_pattern, identity_flag_required=identity_flag_required)
@@ -925,11 +942,17 @@ def check_datasets(
         raise ValueError(f"pseudonym_pattern {pseudonym_pattern!r} is not a valid regular expression ({exc})") from None
     for ds in datasets:
         collector.walk(ds, top_level=True)
-        collector.sensitive.update(iter_uids(ds))
+        try:
+            collector.sensitive.update(iter_uids(ds))
+        except _DECODE_ERRORS as exc:  # the walk decoded every element it checks; this is the rest
+            raise UnreadableError(
+                f"an element holding UIDs cannot be decoded ({type(exc).__name__}), so the header cannot be checked"
+            ) from None
         meta = getattr(ds, "file_meta", None)
         if meta is not None and _MEDIA_STORAGE_SOP_INSTANCE_UID in meta:
             # the other file-meta UIDs name transfer syntaxes and toolkits, not the patient
-            collector.sensitive.update(uid_strings(meta[_MEDIA_STORAGE_SOP_INSTANCE_UID].value))
+            raw = meta.get_item(_MEDIA_STORAGE_SOP_INSTANCE_UID)
+            collector.sensitive.update(uid_strings(raw.value if raw is not None else None))
     report = collector.report()
     if report.findings:
         logger.info("gate: %d finding(s) over %d instance(s)", len(report.findings), len(datasets))

@@ -49,6 +49,8 @@ from curation.nifti import write_nifti
 logger = logging.getLogger(__name__)
 
 _INT16 = np.iinfo(np.int16)
+#: |RescaleSlope| and |RescaleIntercept| above this cannot be real (CT: ~1 and ~-1024; PET: Bq/mL per count)
+_RESCALE_LIMIT = 1e12
 #: The largest volume one series may become (a 1024 x 1024 CT of 2000 slices is 4 GiB as int16).
 MAX_VOLUME_BYTES = 8 << 30
 
@@ -97,6 +99,11 @@ def _rescale(ds: Dataset, label: str, index: int) -> tuple[float, float]:
         ) from exc
     if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
         raise ConversionFailedError(f"{label}: slice {index}: RescaleSlope {slope!r} is not usable")
+    if abs(slope) > _RESCALE_LIMIT or abs(intercept) > _RESCALE_LIMIT:
+        raise ConversionFailedError(
+            f"{label}: slice {index}: RescaleSlope {slope!r} / RescaleIntercept {intercept!r} is beyond "
+            f"{_RESCALE_LIMIT:g} in size: no stored value maps to a Hounsfield unit or an activity with it"
+        )
     return slope, intercept
 
 

@@ -44,7 +44,7 @@ from pydicom.uid import (
 #: A file larger than this is not read (a CT or PET slice is well under 10 MB).
 MAX_FILE_BYTES = 512 << 20
 #: A Deflated dataset may inflate to at most this (a 1024 x 1024 16-bit CT slice is 2 MiB).
-MAX_INFLATED_BYTES = 128 << 20
+MAX_INFLATED_BYTES = 32 << 20
 #: Rows x Columns x NumberOfFrames x BitsAllocated/8 x SamplesPerPixel of one file, at most.
 MAX_IMAGE_BYTES = 256 << 20
 
@@ -57,6 +57,7 @@ _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 #: What pydicom (and struct/zlib under it) raise for files that are not readable DICOM.
 READ_ERRORS: tuple[type[BaseException], ...] = (
     pydicom.errors.InvalidDicomError,
+    pydicom.errors.BytesLengthException,
     OSError,
     EOFError,
     ValueError,
@@ -68,6 +69,19 @@ READ_ERRORS: tuple[type[BaseException], ...] = (
     OverflowError,
     NotImplementedError,
     zlib.error,
+)
+
+
+#: What pydicom raises, and only pydicom, when it decodes a malformed element on first use
+#: (an unknown VR, a value whose length does not fit its VR, a sequence item without a tag).
+LAZY_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    NotImplementedError,
+    pydicom.errors.BytesLengthException,
+    struct.error,
+    EOFError,
+    UnicodeDecodeError,
+    OSError,
+    OverflowError,
 )
 
 

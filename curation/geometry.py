@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
+from curation.dicomfile import header_int
 from curation.errors import (
     ConversionFailedError,
     GantryTiltError,
@@ -88,6 +89,37 @@ def _floats(ds: Dataset, keyword: str, count: int, label: str, index: int) -> np
     return arr
 
 
+def _whole(ds: Dataset, keyword: str, label: str, index: int) -> int:
+    """A required whole-number attribute of one slice; a missing or malformed value fails the conversion."""
+    try:
+        value = header_int(ds, keyword)
+    except ValueError as exc:
+        value, why = None, str(exc)
+    else:
+        why = f"{keyword} is missing"
+    if value is None or value < 0:
+        raise ConversionFailedError(
+            f"{label}: slice {index} (InstanceNumber {ds.get('InstanceNumber')}): "
+            f"{why if value is None else f'{keyword} {value} is negative'}"
+        )
+    return value
+
+
+def _pixel_spacing(ds: Dataset, label: str, index: int) -> np.ndarray:
+    value = ds.get("PixelSpacing")
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        arr = np.empty(0)
+    if arr.shape != (2,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:55] + "...'"
+        raise ConversionFailedError(
+            f"{label}: slice {index} (InstanceNumber {ds.get('InstanceNumber')}) has PixelSpacing {shown}; "
+            "expected 2 positive numbers"
+        )
+    return arr
+
+
 def check_series_geometry(datasets: Sequence[Dataset], *, series_label: str) -> SliceStack:
     """Check that ``datasets`` form a regular stack and sort them along the normal.
 
@@ -116,7 +148,8 @@ def check_series_geometry(datasets: Sequence[Dataset], *, series_label: str) -> 
     NonUniformSpacingError
         A step differs from the median step by more than :data:`SPACING_RTOL`.
     ConversionFailedError
-        Slices with different Rows/Columns/PixelSpacing.
+        Slices with different Rows/Columns/PixelSpacing, or a missing or
+        malformed Rows, Columns, PixelSpacing or NumberOfSlices.
     """
     if len(datasets) < 2:
         raise MissingSlicesError(f"{series_label}: {len(datasets)} slice(s); a volume needs at least 2")
@@ -147,8 +180,12 @@ def check_series_geometry(datasets: Sequence[Dataset], *, series_label: str) -> 
     normal = np.cross(row, col)
     normal /= np.linalg.norm(normal)
 
-    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
-    spacings = {tuple(round(float(v), 6) for v in ds.PixelSpacing) for ds in datasets}
+    shapes = {
+        (_whole(ds, "Rows", series_label, i), _whole(ds, "Columns", series_label, i)) for i, ds in enumerate(datasets)
+    }
+    spacings = {
+        tuple(round(float(v), 6) for v in _pixel_spacing(ds, series_label, i)) for i, ds in enumerate(datasets)
+    }
     if len(shapes) != 1 or len(spacings) != 1:
         raise ConversionFailedError(
             f"{series_label}: slices differ in matrix size {sorted(shapes)} or PixelSpacing {sorted(spacings)}"
@@ -201,7 +238,7 @@ def check_series_geometry(datasets: Sequence[Dataset], *, series_label: str) -> 
 
     first = datasets[0]
     if str(first.get("Modality", "")) == "PT" and first.get("NumberOfSlices") not in (None, ""):
-        expected = int(first.NumberOfSlices)
+        expected = _whole(first, "NumberOfSlices", series_label, 0)
         if expected != len(datasets):
             raise MissingSlicesError(
                 f"{series_label}: NumberOfSlices (0054,0081) says {expected} but the series has "

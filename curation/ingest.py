@@ -30,7 +30,7 @@ from curation.atomic import atomic_write_json
 from curation.compression import lossy_compression
 from curation.config import IdentityFlagPolicy, LossyPolicy, SiteConfig
 from curation.convert import convert_series, series_label
-from curation.dicomfile import READ_ERRORS, read_dicom_file
+from curation.dicomfile import LAZY_DECODE_ERRORS, READ_ERRORS, read_dicom_file
 from curation.errors import (
     AmbiguousSeriesError,
     CurationError,
@@ -331,7 +331,14 @@ class IngestStage(CaseStage[ConvertedCase]):
                 "already: a study is released once; remove it from one of the two drops"
             )
         try:
-            return _convert(study, self.site, self.state, fingerprint)
+            try:
+                return _convert(study, self.site, self.state, fingerprint)
+            except LAZY_DECODE_ERRORS as exc:
+                # pydicom decodes an element when it is first used: a malformed one fails there
+                raise UnreadableError(
+                    f"study {study.StudyInstanceUID}: an element of a selected file cannot be decoded "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
         except CurationError:
             _clear_case(self.state, study.key)  # no stale volumes of an earlier conversion
             raise

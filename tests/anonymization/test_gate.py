@@ -853,3 +853,18 @@ def test_a_name_typed_with_spaces_is_recorded_for_the_leak_scan_as_a_person_name
     assert [f.keyword for f in report.findings] == ["OperatorsName"]
     names = {v for v in report.sensitive_values if is_person_name(v)}
     assert names == {"Hans^Mueller"}
+
+
+def test_an_element_that_cannot_be_decoded_stops_the_study_naming_the_element(clean_ds: Dataset) -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from curation.errors import UnreadableError
+
+    # a broken VR code on OperatorsName: pydicom fails when it decodes it, the gate cannot check it
+    clean_ds[0x00081070] = RawDataElement(Tag(0x00081070), "Q3", 12, b"MUELLER^HANS", 0, False, True)
+    with pytest.raises(UnreadableError, match=r"^\(0008,1070\) OperatorsName: the value cannot be decoded "
+                                              r"\(NotImplementedError\), so the header cannot be checked$") as err:
+        check_datasets([clean_ds], pseudonym_pattern=SITE_PATTERN)
+    assert err.value.reason is RejectReason.UNREADABLE
+    assert "MUELLER" not in err.value.message

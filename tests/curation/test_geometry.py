@@ -120,3 +120,26 @@ def test_missing_orientation_is_reported():
 def test_single_slice_is_not_a_volume():
     with pytest.raises(MissingSlicesError, match="1 slice"):
         check_series_geometry(_slices([0.0]), series_label="CT one")
+
+
+@pytest.mark.parametrize(
+    ("keyword", "raw", "message"),
+    [
+        ("PixelSpacing", b"ab\\.", r"slice 2 \(InstanceNumber 3\) has PixelSpacing .*expected 2 positive numbers"),
+        ("Rows", b"", r"slice 2 \(InstanceNumber 3\): Rows is missing"),
+    ],
+)
+def test_a_malformed_size_fails_the_conversion_instead_of_escaping(keyword: str, raw: bytes, message: str) -> None:
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from curation.errors import ConversionFailedError
+
+    datasets = _slices([0.0, 2.0, 4.0, 6.0], modality="PT", number_of_slices=4)
+    target = datasets[2]
+    tag = tag_for_keyword(keyword)
+    # as a site's file carries it: pydicom keeps what it cannot parse as text or nothing
+    target[tag] = RawDataElement(Tag(tag), dictionary_VR(tag), len(raw), raw, 0, False, True)
+    with pytest.raises(ConversionFailedError, match=rf"^PT x: {message}"):
+        check_series_geometry(datasets, series_label="PT x")
