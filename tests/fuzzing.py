@@ -4,7 +4,7 @@ Shared by ``tests/anonymization/test_fuzz_hostile.py`` (a short campaign in
 the normal suite) and ``benchmarks/fuzz.py`` (longer campaigns).  Sources:
 
 * a tiny phantom study (6 CT and 4 PET slices of the small phantom, cropped
-  from :func:`curation.synthetic.write_study`), copied once per fuzzed study
+  from :func:`curation.phantom.write_study`), copied once per fuzzed study
   with its own UIDs, a few of its files mutated;
 * the DICOM files that ship inside pydicom's wheel
   (``pydicom.data.get_testdata_files()``);
@@ -100,7 +100,7 @@ class Tally:
 
 def tiny_phantom_study(folder: Path) -> list[Path]:
     """6 CT and 4 PET slices (contiguous) of a small-phantom study: a study that converts, quickly."""
-    from curation.synthetic import make_phantom, write_study
+    from curation.phantom import make_phantom, write_study
 
     phantom = make_phantom(size="small", seed=0)
     study = write_study(phantom, folder / "full", vendor="siemens", seed=7, patient_id="FUZ-0001",
