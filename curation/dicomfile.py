@@ -6,16 +6,20 @@ file the index and ingest read goes through :func:`read_dicom_bytes` /
 :func:`read_dicom_file`, which check sizes from the headers *before* anything
 is allocated, inflated or decoded:
 
-* a file larger than :data:`MAX_FILE_BYTES` is not read;
-* a Deflated dataset (DeflatedExplicitVRLittleEndian, PS3.5 A.5) is inflated
-  by us, with ``zlib.decompressobj(...).decompress(data, max_length)``, to at
-  most :data:`MAX_INFLATED_BYTES` (pydicom would inflate it whole); the
-  inflated dataset is then parsed as Explicit VR Little Endian and the file
-  meta keeps the Deflated transfer syntax, so a valid Deflated CT converts;
 * Rows x Columns x NumberOfFrames x BitsAllocated/8 x SamplesPerPixel
-  (:func:`declared_image_bytes`) must stay under :data:`MAX_IMAGE_BYTES`, and
-  for the native (uncompressed) syntaxes it must be the length of PixelData
-  (:func:`pixel_data_problem`), checked before the pixels are decoded.
+  (:func:`declared_image_bytes`) must stay under :data:`MAX_IMAGE_BYTES` (an
+  enhanced multi-frame CT of 2000 slices of 1024 x 1024 at 16 bits), and for
+  the native (uncompressed) syntaxes it must be the length of PixelData
+  (:func:`pixel_data_problem`), checked before the pixels are decoded;
+* a file larger than :data:`MAX_FILE_BYTES` (that image and
+  :data:`MAX_HEADER_BYTES` of header) is not read;
+* a Deflated dataset (DeflatedExplicitVRLittleEndian, PS3.5 A.5) is inflated
+  by us, with ``zlib.decompressobj(...).decompress(data, max_length)``:
+  first :data:`HEADER_PEEK_BYTES`, from which the image size its header
+  declares is read, then at most that size plus :data:`MAX_HEADER_BYTES`
+  (pydicom would inflate it whole).  The inflated dataset is parsed as
+  Explicit VR Little Endian and the file meta keeps the Deflated transfer
+  syntax, so a valid Deflated CT converts.
 
 A file that breaks a bound raises :class:`DicomBoundError` (a ``ValueError``)
 whose message names the bound; the index skips the file, ingest rejects the
@@ -41,12 +45,16 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-#: A file larger than this is not read (a CT or PET slice is well under 10 MB).
-MAX_FILE_BYTES = 512 << 20
-#: A Deflated dataset may inflate to at most this (a 1024 x 1024 16-bit CT slice is 2 MiB).
-MAX_INFLATED_BYTES = 32 << 20
-#: Rows x Columns x NumberOfFrames x BitsAllocated/8 x SamplesPerPixel of one file, at most.
-MAX_IMAGE_BYTES = 256 << 20
+#: Rows x Columns x NumberOfFrames x BitsAllocated/8 x SamplesPerPixel of one file, at most
+#: (an enhanced CT of 2000 slices of 1024 x 1024 at 16 bits; a single CT slice is 0.5-2 MiB).
+MAX_IMAGE_BYTES = 4 << 30
+#: What a dataset may hold besides its pixel data (an enhanced object's per-frame functional
+#: groups are a few MB; a single-frame header a few KB).
+MAX_HEADER_BYTES = 16 << 20
+#: A file larger than this is not read.
+MAX_FILE_BYTES = MAX_IMAGE_BYTES + MAX_HEADER_BYTES
+#: A Deflated dataset is inflated this far first, to read the image size its header declares.
+HEADER_PEEK_BYTES = 1 << 20
 
 #: Transfer syntaxes whose PixelData is the plain pixel bytes (length checkable from the header).
 NATIVE_SYNTAXES = frozenset(
@@ -90,6 +98,8 @@ class DicomBoundError(ValueError):
 
 
 def _mib(n: int) -> str:
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.1f} GiB"
     return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
@@ -123,16 +133,48 @@ def _file_meta(data: bytes) -> tuple[FileMetaDataset, bytes | None, int]:
     return meta, preamble, fp.tell()
 
 
-def _inflate(deflated: bytes, *, limit: int) -> bytes:
-    """Inflate a raw deflate stream, refusing one that would grow beyond ``limit`` bytes."""
+def _before_pixel_module_end(tag: int, vr: str | None, length: int) -> bool:
+    return tag > 0x0028FFFF  # Rows, Columns, NumberOfFrames, BitsAllocated... are in group 0028
+
+
+def _declared_in(head: bytes) -> int | None:
+    """The image size the start of an inflated (Explicit VR Little Endian) dataset declares, if it can tell."""
+    try:
+        ds = read_dataset(io.BytesIO(head), False, True, stop_when=_before_pixel_module_end)
+        return declared_image_bytes(ds)
+    except (*READ_ERRORS, UnicodeError, LookupError):
+        return None
+
+
+def _inflate(deflated: bytes) -> bytes:
+    """Inflate a raw deflate stream no further than the image its header declares and a header allows.
+
+    Raises
+    ------
+    DicomBoundError
+        The stream inflates beyond :data:`MAX_HEADER_BYTES` plus the declared
+        image size (itself at most :data:`MAX_IMAGE_BYTES`).
+    """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = inflater.decompress(deflated, limit + 1)
-    if len(out) > limit:
+    out = [inflater.decompress(deflated, HEADER_PEEK_BYTES)]
+    declared = _declared_in(out[0])
+    limit = MAX_HEADER_BYTES + min(declared or 0, MAX_IMAGE_BYTES)
+    size = len(out[0])
+    while size <= limit and inflater.unconsumed_tail:
+        chunk = inflater.decompress(inflater.unconsumed_tail, min(limit + 1 - size, 64 << 20))
+        if not chunk:
+            break
+        out.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        what = f"the {_mib(declared)} image its header declares" if declared else "no image size in its header"
         raise DicomBoundError(
-            f"the Deflated dataset inflates to more than {_mib(limit)} (from {_mib(len(deflated))}): "
-            "not a CT or PET slice; not inflated further"
+            f"the Deflated dataset inflates to more than {_mib(limit)} (from {_mib(len(deflated))}, with "
+            f"{what}): more than the header allowance of {_mib(MAX_HEADER_BYTES)} and the image; "
+            "not inflated further"
         )
-    return out + inflater.flush()
+    out.append(inflater.flush())
+    return b"".join(out)
 
 
 def read_dicom_bytes(
@@ -159,7 +201,8 @@ def read_dicom_bytes(
     pydicom.errors.InvalidDicomError
         The bytes do not start like DICOM (see :func:`looks_like_dicom`).
     DicomBoundError
-        The Deflated dataset inflates beyond :data:`MAX_INFLATED_BYTES`.
+        The Deflated dataset inflates beyond its declared image and
+        :data:`MAX_HEADER_BYTES` (see :func:`_inflate`).
     Exception
         One of :data:`READ_ERRORS` for anything pydicom cannot read.
     """
@@ -179,7 +222,7 @@ def read_dicom_bytes(
             io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags
         )
         return ds, data
-    inflated = _inflate(data[start:], limit=MAX_INFLATED_BYTES)
+    inflated = _inflate(data[start:])
     # the same file with its dataset inflated, read as Explicit VR Little Endian (what the
     # inflated bytes are), then labelled with the file's own transfer syntax again
     plain_meta = FileMetaDataset(meta)
@@ -213,7 +256,7 @@ def read_dicom_file(path: str | Path, *, stop_before_pixels: bool) -> Dataset:
     ------
     DicomBoundError
         The file is larger than :data:`MAX_FILE_BYTES`, or its Deflated
-        dataset inflates beyond :data:`MAX_INFLATED_BYTES`.
+        dataset inflates beyond its declared image and :data:`MAX_HEADER_BYTES`.
     Exception
         One of :data:`READ_ERRORS` for anything pydicom cannot read.
     """

@@ -30,14 +30,15 @@ from curation.atomic import atomic_write_json
 from curation.compression import lossy_compression
 from curation.config import IdentityFlagPolicy, LossyPolicy, SiteConfig
 from curation.convert import convert_series, series_label
-from curation.dicomfile import LAZY_DECODE_ERRORS, READ_ERRORS, read_dicom_file
+from curation.dicomfile import LAZY_DECODE_ERRORS, READ_ERRORS, pixel_data_problem, read_dicom_file
 from curation.errors import (
     AmbiguousSeriesError,
+    ConversionFailedError,
     CurationError,
     LossyCompressionError,
     UnreadableError,
 )
-from curation.frames import expand_frames
+from curation.frames import expand_frames, is_multi_frame
 from curation.geometry import check_series_geometry
 from curation.metadata import ct_metadata, pet_metadata
 from curation.model import (
@@ -167,8 +168,16 @@ def _write_sensitive(
 
 
 def _slices(datasets: list[Dataset], site: SiteConfig) -> list[Dataset]:
-    """The series as single-frame slices, refused when lossy-compressed and the site rejects that."""
+    """The series as single-frame slices, refused when lossy-compressed and the site rejects that.
+
+    A multi-frame object's pixel data must fit its header before any frame is
+    decoded (a single-frame slice is checked by the conversion, slice by slice).
+    """
     label = series_label(datasets)
+    for n, ds in enumerate(datasets):
+        problem = pixel_data_problem(ds) if is_multi_frame(ds) else None
+        if problem is not None:
+            raise ConversionFailedError(f"{label}: instance {n} (multi-frame): pixel data cannot be decoded: {problem}")
     frames = expand_frames(datasets, series_label=label)
     lossy = lossy_compression(frames)
     if lossy.lossy and site.lossy is LossyPolicy.REJECT:

@@ -14,7 +14,7 @@ Mutations (deterministic for a seed): bit flips (mostly in the header),
 truncation, an element's value swapped for a hostile one (``"ab"``,
 ``"../x"``, ``"\\x00"``, huge numbers, a long string, non-ASCII...), an
 element re-encoded with a wrong VR, deleted elements, huge Rows/Columns/
-NumberOfFrames, a deflate bomb (a Deflated dataset inflating to 48 MiB), and
+NumberOfFrames, a deflate bomb (a Deflated dataset inflating to 24 MiB), and
 two valid re-encodings (Deflated, Implicit VR) that must still convert.
 
 Every mutated file must end as a skipped file of the index, or as a file of a
@@ -78,7 +78,7 @@ TARGET_TAGS: tuple[int, ...] = tuple(
     )
 )
 _VRS = ("US", "SS", "UL", "DS", "IS", "UI", "PN", "LO", "CS", "OB", "UN", "FD", "AT", "SQ", "DA")
-BOMB_MIB = 48  # above curation.dicomfile.MAX_INFLATED_BYTES
+BOMB_MIB = 24  # above curation.dicomfile.MAX_HEADER_BYTES plus a phantom slice
 
 
 @dataclass

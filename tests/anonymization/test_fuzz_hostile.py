@@ -22,7 +22,7 @@ from curation.errors import RejectReason
 REPO = Path(__file__).resolve().parents[2]
 FILES = 2000
 SEED = 20240917
-#: The bound on the campaign's peak resident memory (a deflate bomb inflates to 48 MiB, the cap is 32 MiB).
+#: The bound on the campaign's peak resident memory (a deflate bomb inflates to 24 MiB, the cap is 16 MiB and a slice).
 PEAK_RSS_MIB = 1024
 
 

@@ -22,7 +22,7 @@ from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, Explicit
 from curation import ingest as ingest_module
 from curation import prepare as prepare_module
 from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
-from curation.dicomfile import MAX_INFLATED_BYTES, declared_image_bytes, header_int
+from curation.dicomfile import MAX_HEADER_BYTES, declared_image_bytes, header_int
 from curation.dicomindex import index_site
 from curation.errors import RejectReason
 from curation.ingest import ingest_study
@@ -96,8 +96,10 @@ def test_a_deflate_bomb_is_skipped_without_being_inflated(tmp_path: Path) -> Non
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["studies"] == 0
     (why,) = result["skipped"]
-    assert why.startswith(f"the Deflated dataset inflates to more than {MAX_INFLATED_BYTES >> 20} MiB (from ")
-    assert why.endswith("not a CT or PET slice; not inflated further")
+    # its header declares no image: it may inflate to the header allowance only
+    assert why.startswith(f"the Deflated dataset inflates to more than {MAX_HEADER_BYTES >> 20} MiB (from ")
+    assert why.endswith("with no image size in its header): more than the header allowance of 16 MiB and the "
+                        "image; not inflated further")
     # the index's peak memory grew by far less than the 512 MiB the file inflates to
     assert result["grew_kib"] < 128 << 10, result
 
@@ -164,7 +166,7 @@ def test_a_header_claiming_a_huge_image_is_skipped_before_any_pixel_is_read(tmp_
     why = {Path(s.path): s.why for s in index.skipped}
     assert list(why) == [target]
     assert why[target].startswith("Rows 65535 x Columns 65535 x NumberOfFrames 1000 x BitsAllocated 16/8")
-    assert why[target].endswith("more than the 256 MiB one file may hold")
+    assert why[target].endswith("more than the 4.0 GiB one file may hold")
 
 
 def test_header_int_parses_whole_numbers_and_names_bad_values() -> None:
@@ -216,3 +218,24 @@ def test_file_meta_of_a_plain_file_is_untouched(tmp_path: Path) -> None:
     assert read_dicom_file(tmp_path / "a.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID == (
         ExplicitVRLittleEndian
     )
+
+
+def test_a_deflated_image_larger_than_the_header_allowance_is_read_when_its_header_declares_it(tmp_path: Path) -> None:
+    """The inflation cap follows the image size the header declares (an enhanced object can be GBs)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = "2.25.9101"
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, "2.25.9101"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = "2.25.9102", "2.25.9103", "CT"
+    ds.Rows = ds.Columns = 4096
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 16, 16, 15, 1, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(4096 * 4096 * 2)  # 32 MiB, twice the header allowance
+    (tmp_path / "drop").mkdir()
+    ds.save_as(tmp_path / "drop" / "big.dcm", enforce_file_format=True)
+    assert (tmp_path / "drop" / "big.dcm").stat().st_size < 1 << 20
+    index = index_site("leipzig", tmp_path / "drop")
+    assert index.skipped == ()
+    assert [s.SeriesInstanceUID for st in index.studies for s in st.series] == ["2.25.9103"]
