@@ -339,7 +339,7 @@ def _gate(ds: Dataset) -> str:
         report = check_datasets([ds])
     except CurationError as exc:
         return f"rejected:{exc.reason.value}"
-    return "passed" if report.passed else "findings"
+    return "findings" if report.findings else "passed"
 
 
 def _catching(tally: Tally, where: str, call: Callable[[], object]) -> object | None:
