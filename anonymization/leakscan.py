@@ -292,10 +292,13 @@ class Matcher:
         #: bytes a match and its surroundings can span: how much of a chunk the next one repeats
         self.overlap = max(self.max_length, reach) + 2 * TEXT_CONTEXT + 8
         self.first2 = np.zeros(1 << 16, dtype=bool)
+        # the first three bytes of every pattern, one bit each (2 MiB), for the second filter
+        first3 = np.zeros(1 << 24, dtype=bool)
         lengths: dict[bytes, set[int]] = {}
         by_prefix_length: dict[int, set[int]] = {}
         for data in self.patterns:
             self.first2[data[0] | (data[1] << 8)] = True
+            first3[data[0] | (data[1] << 8) | (data[2] << 16)] = True
             prefix = data[:_PREFIX]
             lengths.setdefault(prefix, set()).add(len(data))
             by_prefix_length.setdefault(len(prefix), set()).add(int.from_bytes(prefix, "little"))
@@ -304,6 +307,7 @@ class Matcher:
         self.prefixes = {
             n: np.array(sorted(found), dtype=np.uint64) for n, found in by_prefix_length.items()
         }
+        self.first3 = np.packbits(first3, bitorder="little")
 
     def _add(self, data: bytes, entry: tuple[int, str, int, int]) -> None:
         entries = self.patterns.setdefault(data, [])
@@ -350,11 +354,18 @@ class Matcher:
         if candidates.size == 0:
             return []
         arr = np.frombuffer(low, dtype=np.uint8)
+        three = (arr[candidates].astype(np.uint32) | (arr[candidates + 1].astype(np.uint32) << 8)
+                 | (arr[candidates + 2].astype(np.uint32) << 16))
+        candidates = candidates[(self.first3[three >> 3] >> (three & 7).astype(np.uint8)) & 1 == 1]
+        if candidates.size == 0:
+            return []
+        # the first six bytes at each candidate (zero past the end of the buffer)
         window = np.zeros(candidates.size, dtype=np.uint64)
         for j in range(_PREFIX):
             at = candidates + j
-            inside = at < n
-            window |= np.where(inside, arr[at.clip(max=n - 1)], 0).astype(np.uint64) << np.uint64(8 * j)
+            byte = arr[np.minimum(at, n - 1)].astype(np.uint64)
+            byte[at >= n] = 0
+            window |= byte << np.uint64(8 * j)
         keep = np.zeros(candidates.size, dtype=bool)
         for length in self.prefix_lengths:
             prefixes = self.prefixes[length]

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the phantom release has {len(leaks)} leak(s): the benchmark needs a clean release")
             return 1
     seconds, build_seconds = statistics.median(times), statistics.median(builds)
+    import anonymization.leakscan as module
+
+    print(f"leak scan module: {module.__file__}")
     print(f"release:          {zip_path} ({zip_path.stat().st_size / 1e6:.1f} MB zipped)")
     print(f"bytes searched:   {searched / 1e6:.1f} MB (zip, members, gunzipped NIfTI, xlsx XML)")
     print(f"sensitive values: {len(values)}")
