@@ -69,7 +69,6 @@ ahocorasick-rs, 400 MB/s, adds a dependency for no gain.)
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -84,6 +83,7 @@ from typing import BinaryIO
 from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
+from isal import igzip, isal_zlib
 
 from curation.state import StatePaths
 from curation.uids import is_dicom_defined
@@ -504,10 +504,10 @@ def _scan_stream(stream: BinaryIO, matcher: Matcher, name: str, layer: str) -> l
 
 
 def _scan_gunzip(opener: _Opener, matcher: Matcher, name: str) -> list[Leak]:
-    with opener() as raw, gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+    with opener() as raw, igzip.IGzipFile(fileobj=raw, mode="rb") as stream:  # ISA-L: 2x zlib's speed
         try:
             return _scan_stream(stream, matcher, name, "gunzip")
-        except (OSError, EOFError, zlib.error) as exc:
+        except (OSError, EOFError, zlib.error, isal_zlib.error) as exc:
             raise UnscannableError(f"{name}: the gzip stream cannot be decompressed to its end ({exc})") from exc
 
 

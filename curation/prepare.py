@@ -37,7 +37,6 @@ from typing import Any, ClassVar
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 
 from anonymization.deface import apply_cylinder, landmark_masks, plan_cylinder
 from curation.atomic import sha256_file
@@ -54,7 +53,7 @@ from curation.model import (
     Rejection,
     to_jsonable,
 )
-from curation.nifti import write_nifti
+from curation.nifti import NIFTI_READ_ERRORS, load_nifti, write_nifti
 from curation.segmentations import (
     category_files_in,
     find_category_files,
@@ -83,12 +82,12 @@ def _input_files(case: ConvertedCase, site: SiteConfig) -> tuple[list[Path], Pat
 
 
 def _load_converted(image: ImageFile, what: str) -> nib.Nifti1Image:
-    """Open a converted volume, checking it is still the file ingest recorded."""
+    """Read a converted volume into memory (one read), checking it is still the file ingest recorded."""
     try:
-        digest = sha256_file(image.path)
-        img = nib.load(image.path)
-    except (ImageFileError, OSError) as exc:
+        loaded = load_nifti(image.path)
+    except NIFTI_READ_ERRORS as exc:
         raise UnreadableError(f"converted {what} {image.path} cannot be read ({exc}); run ingest again") from None
+    img, digest = loaded.image, loaded.sha256
     if digest != image.sha256:
         raise UnreadableError(
             f"converted {what} {image.path} has sha256 {digest[:12]}..., ingest recorded "

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import logging
 import struct
-import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
-from nibabel.spatialimages import HeaderDataError
 
 from curation.errors import (
     SegmentationGridMismatchError,
@@ -40,6 +38,7 @@ from curation.errors import (
 )
 from curation.labels import ReleaseLabels, SourceLabelTable
 from curation.model import CATEGORIES, CATEGORY_ALIASES
+from curation.nifti import NIFTI_READ_ERRORS, LoadedNifti, load_nifti
 from curation.uids import OutsideFolderError, path_under, require_inside
 
 logger = logging.getLogger(__name__)
@@ -210,47 +209,41 @@ def find_category_files(segmentations_dir: Path, study_uid: str) -> dict[str, Pa
 # reading onto the CT grid
 
 
-def _load(path: Path, ct: nib.Nifti1Image) -> nib.Nifti1Image:
-    """Open a map (header only) and check its shape and voxel type before any voxel is read.
+def _header_check(path: Path, ct: nib.Nifti1Image) -> Callable[[tuple[int, ...], np.dtype], None]:
+    """The check of a map's header, made before any voxel is inflated (:func:`curation.nifti.load_nifti`).
 
     A header may claim any size (2048^3 float64 is 64 GiB in a file of a few
     KB): the map must be 3-D (trailing axes of length 1 allowed), have the
     CT's shape in some axis order and a voxel type of at most 8 bytes; only
     then are the voxels decompressed.
     """
-    try:
-        img = nib.load(path)
-    except (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, struct.error) as exc:
-        raise SegmentationInvalidError(f"{path}: not a readable NIfTI file ({exc})") from None
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise SegmentationInvalidError(f"{path}: expected NIfTI, got {type(img).__name__}")
-    shape = tuple(int(n) for n in img.shape)
     ct_shape = tuple(int(n) for n in ct.shape[:3])
-    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
-        raise SegmentationInvalidError(f"{path}: expected a 3-D label map, the header says shape {shape}")
-    if sorted(shape[:3]) != sorted(ct_shape):
-        raise SegmentationGridMismatchError(
-            f"{path}: shape {shape[:3]} (from the header) is not the CT's {ct_shape} in any axis order; "
-            "the map must be on the CT grid (it is never resampled; its voxels were not read)"
-        )
-    dtype = img.get_data_dtype()
-    if dtype.kind not in "iubf" or dtype.itemsize > 8:
-        raise SegmentationInvalidError(f"{path}: voxel type {dtype} (from the header) is not a label type")
-    return img
+
+    def check(shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+            raise SegmentationInvalidError(f"{path}: expected a 3-D label map, the header says shape {shape}")
+        if sorted(shape[:3]) != sorted(ct_shape):
+            raise SegmentationGridMismatchError(
+                f"{path}: shape {shape[:3]} (from the header) is not the CT's {ct_shape} in any axis order; "
+                "the map must be on the CT grid (it is never resampled; its voxels were not read)"
+            )
+        if dtype.kind not in "iubf" or dtype.itemsize > 8:
+            raise SegmentationInvalidError(f"{path}: voxel type {dtype} (from the header) is not a label type")
+
+    return check
 
 
-def _integer_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
-    """The voxel values as an integer array, refusing non-integer values or scaling."""
+def _load(path: Path, ct: nib.Nifti1Image) -> LoadedNifti:
+    """Read a label map or lesion mask whole (one read, inflated by ISA-L), its header checked first."""
     try:
-        if nib.is_proxy(img.dataobj):
-            proxy = img.dataobj
-            slope, inter = float(proxy.slope), float(proxy.inter)
-            raw = np.asarray(proxy.get_unscaled())
-            data = raw if (slope, inter) == (1.0, 0.0) else raw * slope + inter
-        else:
-            data = np.asarray(img.dataobj)
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise SegmentationInvalidError(f"{path}: cannot read the voxel data ({exc})") from None
+        return load_nifti(path, check=_header_check(path, ct))
+    except (*NIFTI_READ_ERRORS, struct.error) as exc:
+        raise SegmentationInvalidError(f"{path}: not a readable NIfTI file ({exc})") from None
+
+
+def _integer_data(loaded: LoadedNifti, path: Path) -> np.ndarray:
+    """The voxel values as an integer array, refusing non-integer values or scaling."""
+    data = loaded.scaled()
     if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:
@@ -384,8 +377,8 @@ def load_category(
     """
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
-    img = _load(path, ct)
-    data = _integer_data(img, path)
+    loaded = _load(path, ct)
+    img, data = loaded.image, _integer_data(loaded, path)
     lut, known, dropped_names = _lookup(category, source=source, release=release)
     table = f"source label table ({source.source})"
     if data.dtype != np.uint8:
@@ -444,8 +437,8 @@ def load_lesion_mask(path: Path | None, ct: nib.Nifti1Image) -> np.ndarray | Non
     if path is None or not Path(path).is_file():
         return None
     path = Path(path)
-    img = _load(path, ct)
-    data = _integer_data(img, path)
+    loaded = _load(path, ct)
+    img, data = loaded.image, _integer_data(loaded, path)
     bad = (data != 0) & (data != 1)
     if bad.any():
         raise SegmentationInvalidError(
