@@ -107,6 +107,62 @@ def _rescale(ds: Dataset, label: str, index: int) -> tuple[float, float]:
     return slope, intercept
 
 
+#: Uncompressed little-endian transfer syntaxes: their PixelData is the pixel array's bytes.
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+def native_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray | None:
+    """The pixels of a plain 16-bit single-frame slice, read straight from PixelData; else None.
+
+    What pydicom's ``pixel_array`` gives for such a slice (unused high bits
+    masked off, or sign-extended when PixelRepresentation is 1) without its
+    per-call decoder set-up, which costs more than the copy itself.  Anything
+    else (compressed, other bit depths, colour, multi-frame, a length that does
+    not match) returns None and goes through ``pixel_array``.
+
+    Parameters
+    ----------
+    ds
+        A slice read with its pixel data.
+    shape
+        (Rows, Columns) expected.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``uint16`` or ``int16`` of ``shape``, a new array.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    try:
+        plain = (
+            syntax in _NATIVE_SYNTAXES
+            and ds.get("BitsAllocated") == 16
+            and ds.get("SamplesPerPixel", 1) == 1
+            and int(ds.get("NumberOfFrames") or 1) == 1
+            and ds.get("PixelRepresentation") in (0, 1)
+        )
+        stored = int(ds.get("BitsStored") or 16)
+    except (TypeError, ValueError):
+        return None
+    data = ds.get("PixelData") if plain else None
+    count = shape[0] * shape[1]
+    if not isinstance(data, bytes) or len(data) not in (2 * count, 2 * count + 1) or not 1 <= stored <= 16:
+        return None
+    signed = ds.PixelRepresentation == 1
+    arr = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=count).reshape(shape).astype(
+        np.int16 if signed else np.uint16
+    )
+    if stored < 16:  # pydicom's handling of the bits above BitsStored
+        if signed:
+            shift = np.int16(16 - stored)
+            arr <<= shift
+            arr >>= shift
+        else:
+            arr &= np.uint16((1 << stored) - 1)
+    return arr
+
+
 def _pixels(ds: Dataset, label: str, index: int, shape: tuple[int, int]) -> np.ndarray:
     # the header's sizes against the pixel data before anything is decoded or allocated
     problem = pixel_data_problem(ds)
@@ -115,6 +171,9 @@ def _pixels(ds: Dataset, label: str, index: int, shape: tuple[int, int]) -> np.n
             f"{label}: slice {index} (InstanceNumber {ds.get('InstanceNumber')}): pixel data cannot be "
             f"decoded: {problem}"
         )
+    fast = native_pixels(ds, shape)
+    if fast is not None:
+        return fast
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for bad pixel data
@@ -147,20 +206,23 @@ def _ct_block(stack: SliceStack, label: str) -> np.ndarray:
     for k, ds in enumerate(stack.datasets):
         slope, intercept = _rescale(ds, label, k)
         raw = _pixels(ds, label, k, shape)
-        if slope == 1.0 and intercept.is_integer():
-            hu = raw.astype(np.int32)
-            hu += int(intercept)
+        whole = slope == 1.0 and intercept.is_integer()
+        if whole:  # the usual CT slice: the range from the stored values, then one pass into the block
+            lo, hi = int(raw.min()) + int(intercept), int(raw.max()) + int(intercept)
         else:
             np.multiply(raw, slope, out=work)
             work += intercept
-            hu = np.rint(work)
-        lo, hi = hu.min(), hu.max()
+            np.rint(work, out=work)
+            lo, hi = work.min(), work.max()
         if lo < _INT16.min or hi > _INT16.max:
             raise ConversionFailedError(
                 f"{label}: slice {k}: HU range [{lo}, {hi}] does not fit int16 "
                 f"(RescaleSlope {slope}, RescaleIntercept {intercept})"
             )
-        out[k] = hu
+        if whole:
+            np.add(raw, int(intercept), out=out[k], dtype=np.int32, casting="unsafe")  # in range: exact
+        else:
+            out[k] = work
     return out
 
 

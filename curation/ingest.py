@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -79,11 +80,12 @@ def _read_series(series: SeriesRecord, *, pixels: bool) -> list[Dataset]:
     return datasets
 
 
-def sensitive_values(datasets: Iterable[Dataset]) -> set[str]:
-    """Every UID and identifying value (:data:`SENSITIVE_KEYWORDS`) in ``datasets``."""
+def sensitive_values(datasets: Iterable[Dataset], *, uids: bool = True) -> set[str]:
+    """Every UID (unless ``uids`` is False) and identifying value (:data:`SENSITIVE_KEYWORDS`) in ``datasets``."""
     found: set[str] = set()
     for ds in datasets:
-        found.update(iter_uids(ds))
+        if uids:
+            found.update(iter_uids(ds))
         for keyword in SENSITIVE_KEYWORDS:
             value = ds.get(keyword)
             if value in (None, ""):
@@ -242,7 +244,11 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
         identity_flag_required=site.identity_removed_flag is IdentityFlagPolicy.REQUIRED,
     )
     headers = [*ct_datasets, *pt_datasets, *others]
-    sensitive = sensitive_values(headers) | set(report.sensitive_values)
+    # the gate's sensitive values hold every UID of the datasets it checked: not walked twice
+    sensitive = (
+        sensitive_values(others) | sensitive_values([*ct_datasets, *pt_datasets], uids=False)
+        | set(report.sensitive_values)
+    )
     _write_sensitive(
         state, site, study, sensitive | index_identifiers(study), header_dates(headers) | index_dates(study)
     )
@@ -258,8 +264,13 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
     ct_stack = check_series_geometry(ct_frames, series_label=series_label(ct_datasets))
     pt_stack = check_series_geometry(pt_frames, series_label=series_label(pt_datasets))
     case_dir = state.case_dir(study.key)
-    ct_image = convert_series(ct_stack.datasets, case_dir / "CT.nii.gz", modality=Modality.CT)
-    pt_image = convert_series(pt_stack.datasets, case_dir / "PT.nii.gz", modality=Modality.PT)
+    # the CT's compression releases the GIL (curation.nifti): the PET is converted meanwhile
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ct_future = pool.submit(convert_series, ct_stack.datasets, case_dir / "CT.nii.gz", modality=Modality.CT)
+        try:
+            pt_image = convert_series(pt_stack.datasets, case_dir / "PT.nii.gz", modality=Modality.PT)
+        finally:
+            ct_image = ct_future.result()  # a CT error is raised first, as when the two ran in turn
     case = ConvertedCase(
         site=site.id,
         StudyInstanceUID=study.StudyInstanceUID,

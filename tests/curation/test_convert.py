@@ -182,3 +182,31 @@ def test_gantry_tilt_is_refused_not_sheared(tmp_path, small_phantom):
     with pytest.raises(GantryTiltError, match=r"gantry tilt about 7\.00 degrees"):
         convert_series(datasets, tmp_path / "ct.nii.gz", modality=Modality.CT)
     assert not (tmp_path / "ct.nii.gz").exists()
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits_stored", [16, 12, 10])
+def test_native_pixels_are_pydicoms_pixel_array(converted, signed, bits_stored):
+    from curation.convert import native_pixels
+
+    study = converted[("siemens", False)]["study"]
+    ds = pydicom.dcmread(study.files["ct"][3])
+    rng = np.random.default_rng(bits_stored + signed)
+    ds.PixelData = rng.integers(0, 1 << 16, ds.Rows * ds.Columns, dtype=np.uint16).tobytes()  # high bits set too
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = int(signed), bits_stored, bits_stored - 1
+    fast = native_pixels(ds, (ds.Rows, ds.Columns))
+    assert fast is not None and fast.dtype == (np.int16 if signed else np.uint16)
+    np.testing.assert_array_equal(fast, ds.pixel_array)
+
+
+def test_native_pixels_leave_other_encodings_to_pydicom(converted):
+    from curation.convert import native_pixels
+
+    study = converted[("siemens", False)]["study"]
+    ds = pydicom.dcmread(study.files["ct"][3])
+    shape = (ds.Rows, ds.Columns)
+    ds.PixelData = ds.PixelData[:-2]  # a length that does not match Rows x Columns
+    assert native_pixels(ds, shape) is None
+    ds = pydicom.dcmread(study.files["ct"][3])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.RLELossless
+    assert native_pixels(ds, shape) is None
