@@ -25,9 +25,8 @@ with another hash, and aarch64 has kernels of its own; a release built there
 would be valid but not byte-identical (``tests/curation/test_nifti.py`` pins the
 bytes of a known volume, so such a machine fails the test suite loudly).
 
-Reading: :func:`load_nifti` inflates a ``.nii.gz`` with ISA-L straight into the
-volume's own buffer (one allocation, no copy) and returns an image whose data
-is in memory.
+Reading: :func:`load_nifti` reads a file once (hashing its bytes) and inflates it
+with ISA-L straight into the volume's own buffer, so a volume costs its own size.
 """
 
 from __future__ import annotations
@@ -177,13 +176,14 @@ def write_nifti(data: ArrayLike, affine: ArrayLike, path: str | Path, *, dtype: 
 
 @dataclass(frozen=True)
 class LoadedNifti:
-    """A NIfTI file read whole by :func:`load_nifti`.
+    """A NIfTI file read by :func:`load_nifti`.
 
     Attributes
     ----------
     image
-        The image: its ``dataobj`` is the unscaled voxel array (writable,
-        Fortran order), its header the file's header.
+        The image.  Read with its voxels, its ``dataobj`` is the unscaled voxel
+        array (writable, Fortran order, in memory); read without, nibabel's lazy
+        proxy over the compressed bytes (shape, affine and header are there).
     sha256
         The sha256 of the file's bytes (what a stage records for it).
     """
@@ -206,8 +206,8 @@ class LoadedNifti:
 
 def _image_class(first: bytes) -> type[nib.Nifti1Image] | type[nib.Nifti2Image]:
     """NIfTI-1 or NIfTI-2 from the header's ``sizeof_hdr`` (either byte order)."""
-    for order in ("<", ">"):
-        size = int.from_bytes(first[:4], "little" if order == "<" else "big")
+    for byteorder in ("little", "big"):
+        size = int.from_bytes(first[:4], byteorder)
         if size == 348:
             return nib.Nifti1Image
         if size == 540:
@@ -215,52 +215,79 @@ def _image_class(first: bytes) -> type[nib.Nifti1Image] | type[nib.Nifti2Image]:
     raise ImageFileError(f"not a NIfTI-1 or NIfTI-2 header (sizeof_hdr bytes {first[:4].hex()})")
 
 
-def load_nifti(path: str | Path, *, check: Callable[[tuple[int, ...], np.dtype], None] | None = None) -> LoadedNifti:
-    """Read a ``.nii.gz`` (or ``.nii``) file whole: its bytes once, hashed, inflated by ISA-L.
+def _read_exact(stream: BinaryIO, size: int, path: str | Path) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError(f"{path}: the file ends after {len(data)} of {size} header bytes")
+    return data
 
-    The voxels are inflated straight into the array's own buffer, so a volume
-    costs its own size in memory, plus the compressed file while it is read.
+
+def load_nifti(
+    path: str | Path, *, voxels: bool = True, check: Callable[[tuple[int, ...], np.dtype], None] | None = None
+) -> LoadedNifti:
+    """Read a ``.nii.gz`` (or ``.nii``) file: its bytes once, hashed, inflated by ISA-L.
+
+    The voxels are inflated straight into the array's own buffer, 1 MiB at a
+    time on a second thread, so a volume costs its own size in memory (plus the
+    compressed file while it is read).
 
     Parameters
     ----------
     path
-        The file (gzip-compressed or not, NIfTI-1 or NIfTI-2).
+        The file (gzip-compressed or not, NIfTI-1 or NIfTI-2, one file).
+    voxels
+        False to leave the voxels compressed (only the header and the hash
+        are wanted): the image is then nibabel's lazy one.
     check
         Called with the header's data shape and voxel type before any voxel
-        is inflated (a header may claim any size); it raises to refuse the file.
+        is inflated or any memory for them is taken (a header may claim any
+        size); it raises to refuse the file.
 
     Returns
     -------
     LoadedNifti
-        The in-memory image and the sha256 of the file.
+        The image and the sha256 of the file.
 
     Raises
     ------
     OSError
         When the file cannot be read.
-    nibabel.filebasedimages.ImageFileError, ValueError, EOFError, isal.isal_zlib.error
+    nibabel.filebasedimages.ImageFileError, EOFError, ValueError, isal.isal_zlib.error
         When it is not a readable NIfTI file (damaged gzip stream, short data,
         bad header); see :data:`NIFTI_READ_ERRORS`.
     """
     raw = Path(path).read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
-    source: BinaryIO = io.BytesIO(raw)
-    if raw[:2] == b"\x1f\x8b":
-        source = igzip.IGzipFile(fileobj=source, mode="rb")
-    with source:
+    compressed = raw[:2] == b"\x1f\x8b"
+    if not voxels:
+        source: BinaryIO = igzip.IGzipFile(fileobj=io.BytesIO(raw), mode="rb") if compressed else io.BytesIO(raw)
         klass = _image_class(source.read(4))
         source.seek(0)
-        img = klass.from_stream(source)
+        lazy = klass.from_stream(source)
+        lazy.set_filename(str(path))
+        return LoadedNifti(lazy, digest)
+    stream: BinaryIO = igzip_threaded.open(io.BytesIO(raw), "rb", threads=1) if compressed else io.BytesIO(raw)
+    with stream:
+        first = _read_exact(stream, 4, path)
+        klass = _image_class(first)
+        sizeof = klass.header_class.template_dtype.itemsize
+        head = first + _read_exact(stream, sizeof - 4, path)
+        offset = int(klass.header_class(head, check=False).get_data_offset())
+        head += _read_exact(stream, max(offset - sizeof, 0), path)
+        header = klass.header_class.from_fileobj(io.BytesIO(head))  # the header and its extensions, checked
         if check is not None:
-            check(tuple(int(n) for n in img.shape), img.get_data_dtype())
-        proxy = img.dataobj  # nibabel moves the file's scl_slope / scl_inter from the header to the proxy
-        # one read of the whole volume into a bytearray it owns (nibabel's readinto path)
-        array = proxy.get_unscaled()
+            check(tuple(int(n) for n in header.get_data_shape()), header.get_data_dtype())
+        array = np.empty(header.get_data_shape(), dtype=header.get_data_dtype(), order="F")
+        if array.size:
+            target = memoryview(array.T).cast("B")  # the transpose of Fortran order is C-contiguous
+            got = stream.readinto(target)
+            if got != array.nbytes:
+                raise EOFError(f"{path}: {got} bytes of voxel data, the header says {array.nbytes}")
     del raw
-    loaded = klass(array, img.affine, img.header)
+    slope, inter = header.get_slope_inter()
+    image = klass(array, header.get_best_affine(), header)
     # the in-memory image keeps the file's scaling (nibabel's constructor would drop it)
-    slope, inter = float(proxy.slope), float(proxy.inter)
-    if (slope, inter) != (1.0, 0.0):
-        loaded.header.set_slope_inter(slope, inter)
-    loaded.set_filename(str(path))
-    return LoadedNifti(loaded, digest)
+    if (slope, inter) not in ((None, None), (1.0, 0.0)):
+        image.header.set_slope_inter(slope, inter)
+    image.set_filename(str(path))
+    return LoadedNifti(image, digest)

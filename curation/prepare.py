@@ -3,19 +3,24 @@
 :func:`prepare_case` turns a :class:`~curation.model.ConvertedCase` into a
 :class:`~curation.model.PreparedCase` under ``state.prepared_dir(key)``:
 
-1. read the seven category maps onto the CT grid in release values
-   (:mod:`curation.segmentations`);
-2. take the defacing landmarks (Organs ``brain``, Peripheral-Bones ``skull``)
-   from those maps *before* the lesion is subtracted: a lesion inside the head
-   is still head, and removing it could move the landmarks;
-3. subtract the lesion mask from every category (the released labels describe
-   healthy tissue only);
-4. for sites with ``deface = true``: plan and apply the cylinder
-   (:mod:`anonymization.deface`) to CT, PET and, with ``clear_labels``, the
-   labels; a scan that does not reach the head is held back
-   (``head-not-found``) unless the site says ``deface_missing_head = "release"``;
-5. write ``<Category>.nii.gz`` (uint8) and, for defaced cases, ``CT.nii.gz``
-   (int16) and ``PT.nii.gz`` (float32), then ``prepared.json``.
+1. for sites with ``deface = true``, read the two landmark categories (Organs
+   ``brain``, Peripheral-Bones ``skull``) onto the CT grid in release values
+   (:mod:`curation.segmentations`) and plan the cylinder
+   (:mod:`anonymization.deface`) from them *before* the lesion is subtracted: a
+   lesion inside the head is still head; a scan that does not reach the head is
+   held back (``head-not-found``) unless the site says
+   ``deface_missing_head = "release"``;
+2. deface the converted CT and PET in place, only the voxels of the cylinder's
+   box, and write ``CT.nii.gz`` (int16) and ``PT.nii.gz`` (float32);
+3. one category at a time (:data:`LABEL_WORKERS` at once): read the map, remap
+   it to release values, subtract the lesion mask (the released labels describe
+   healthy tissue only), clear the cylinder (with ``clear_labels``), write
+   ``<Category>.nii.gz`` (uint8) and let it go, so memory holds the CT, the PET
+   and a few label maps, never all seven;
+4. write ``prepared.json`` (:class:`PrepareStage`).
+
+A problem is reported in that order: the landmark maps, the lesion mask, the
+head, then the other categories in release order.
 
 Images of cases that are not defaced are not rewritten: the prepared case
 refers to the converted files.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,7 +44,7 @@ from typing import Any, ClassVar
 import nibabel as nib
 import numpy as np
 
-from anonymization.deface import apply_cylinder, landmark_masks, plan_cylinder
+from anonymization.deface import CT_FILL_HU, PET_FILL, deface_array, landmark_masks, plan_cylinder
 from curation.atomic import sha256_file
 from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
 from curation.errors import CurationError, HeadNotFoundError, UnreadableError
@@ -55,6 +61,7 @@ from curation.model import (
 )
 from curation.nifti import NIFTI_READ_ERRORS, load_nifti, write_nifti
 from curation.segmentations import (
+    CategoryMap,
     category_files_in,
     find_category_files,
     lesion_file,
@@ -81,10 +88,15 @@ def _input_files(case: ConvertedCase, site: SiteConfig) -> tuple[list[Path], Pat
 # the step
 
 
-def _load_converted(image: ImageFile, what: str) -> nib.Nifti1Image:
-    """Read a converted volume into memory (one read), checking it is still the file ingest recorded."""
+def _load_converted(image: ImageFile, what: str, *, voxels: bool) -> nib.Nifti1Image:
+    """Read a converted volume (one read), checking it is still the file ingest recorded.
+
+    With ``voxels`` the data are inflated into memory (writable: defacing
+    changes them in place); without, only the header is (the grid of an
+    undefaced case).
+    """
     try:
-        loaded = load_nifti(image.path)
+        loaded = load_nifti(image.path, voxels=voxels)
     except NIFTI_READ_ERRORS as exc:
         raise UnreadableError(f"converted {what} {image.path} cannot be read ({exc}); run ingest again") from None
     img, digest = loaded.image, loaded.sha256
@@ -113,6 +125,69 @@ def _typed(data: np.ndarray, dtype: type, what: str) -> np.ndarray:
     return array.astype(dtype)
 
 
+#: Category maps read, remapped and written at once: each holds one CT-sized uint8 volume
+#: (84 MB at 512x512x320), and most of the work (inflating, remapping, compressing) runs
+#: outside the GIL, so two use two cores.
+LABEL_WORKERS = 2
+#: The categories holding the defacing landmarks (Organs ``brain``, Peripheral-Bones ``skull``).
+LANDMARK_CATEGORIES = ("Organs", "Peripheral-Bones")
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One category map as written: its file, dropped labels and lesion voxels removed."""
+
+    image: ImageFile
+    dropped: tuple[str, ...]
+    dropped_voxels: int
+    lesion_voxels: int
+
+
+def _lesion_index(mask: np.ndarray | None) -> np.ndarray | None:
+    """Flat indices (Fortran order) of a lesion mask's voxels: lesions are small, 7 maps use them."""
+    if mask is None:
+        return None
+    return np.flatnonzero(mask.ravel(order="F"))
+
+
+def _finish_category(
+    loaded: CategoryMap,
+    path: Path,
+    *,
+    affine: np.ndarray,
+    lesion: np.ndarray | None,
+    cylinder: DefaceCylinder | None,
+    clear_labels: bool,
+) -> _Written:
+    """Lesion out, the cylinder cleared, written: one category, in place in its own array."""
+    array = np.asfortranarray(loaded.array)  # a copy only for a map delivered in another axis order
+    removed = 0
+    if lesion is not None and lesion.size:
+        flat = array.reshape(-1, order="F")  # a view: the array is Fortran-ordered
+        removed = int(np.count_nonzero(flat[lesion]))
+        flat[lesion] = 0
+    if cylinder is not None and clear_labels:
+        deface_array(cylinder, array, affine, 0)
+    image = write_nifti(array, affine, path, dtype=np.uint8)
+    return _Written(image, loaded.dropped, loaded.dropped_voxels, removed)
+
+
+def _results_in_order(futures: dict[str, Future[Any]]) -> dict[str, Any]:
+    """Every future's result by name, in the dict's order; the first error in that order is raised.
+
+    Work not yet started is cancelled as soon as one fails.
+    """
+    results: dict[str, Any] = {}
+    try:
+        for name, future in futures.items():
+            results[name] = future.result()
+    except BaseException:
+        for future in futures.values():
+            future.cancel()
+        raise
+    return results
+
+
 def _prepare(
     case: ConvertedCase,
     site: SiteConfig,
@@ -124,39 +199,20 @@ def _prepare(
     source_table: SourceLabelTable,
 ) -> PreparedCase:
     files = find_category_files(site.segmentations_dir, case.StudyInstanceUID)
-    ct_img = _load_converted(case.ct, "CT")
-    pt_img = _load_converted(case.pt, "PET")
+    ct_img = _load_converted(case.ct, "CT", voxels=site.deface)
+    pt_img = _load_converted(case.pt, "PET", voxels=site.deface)
 
-    maps: dict[str, np.ndarray] = {}
-    dropped: dict[str, list[str]] = {}
-    dropped_voxels: dict[str, int] = {}
-    for category, path in files.items():
-        loaded = load_category(
-            path, ct_img, category,
-            source=source_table, release=release_labels,
-        )
-        maps[category] = loaded.array
-        if loaded.dropped:
-            dropped[category] = list(loaded.dropped)
-            dropped_voxels[category] = loaded.dropped_voxels
+    def load(category: str) -> CategoryMap:
+        return load_category(files[category], ct_img, category, source=source_table, release=release_labels)
 
-    brain = skull = None
-    if site.deface:
-        # before the lesion is subtracted: a lesion in the head is still head
-        brain, skull = landmark_masks(maps, release_labels.categories)
-
-    lesion = load_lesion_mask(lesion_file(site.lesions_dir, case.StudyInstanceUID), ct_img)
-    removed = 0
-    if lesion is not None:
-        where = np.nonzero(lesion)  # lesions are small: index them once, not mask 7 volumes twice
-        for array in maps.values():
-            removed += int(np.count_nonzero(array[where]))
-            array[where] = 0
-        logger.info("case %s: lesion mask removed %d label voxels", case.key, removed)
+    # landmarks come from the maps before the lesion is subtracted: a lesion in the head is still head
+    early = {category: load(category) for category in LANDMARK_CATEGORIES} if site.deface else {}
+    lesion = _lesion_index(load_lesion_mask(lesion_file(site.lesions_dir, case.StudyInstanceUID), ct_img))
 
     cylinder: DefaceCylinder | None = None
     head_missing_released = False
     if site.deface:
+        brain, skull = landmark_masks({c: m.array for c, m in early.items()}, release_labels.categories)
         try:
             cylinder = plan_cylinder(
                 ct_img, pt_img, brain, skull,
@@ -169,25 +225,42 @@ def _prepare(
             logger.warning(
                 "case %s: released without defacing (deface_missing_head = release): %s", case.key, exc.message
             )
-    del brain, skull
+        del brain, skull
 
     ct_out, pt_out = out_dir / "CT.nii.gz", out_dir / "PT.nii.gz"
-    if cylinder is not None:
-        defaced = apply_cylinder(cylinder, ct_img, pt_img, maps, clear_labels=defacing.clear_labels)
-        maps = defaced.labels
-        ct_file = write_nifti(_typed(defaced.ct, np.int16, case.ct.path), ct_img.affine, ct_out, dtype=np.int16)
-        pt_file = write_nifti(_typed(defaced.pt, np.float32, case.pt.path), pt_img.affine, pt_out, dtype=np.float32)
-        del defaced
-    else:
+    if cylinder is None:
         # not defaced: the converted files are released as they are
         ct_out.unlink(missing_ok=True)
         pt_out.unlink(missing_ok=True)
-        ct_file, pt_file = case.ct, case.pt
 
-    labels = {
-        category: write_nifti(maps[category], ct_img.affine, out_dir / f"{category}.nii.gz", dtype=np.uint8)
-        for category in CATEGORIES
-    }
+    def write_image(img: nib.Nifti1Image, source: ImageFile, out: Path, fill: float, dtype: type) -> ImageFile:
+        array = np.asanyarray(img.dataobj)  # the converted volume, in memory and writable: changed in place
+        assert cylinder is not None
+        deface_array(cylinder, array, img.affine, fill)  # only the voxels of the cylinder's box
+        return write_nifti(_typed(array, dtype, source.path), img.affine, out, dtype=dtype)
+
+    def finish(category: str) -> _Written:
+        loaded = early.pop(category) if category in early else load(category)
+        return _finish_category(loaded, out_dir / f"{category}.nii.gz", affine=ct_img.affine, lesion=lesion,
+                                cylinder=cylinder, clear_labels=defacing.clear_labels)
+
+    # one category at a time per worker: read, remap, lesion out, cylinder cleared, written, dropped
+    with ThreadPoolExecutor(max_workers=LABEL_WORKERS) as pool:
+        images: dict[str, Future[ImageFile]] = {}
+        if cylinder is not None:
+            images["CT"] = pool.submit(write_image, ct_img, case.ct, ct_out, CT_FILL_HU, np.int16)
+            images["PT"] = pool.submit(write_image, pt_img, case.pt, pt_out, PET_FILL, np.float32)
+        order = [*early, *(c for c in CATEGORIES if c not in early)]  # the landmark maps are in memory already
+        submitted = {category: pool.submit(finish, category) for category in order}
+        written: dict[str, _Written] = _results_in_order({c: submitted[c] for c in CATEGORIES})
+        ct_file, pt_file = (images["CT"].result(), images["PT"].result()) if cylinder is not None else (case.ct, case.pt)
+
+    labels = {category: written[category].image for category in CATEGORIES}
+    dropped = {c: list(w.dropped) for c, w in written.items() if w.dropped}
+    dropped_voxels = {c: w.dropped_voxels for c, w in written.items() if w.dropped}
+    removed = sum(w.lesion_voxels for w in written.values())
+    if lesion is not None:
+        logger.info("case %s: lesion mask removed %d label voxels", case.key, removed)
     return PreparedCase(
         site=case.site,
         StudyInstanceUID=case.StudyInstanceUID,

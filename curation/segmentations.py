@@ -406,8 +406,25 @@ def load_category(
     dropped_voxels = sum(counts.values())
     if dropped:
         logger.info("%s: dropped labels the release does not carry: %s (%d voxels)", path, dropped, dropped_voxels)
-    array = lut[data]  # keeps the file's memory order (NIfTI is Fortran order): no transposing copy
-    return CategoryMap(array=array, dropped=dropped, dropped_voxels=dropped_voxels)
+    return CategoryMap(array=_remap(data, lut, top), dropped=dropped, dropped_voxels=dropped_voxels)
+
+
+def _remap(data: np.ndarray, lut: np.ndarray, top: int) -> np.ndarray:
+    """``lut[data]``, in Fortran order, doing only the work the table needs.
+
+    Release-valued maps (the table is the identity) are returned as they are; a
+    map where one or two values change (MOOSE Organs: the dropped trachea) is
+    changed in place, one comparison per value; otherwise every voxel is looked
+    up (which keeps the file's memory order: NIfTI is Fortran order).
+    """
+    changed = np.flatnonzero(lut[: top + 1] != np.arange(top + 1))
+    if changed.size == 0:
+        return data
+    if changed.size <= 2 and data.flags.writeable and not np.isin(lut[changed], changed).any():
+        for value in changed.tolist():  # no target is changed again: the order does not matter
+            data[data == value] = lut[value]
+        return data
+    return lut[data]
 
 
 def load_lesion_mask(path: Path | None, ct: nib.Nifti1Image) -> np.ndarray | None:
@@ -439,12 +456,13 @@ def load_lesion_mask(path: Path | None, ct: nib.Nifti1Image) -> np.ndarray | Non
     path = Path(path)
     loaded = _load(path, ct)
     img, data = loaded.image, _integer_data(loaded, path)
-    bad = (data != 0) & (data != 1)
-    if bad.any():
+    if data.size and (int(data.min()) < 0 or int(data.max()) > 1):  # two cheap passes prove most masks clean
+        bad = (data != 0) & (data != 1)
         raise SegmentationInvalidError(
             f"{path}: a lesion mask holds only 0 and 1; found values {_show(np.unique(data[bad]))}"
         )
-    return to_ct_grid(data.astype(bool), np.asarray(img.affine, dtype=float), ct, path)
+    mask = data.view(bool) if data.dtype.itemsize == 1 else data.astype(bool)  # 0 and 1 only: a byte is a bool
+    return to_ct_grid(mask, np.asarray(img.affine, dtype=float), ct, path)
 
 
 def _show(values: np.ndarray, limit: int = 10) -> str:

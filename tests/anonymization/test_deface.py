@@ -20,6 +20,7 @@ from anonymization.deface import (
     TOLERANCE_MM,
     apply_cylinder,
     cylinder_mask,
+    deface_array,
     landmark_masks,
     pet_slice_spacing,
     plan_cylinder,
@@ -392,3 +393,30 @@ def test_wrong_inputs_are_refused(small_phantom, planned) -> None:
         plan_cylinder(ct, pt, brain, skull, height_voxels=0)
     with pytest.raises(ValueError, match="label map 'Organs' has shape"):
         apply_cylinder(cylinder, ct, pt, {"Organs": small_phantom.labels["Organs"][:, :, :-1]})
+
+
+def test_deface_array_fills_in_place_what_cylinder_mask_says(small_phantom) -> None:
+    ct, _ = _images(small_phantom)
+    cylinder = plan_cylinder(ct, _images(small_phantom)[1], *_landmarks(small_phantom))
+    volume = np.array(small_phantom.ct_hu, order="F")
+    inside = cylinder_mask(cylinder, volume.shape, ct.affine)
+    before = volume.copy()
+    voxels, nonzero = deface_array(cylinder, volume, ct.affine, CT_FILL_HU)
+    assert voxels == int(inside.sum()) > 0 and nonzero == int(np.count_nonzero(before[inside]))
+    assert (volume[inside] == CT_FILL_HU).all()
+    np.testing.assert_array_equal(volume[~inside], before[~inside])
+
+
+def test_deface_array_touches_only_the_cylinders_box(tmp_path) -> None:
+    # a 1 GB sparse file: the pages the defacing writes are the only ones the file gets
+    shape = (512, 512, 2000)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    path = tmp_path / "sparse.raw"
+    volume = np.memmap(path, dtype=np.int16, mode="w+", shape=shape, order="F")
+    cylinder = DefaceCylinder(z_lo=1900.0, z_hi=1916.0, axis_x=256.0, axis_y=256.0, radius=90.0, landmarks="segmentation")
+    voxels, _ = deface_array(cylinder, volume, affine, CT_FILL_HU)
+    volume.flush()
+    assert voxels > 300_000
+    written = path.stat().st_blocks * 512
+    assert written < 40 << 20, f"{written / 1e6:.0f} MB of the 1 GB volume were written"
+    assert volume[256, 256, 1908] == CT_FILL_HU and volume[256, 256, 1000] == 0

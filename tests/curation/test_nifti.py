@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from curation import nifti
-from curation.nifti import NIFTI_READ_ERRORS, HEADER_TEXT_FIELDS, load_nifti, write_nifti
+from curation.nifti import HEADER_TEXT_FIELDS, NIFTI_READ_ERRORS, load_nifti, write_nifti
 
 AFFINE = np.array([[-0.98, 0.0, 0.0, 251.3], [0.0, 0.98, 0.0, -240.1], [0.0, 0.0, 2.5, -1203.0], [0, 0, 0, 1.0]])
 

@@ -323,3 +323,24 @@ def test_a_header_claiming_a_huge_map_is_refused_before_any_voxel_is_read(
             load_category(path, ct, "Organs", source=MOOSE, release=RELEASE)
         else:
             load_lesion_mask(path, ct)
+
+
+def test_remap_does_only_the_work_the_table_needs() -> None:
+    from curation.segmentations import _remap
+
+    data = np.asfortranarray(np.random.default_rng(0).integers(0, 6, SHAPE, dtype=np.uint8))
+    identity = np.arange(256, dtype=np.uint8)
+    assert _remap(data, identity, 5) is data  # release values already
+    dropped = identity.copy()
+    dropped[3] = 0
+    expected = dropped[data]
+    got = _remap(data.copy(order="F"), dropped, 5)
+    np.testing.assert_array_equal(got, expected)
+    swapped = identity.copy()
+    swapped[[2, 4]] = [4, 2]  # a swap cannot be done value by value in place
+    np.testing.assert_array_equal(_remap(data.copy(order="F"), swapped, 5), swapped[data])
+    shifted = identity.copy()
+    shifted[1:6] += 10
+    remapped = _remap(data, shifted, 5)
+    np.testing.assert_array_equal(remapped, shifted[data])
+    assert remapped.flags.f_contiguous
