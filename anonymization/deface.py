@@ -329,6 +329,35 @@ def deface_array(
     return int(np.count_nonzero(inside)), _fill(volume[box], inside, fill)
 
 
+def cylinder_values(cylinder: DefaceCylinder, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The values of the voxels of ``volume`` whose centre is inside the cylinder (only its box is read).
+
+    Parameters
+    ----------
+    cylinder
+        The cylinder in world (RAS+) mm.
+    volume
+        A 3-D array on the grid of ``affine``.
+    affine
+        The grid's voxel -> world (RAS+) affine.
+
+    Returns
+    -------
+    numpy.ndarray
+        1-D, in the order of :func:`cylinder_mask`'s voxels; empty when the
+        cylinder holds no voxel of the grid.
+
+    Raises
+    ------
+    ValueError
+        When ``volume`` is not 3-D.
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"cylinder_values needs a 3-D volume, not shape {volume.shape}")
+    box, inside = _cylinder_box(cylinder, volume.shape, affine)
+    return np.asarray(volume[box])[inside]
+
+
 def cylinder_mask(
     cylinder: DefaceCylinder, shape: tuple[int, ...], affine: np.ndarray
 ) -> np.ndarray:

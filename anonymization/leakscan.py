@@ -69,6 +69,7 @@ ahocorasick-rs, 400 MB/s, adds a dependency for no gain.)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -645,3 +646,81 @@ def load_sensitive_values(state_dir: Path, *, include_dates: bool = False) -> fr
         if include_dates:
             values.update(v.strip() for v in dates if v.strip())
     return frozenset(values)
+
+
+# ---------------------------------------------------------------------------
+# scanning a zip piece by piece (release.verify reads each member once for every check)
+
+
+def context_bytes(matcher: Matcher) -> int:
+    """How many bytes around a match decide whether it counts (the match and the bytes beside it).
+
+    Parameters
+    ----------
+    matcher
+        The matcher.
+
+    Returns
+    -------
+    int
+        A scan of a region of a file that reads this many bytes beyond each end
+        of the region finds exactly the matches a scan of the whole file finds
+        starting in that region.
+    """
+    return matcher.overlap  # the longest match or name, the bytes beside it and their text context
+
+
+def scan_region(data: bytes, matcher: Matcher, name: str, *, base: int, start: int, end: int) -> list[Leak]:
+    """The leaks starting in bytes ``[start, end)`` of a file, as :func:`scan_zip` finds them in the whole file.
+
+    Parameters
+    ----------
+    data
+        The file's bytes from offset ``base``, covering ``[start, end)`` and
+        :func:`context_bytes` on each side (less only at the file's ends).
+    matcher
+        The matcher.
+    name
+        The file's name in the leaks (the zip's name for its own bytes).
+    base, start, end
+        File offsets: of ``data[0]``, and of the region whose leaks are wanted.
+
+    Returns
+    -------
+    list[Leak]
+        Layer ``bytes``, offsets in the file, in offset order.
+    """
+    leaks = _scan_stream(io.BytesIO(data), matcher, name, "bytes")
+    found = [dataclasses.replace(leak, offset=leak.offset + base) for leak in leaks]
+    return sorted((leak for leak in found if start <= leak.offset < end), key=lambda leak: leak.offset)
+
+
+def scan_member(content: bytes, matcher: Matcher, name: str, *, gunzipped: bytes | None = None) -> list[Leak]:
+    """The leaks :func:`scan_zip` finds in one member of a zip, from the member's bytes in memory.
+
+    Parameters
+    ----------
+    content
+        The member's (uncompressed) bytes.
+    matcher
+        The matcher.
+    name
+        ``<zip name>!<member name>``.
+    gunzipped
+        For a gzip member, its stream already inflated by the caller (so it is
+        inflated once for every check); None to inflate it here.
+
+    Returns
+    -------
+    list[Leak]
+        The member's own bytes, then its gzip stream or its members (a nested zip).
+
+    Raises
+    ------
+    UnscannableError
+        A gzip or zip member that cannot be read to its end.
+    """
+    if gunzipped is None or not content.startswith(_GZIP_MAGIC):
+        return _scan_source(_Opener(lambda: io.BytesIO(content), len(content)), matcher, name, 1)
+    leaks = _scan_stream(io.BytesIO(content), matcher, name, "bytes")
+    return leaks + _scan_stream(io.BytesIO(gunzipped), matcher, name, "gunzip")

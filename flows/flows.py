@@ -58,11 +58,11 @@ from flows.runners import make_task_runner, prefect_api
 from flows.tasks import (
     case_task,
     index_task,
-    leak_scan_task,
     number_task,
     package_task,
     report_task,
-    verify_task,
+    verify_chunk_task,
+    verify_plan_task,
 )
 from release.assemble import (
     publish_release,
@@ -71,6 +71,7 @@ from release.assemble import (
     verification_record,
 )
 from release.entries import numbering_candidates, release_entries
+from release.verify import finish_verify
 
 logger = logging.getLogger(__name__)
 
@@ -335,15 +336,14 @@ def _build(
 
 
 def _verify(zip_path: str, state_dir: str | None) -> tuple[str, ...]:
-    """:func:`release.verify.verify_release` as two tasks at once: the checks and the leak scan.
+    """:func:`release.verify.verify_release` as tasks: the plan, then one task per chunk of members at once.
 
-    Both read the whole zip; on two workers they take the time of the longer one.
-    The problems come in the order the plain function gives them.
+    Each member is read once for the checks and the leak scan; the chunks share
+    the workers.  The problems come in the order the plain function gives them.
     """
-    checks = verify_task.submit(zip_path, state_dir)
-    scan = leak_scan_task.submit(zip_path, state_dir) if state_dir else None
-    problems = checks.result()
-    return problems + scan.result() if scan is not None else problems
+    plan = verify_plan_task.submit(zip_path, state_dir).result()
+    futures = [verify_chunk_task.submit(plan.job(i), i) for i in range(len(plan.chunks))]
+    return finish_verify(plan, [future.result() for future in futures]).problems
 
 
 def _verified_before(state: StatePaths, audit: AuditLog, zip_name: str, sha256: str) -> bool:

@@ -27,7 +27,7 @@ from curation.registry import NumberingCandidate, Registry
 from curation.stage import PERMANENT_OS_ERRORS, CaseStage, ChainError, StageResult, run_chain
 from curation.state import StatePaths
 from release.assemble import ReleaseEntry, ReleaseResult, assemble_release
-from release.verify import leak_scan_problems, verify_release
+from release.verify import ChunkJob, ChunkResult, VerifyPlan, plan_verify, verify_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -104,20 +104,16 @@ def package_task(
     return assemble_release(config, entries, labels, pipeline_version=pipeline_version, force=force)
 
 
-@task(name="verify", **TASK_OPTIONS)
-def verify_task(zip_path: str, state_dir: str | None) -> tuple[str, ...]:
-    """Check a release zip's integrity, layout, images, spreadsheets and defacing (no leak scan)."""
-    report = verify_release(Path(zip_path), state_dir=Path(state_dir) if state_dir else None, leak_scan=False)
-    return tuple(report.problems)
+@task(name="verify-plan", **TASK_OPTIONS)
+def verify_plan_task(zip_path: str, state_dir: str | None) -> VerifyPlan:
+    """Read a release's directory and small files, check them, cut the members into chunks (:func:`release.verify.plan_verify`)."""
+    return plan_verify(Path(zip_path), state_dir=Path(state_dir) if state_dir else None)
 
 
-@task(name="leak-scan", **TASK_OPTIONS)
-def leak_scan_task(zip_path: str, state_dir: str) -> tuple[str, ...]:
-    """Scan every decompressed byte of a release for the state's identifying values."""
-    problems = tuple(leak_scan_problems(Path(zip_path), Path(state_dir)))
-    for line in problems:
-        logger.warning("%s", line)
-    return problems
+@task(name="verify", task_run_name="verify-{index}", **TASK_OPTIONS)
+def verify_chunk_task(job: ChunkJob, index: int) -> ChunkResult:
+    """Check one chunk of members, each read once for every check and the leak scan (:func:`release.verify.verify_chunk`)."""
+    return verify_chunk(job)
 
 
 @task(name="report", **TASK_OPTIONS)

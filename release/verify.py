@@ -1,30 +1,60 @@
 """``petct-release verify``: check a release zip, on its own or against the state it was built from.
 
-Every member is read once, through the zip's own CRC check; NIfTI members are
-decompressed one at a time (one case's volumes at most are in memory).  Each
-problem found is one line of :attr:`VerifyReport.problems`; the report is
-``ok`` only when there is none.
+Every member is read from the zip file once (its local header and data, one
+read), checked against the zip's CRC, hashed, and a ``.nii.gz`` member is
+inflated once (ISA-L); every check and the leak scan then work on those bytes
+in memory.  The work is split by ranges of members, so it runs on as many
+workers as there are:
+
+1. :func:`plan_verify` reads the zip's directory and its small files (labels,
+   spreadsheets, checksums, card), checks the layout and the spreadsheets, reads
+   the build manifest, and cuts the other members into :class:`VerifyChunk` s
+   of about :data:`CHUNK_BYTES` of work each;
+2. :func:`verify_chunk` checks the members of one chunk (``plan.job(i)``:
+   integrity, header, voxel type, label values, defacing, leak scan), in any
+   process, in any order;
+3. :func:`finish_verify` puts the chunks' findings together with the checks
+   that span members (a label map on its CT's grid, SHA256SUMS, the manifest).
+
+:func:`verify_release` is the three in one process.  Memory holds one member
+at a time per worker.  Each problem found is one line of
+:attr:`VerifyReport.problems`, in the same order however the work was split;
+the report is ``ok`` only when there is none.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
 import logging
+import os
 import re
+import struct
 import zipfile
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+from isal import isal_zlib
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
-from anonymization.deface import cylinder_mask
-from anonymization.leakscan import UnscannableError, load_sensitive_values, scan_zip
+from anonymization.deface import cylinder_values
+from anonymization.leakscan import (
+    Leak,
+    Matcher,
+    UnscannableError,
+    context_bytes,
+    load_sensitive_values,
+    scan_member,
+    scan_region,
+    scan_zip,
+)
 from curation.config import DatePolicy
 from curation.labels import LabelTableError, ReleaseLabels, release_labels_from_dict
 from curation.model import CATEGORIES, DefaceCylinder, from_jsonable
@@ -36,7 +66,11 @@ from release.spreadsheets import check_column_names, read_details_xlsx
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
+#: About this much work (bytes read plus bytes inflated) per chunk: a bench-size case
+#: (CT 512x512x320, PET, seven label maps) is about 0.9 GB of work, so a release of N such
+#: cases makes about 2N chunks, enough for the workers to share evenly.
+CHUNK_BYTES = 512 << 20
+
 _TOP_FILES = ("CT-details.xlsx", "PT-details.xlsx", "README.md", SUMS_NAME, "labels.json")
 _IMAGE_RE = re.compile(r"^imaging-data/images/(CT|PT)/([0-9]{4,})\.nii\.gz$")
 _LABEL_RE = re.compile(r"^imaging-data/ground-truth/([^/]+)/([0-9]{4,})\.nii\.gz$")
@@ -49,8 +83,12 @@ _LAYOUT_DIRS = (
     "imaging-data/ground-truth/",
     *(f"imaging-data/ground-truth/{c}/" for c in CATEGORIES),
 )
+_KINDS = ("CT", "PT", *CATEGORIES)
 _EXPECTED_DTYPE = {"CT": np.dtype(np.int16), "PT": np.dtype(np.float32), "label": np.dtype(np.uint8)}
 _AFFINE_TOL_MM = 1e-3
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # PK\x03\x04 ... name length, extra length
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -80,385 +118,871 @@ class VerifyReport:
         return not self.problems
 
 
-class _HashingReader(io.RawIOBase):
-    """A read-only stream that hashes what passes through it."""
+@dataclass(frozen=True)
+class MemberRef:
+    """Where one member's bytes are in the zip file, and what the release says it is.
 
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.digest = hashlib.sha256()
+    Attributes
+    ----------
+    name
+        The member's name.
+    order
+        Its position in the zip's directory.
+    header_offset, region_end
+        Its local header's offset, and where the next member's local header
+        (or the central directory) begins: its bytes in the file.
+    compress_type, compress_size, file_size, crc
+        From the central directory.
+    case, kind
+        For an image of the layout: its case number and ``CT``, ``PT`` or the
+        category; None for any other member (only read for the leak scan).
+    """
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.raw.read(len(buffer))
-        self.digest.update(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-    def drain_hashing(self) -> str:
-        while chunk := self.raw.read(_CHUNK):
-            self.digest.update(chunk)
-        return self.digest.hexdigest()
+    name: str
+    order: int
+    header_offset: int
+    region_end: int
+    compress_type: int
+    compress_size: int
+    file_size: int
+    crc: int
+    case: str | None = None
+    kind: str | None = None
 
 
-class _Verifier:
-    def __init__(self, zip_path: Path, state_dir: Path | None, *, leak_scan: bool = True) -> None:
-        self.zip_path = zip_path
-        self.state_dir = state_dir
-        self.leak_scan = leak_scan
-        self.problems: list[str] = []
-        self.checked: list[str] = []
-        self.digests: dict[str, str] = {}  # path inside <top>/ -> sha256 of the content read
-        self.defacing: dict[str, tuple[DefaceCylinder, bool]] = {}  # case -> (cylinder, clear_labels)
-        self._manifest: dict[str, Any] | None = None
-        self._manifest_read = False
+@dataclass(frozen=True)
+class VerifyChunk:
+    """A range of members (in the zip's order) checked by one :func:`verify_chunk` call.
 
-    def problem(self, text: str) -> None:
-        self.problems.append(text)
+    Attributes
+    ----------
+    members
+        The members.
+    work
+        Bytes read plus bytes inflated, estimated from the gzip streams' sizes.
+    """
 
-    # -- reading -------------------------------------------------------------
+    members: tuple[MemberRef, ...]
+    work: int
 
-    def read_small(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, rel: str) -> bytes | None:
-        try:
-            data = zf.read(info)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-            self.problem(f"{info.filename}: cannot be read intact ({exc})")
-            return None
-        self.digests[rel] = hashlib.sha256(data).hexdigest()
-        return data
 
-    def read_nifti(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, rel: str) -> nib.Nifti1Image | None:
-        """Read a .nii.gz member in one pass: zip CRC, sha256 and gzip decompression together."""
-        try:
-            with zf.open(info) as raw:
-                reader = _HashingReader(raw)
-                try:
-                    with gzip.GzipFile(fileobj=io.BufferedReader(reader, _CHUNK), mode="rb") as gz:
-                        payload = gz.read()
-                except (OSError, EOFError, zlib.error) as exc:
-                    # the member itself may still be intact: hash the rest for the SHA256SUMS check
-                    reader.drain_hashing()
-                    self.digests[rel] = reader.digest.hexdigest()
-                    self.problem(f"{info.filename}: not a readable gzip file ({exc})")
-                    return None
-                self.digests[rel] = reader.drain_hashing()
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-            self.digests.pop(rel, None)
-            self.problem(f"{info.filename}: cannot be read intact ({exc})")
-            return None
-        try:
-            return nib.Nifti1Image.from_bytes(payload)
-        except Exception as exc:  # nibabel raises several unrelated types for a bad header
-            self.problem(f"{info.filename}: not a readable NIfTI-1 image ({type(exc).__name__}: {exc})")
-            return None
+@dataclass(frozen=True)
+class VerifyPlan:
+    """What :func:`plan_verify` found and what is left to do, for the chunks and :func:`finish_verify`.
 
-    # -- the checks ----------------------------------------------------------
+    Attributes
+    ----------
+    zip_path, state_dir, leak_scan
+        The zip, the state folder (or None), whether the leak scan runs.
+    top
+        The release's top folder in the zip.
+    members
+        How many members the zip holds.
+    cases
+        The case numbers of the zip's images, in order.
+    images
+        (case, kind) -> member name, for every image of the layout.
+    labels
+        The release's ``labels.json``, or None when it is missing or invalid.
+    defacing
+        Case -> (recorded cylinder, clear_labels), from the build manifest.
+    chunks
+        The members left to read, cut into chunks.
+    problems
+        What the plan found before the cases (layout, small files, labels.json, manifest).
+    sheet_problems
+        What the spreadsheets check found.
+    sums
+        SHA256SUMS's bytes, or None.
+    digests
+        sha256 of the members read by the plan (path under the top folder -> hex).
+    file_names
+        Every member that is not a folder.
+    manifest
+        The build manifest, or None.
+    scan_problems
+        Why the leak scan could not run, if so.
+    leaks
+        Leak-scan findings of the plan (see :func:`finish_verify` for the order).
+    checked
+        The checks that ran.
+    """
 
-    def run(self) -> VerifyReport:
-        if not self.zip_path.is_file():
-            self.problem(f"{self.zip_path}: no such file")
-            return self.report(0, 0)
-        try:
-            zf = zipfile.ZipFile(self.zip_path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            self.problem(f"{self.zip_path}: not a readable zip ({exc})")
-            return self.report(0, 0)
-        with zf:
-            infos = zf.infolist()
-            cases = self.check_zip(zf, infos)
-        if self.state_dir is not None:
-            self.check_state(cases)
-        return self.report(len(cases), len(infos))
+    zip_path: str
+    state_dir: str | None
+    leak_scan: bool
+    top: str
+    members: int
+    cases: tuple[str, ...]
+    images: dict[tuple[str, str], str]
+    labels: ReleaseLabels | None
+    defacing: dict[str, tuple[DefaceCylinder, bool]]
+    chunks: tuple[VerifyChunk, ...]
+    problems: tuple[str, ...]
+    sheet_problems: tuple[str, ...]
+    sums: bytes | None
+    digests: dict[str, str]
+    file_names: tuple[str, ...]
+    manifest: dict[str, Any] | None
+    scan_problems: tuple[str, ...]
+    leaks: tuple[tuple[tuple[int, ...], str], ...]
+    checked: tuple[str, ...]
 
-    def report(self, cases: int, members: int) -> VerifyReport:
-        return VerifyReport(tuple(self.problems), cases, tuple(self.checked), members)
+    def job(self, index: int) -> ChunkJob:
+        """The work of chunk ``index``, for :func:`verify_chunk`.
 
-    def check_zip(self, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> list[str]:
-        self.checked += ["integrity", "layout"]
-        tops = sorted({i.filename.split("/", 1)[0] for i in infos})
-        if not infos:
-            self.problem(f"{self.zip_path}: the zip is empty")
-            return []
-        top = max(tops, key=lambda t: sum(i.filename.startswith(t + "/") for i in infos))
-        if len(tops) > 1:
-            self.problem(f"{self.zip_path}: members under more than one top folder: {', '.join(tops)}")
-        seen: set[str] = set()
-        files: dict[str, zipfile.ZipInfo] = {}
-        images: dict[tuple[str, str], zipfile.ZipInfo] = {}  # (case, "CT"|"PT"|category) -> member
-        for info in infos:
-            name = info.filename
-            if name in seen:
-                self.problem(f"{name}: appears twice in the zip")
-                continue
-            seen.add(name)
-            if not name.startswith(top + "/"):
-                continue  # reported above as another top folder
-            rel = name[len(top) + 1 :]
-            if info.is_dir():
-                if rel not in _LAYOUT_DIRS:
-                    self.problem(f"{name}: a folder outside the release layout")
-                continue
-            if info.flag_bits & 0x1:
-                self.problem(f"{name}: encrypted")
-                continue
-            if rel in _TOP_FILES:
-                files[rel] = info
-                continue
-            match = _IMAGE_RE.match(rel) or _LABEL_RE.match(rel)
-            if match is None:
-                self.problem(f"{name}: not part of the release layout")
-                continue
-            kind, case = match.groups()
-            if kind not in ("CT", "PT") and kind not in CATEGORIES:
-                self.problem(f"{name}: {kind!r} is not a label category (expected one of {', '.join(CATEGORIES)})")
-                continue
-            if format_case_number(int(case)) != case:
-                self.problem(f"{name}: case number {case!r} is not written as the release writes it")
-                continue
-            images[(case, kind)] = info
-        for rel in _TOP_FILES:
-            if rel not in files:
-                self.problem(f"{top}/{rel}: missing")
+        Parameters
+        ----------
+        index
+            Which of :attr:`chunks`.
 
-        small = {rel: self.read_small(zf, info, rel) for rel, info in sorted(files.items())}
-        labels = self.read_labels(top, small.get("labels.json"))
-        cases = sorted({case for case, _ in images}, key=int)
-        self.check_cases(zf, top, cases, images, labels)
-        self.check_spreadsheets(top, cases, small)
-        self.check_sums(top, small.get(SUMS_NAME), [i for i in infos if not i.is_dir()])
-        return cases
+        Returns
+        -------
+        ChunkJob
+            The chunk's members and what their checks need.
+        """
+        members = self.chunks[index].members
+        cases = {m.case for m in members}
+        return ChunkJob(self.zip_path, self.state_dir, self.leak_scan, members, self.labels,
+                        {case: cyl for case, cyl in self.defacing.items() if case in cases})
 
-    def read_labels(self, top: str, data: bytes | None) -> ReleaseLabels | None:
-        if data is None:
-            return None
-        try:
-            return release_labels_from_dict(json.loads(data.decode("utf-8")), f"{top}/labels.json")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self.problem(f"{top}/labels.json: not valid UTF-8 JSON ({exc})")
-        except LabelTableError as exc:
-            self.problem(str(exc))
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """What :func:`verify_chunk` needs for one chunk (small: it travels to a worker).
+
+    Attributes
+    ----------
+    zip_path, state_dir, leak_scan
+        As in the plan.
+    members
+        The chunk's members.
+    labels
+        The release's ``labels.json`` (None: label values are not checked).
+    defacing
+        The recorded cylinders of the chunk's cases.
+    """
+
+    zip_path: str
+    state_dir: str | None
+    leak_scan: bool
+    members: tuple[MemberRef, ...]
+    labels: ReleaseLabels | None
+    defacing: dict[str, tuple[DefaceCylinder, bool]]
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """What :func:`verify_chunk` found in one member.
+
+    Attributes
+    ----------
+    name, order
+        The member.
+    digest
+        sha256 of its content, or None when it could not be read intact (or
+        is not an image of the layout: only images are hashed by the chunks).
+    shape, affine
+        The image's grid, when it was readable.
+    read_problems, value_problems, defacing_problems
+        The member's problems: reading and header, label values, defacing.
+    """
+
+    name: str
+    order: int
+    digest: str | None = None
+    shape: tuple[int, ...] | None = None
+    affine: tuple[tuple[float, ...], ...] | None = None
+    read_problems: tuple[str, ...] = ()
+    value_problems: tuple[str, ...] = ()
+    defacing_problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What :func:`verify_chunk` found in one chunk.
+
+    Attributes
+    ----------
+    members
+        One result per member, in the chunk's order.
+    leaks
+        Leak-scan findings (see :func:`finish_verify` for the order).
+    """
+
+    members: tuple[MemberResult, ...]
+    leaks: tuple[tuple[tuple[int, ...], str], ...] = ()
+
+
+# ---------------------------------------------------------------------------
+# reading
+
+
+def _rel(name: str, top: str) -> str:
+    return name[len(top) + 1 :]
+
+
+def _read_region(fh: Any, start: int, end: int, margin: int, size: int) -> tuple[int, bytes]:
+    """Bytes ``[start - margin, end + margin)`` of an open file (clamped to it), and where they begin."""
+    base = max(start - margin, 0)
+    return base, os.pread(fh.fileno(), min(end + margin, size) - base, base)
+
+
+def _member_content(region: bytes, base: int, ref: MemberRef) -> memoryview:
+    """A member's stored bytes, inflated if it was deflated, checked against the directory's CRC.
+
+    ``region`` holds the file's bytes from ``base``, including the member's local header.
+
+    Raises
+    ------
+    zipfile.BadZipFile
+        A damaged local header, an unknown compression or a CRC mismatch.
+    """
+    at = ref.header_offset - base
+    head = region[at : at + _LOCAL_HEADER.size]
+    if len(head) < _LOCAL_HEADER.size or head[:4] != _LOCAL_SIGNATURE:
+        raise zipfile.BadZipFile(f"bad local file header at offset {ref.header_offset}")
+    fields = _LOCAL_HEADER.unpack(head)
+    name_length, extra_length = fields[-2], fields[-1]
+    start = at + _LOCAL_HEADER.size
+    if region[start : start + name_length] != ref.name.encode("utf-8") and region[
+        start : start + name_length
+    ] != ref.name.encode("cp437", errors="replace"):
+        raise zipfile.BadZipFile(f"file name in directory {ref.name!r} and local header differ")
+    start += name_length + extra_length
+    data = memoryview(region)[start : start + ref.compress_size]
+    if len(data) != ref.compress_size:
+        raise zipfile.BadZipFile(f"truncated: {len(data)} of {ref.compress_size} bytes")
+    if ref.compress_type == zipfile.ZIP_STORED:
+        content = data
+    elif ref.compress_type == zipfile.ZIP_DEFLATED:
+        content = memoryview(isal_zlib.decompress(data, wbits=-15))
+    else:
+        raise zipfile.BadZipFile(f"compression method {ref.compress_type} is not stored or deflated")
+    if len(content) != ref.file_size or isal_zlib.crc32(content) != ref.crc:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {ref.name!r}")
+    return content
+
+
+def _nifti(payload: bytes) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The image of a NIfTI-1 stream and its voxels (scaled as nibabel reads them), without a copy.
+
+    Raises
+    ------
+    ValueError, nibabel.filebasedimages.ImageFileError, nibabel.spatialimages.HeaderDataError
+        Not a NIfTI-1 stream, or shorter than its header says.
+    """
+    img = nib.Nifti1Image.from_bytes(payload)
+    proxy = img.dataobj  # where the file's voxels are (the image's own header says offset 0)
+    shape, dtype, offset = tuple(proxy.shape), np.dtype(proxy.dtype), int(proxy.offset)
+    count = int(np.prod(shape, dtype=np.int64))
+    if offset + count * dtype.itemsize > len(payload):
+        raise ValueError(f"{len(payload) - offset} bytes of voxel data, the header says {count * dtype.itemsize}")
+    data = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
+    slope, inter = proxy.slope, proxy.inter
+    if (slope, inter) != (1.0, 0.0):
+        data = data * slope + inter
+    return img, data
+
+
+# ---------------------------------------------------------------------------
+# the leak scan's values
+
+
+_MATCHERS: dict[tuple[Any, ...], Matcher] = {}
+
+
+def _matcher(zip_path: Path, state_dir: Path) -> Matcher:
+    """The matcher of the state's sensitive values, built once per process for the same value files.
+
+    Raises
+    ------
+    ValueError
+        When the values cannot be read.
+    """
+    files = StatePaths(state_dir).sensitive_files()
+    dates = _dates_are_secret(zip_path, state_dir)
+    key = (str(state_dir), dates, tuple((str(p), *_stamp(p)) for p in files))
+    if key not in _MATCHERS:
+        _MATCHERS.clear()
+        _MATCHERS[key] = Matcher(load_sensitive_values(state_dir, include_dates=dates))
+    return _MATCHERS[key]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _leak_line(leak: Leak) -> str:
+    return f"{leak.file}: an identifying value ({leak.kind}, sha256 {leak.value_digest[:12]}…) at offset {leak.offset}"
+
+
+def _unscannable_line(exc: Exception) -> str:
+    return f"the leak scan could not read the whole zip: {exc}"
+
+
+def _zip_leaks(leaks: Iterable[Leak]) -> list[tuple[tuple[int, ...], str]]:
+    """Leaks in the zip's own bytes: first, in offset order."""
+    return [((0, leak.offset), _leak_line(leak)) for leak in leaks]
+
+
+def _member_leaks(order: int, leaks: Iterable[Leak]) -> list[tuple[tuple[int, ...], str]]:
+    """Leaks in a member: after the zip's own, by member, in the scan's order."""
+    return [((1, order, n), _leak_line(leak)) for n, leak in enumerate(leaks)]
+
+
+def _scan_member_or_say_why(
+    ref: MemberRef, content: bytes | None, zip_name: str, matcher: Matcher, *,
+    gunzipped: bytes | None = None, error: Exception | None = None,
+) -> list[tuple[tuple[int, ...], str]]:
+    name = f"{zip_name}!{ref.name}"
+    if content is None:
+        return [((1, ref.order, 0), _unscannable_line(UnscannableError(f"{name}: member cannot be read ({error})")))]
+    try:
+        return _member_leaks(ref.order, scan_member(bytes(content), matcher, name, gunzipped=gunzipped))
+    except UnscannableError as exc:
+        return [((1, ref.order, 0), _unscannable_line(exc))]
+
+
+# ---------------------------------------------------------------------------
+# 1. the plan
+
+
+def _layout(infos: list[zipfile.ZipInfo], zip_path: Path, problems: list[str]) -> tuple[
+    str, dict[str, zipfile.ZipInfo], dict[tuple[str, str], zipfile.ZipInfo]
+]:
+    """The top folder, the top files and the images by (case, kind); layout problems appended."""
+    tops = sorted({i.filename.split("/", 1)[0] for i in infos})
+    top = max(tops, key=lambda t: sum(i.filename.startswith(t + "/") for i in infos))
+    if len(tops) > 1:
+        problems.append(f"{zip_path}: members under more than one top folder: {', '.join(tops)}")
+    seen: set[str] = set()
+    files: dict[str, zipfile.ZipInfo] = {}
+    images: dict[tuple[str, str], zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        if name in seen:
+            problems.append(f"{name}: appears twice in the zip")
+            continue
+        seen.add(name)
+        if not name.startswith(top + "/"):
+            continue  # reported above as another top folder
+        rel = _rel(name, top)
+        if info.is_dir():
+            if rel not in _LAYOUT_DIRS:
+                problems.append(f"{name}: a folder outside the release layout")
+            continue
+        if info.flag_bits & 0x1:
+            problems.append(f"{name}: encrypted")
+            continue
+        if rel in _TOP_FILES:
+            files[rel] = info
+            continue
+        match = _IMAGE_RE.match(rel) or _LABEL_RE.match(rel)
+        if match is None:
+            problems.append(f"{name}: not part of the release layout")
+            continue
+        kind, case = match.groups()
+        if kind not in ("CT", "PT") and kind not in CATEGORIES:
+            problems.append(f"{name}: {kind!r} is not a label category (expected one of {', '.join(CATEGORIES)})")
+            continue
+        if format_case_number(int(case)) != case:
+            problems.append(f"{name}: case number {case!r} is not written as the release writes it")
+            continue
+        images[(case, kind)] = info
+    for rel in _TOP_FILES:
+        if rel not in files:
+            problems.append(f"{top}/{rel}: missing")
+    return top, files, images
+
+
+def _read_labels(top: str, data: bytes | None, problems: list[str]) -> ReleaseLabels | None:
+    if data is None:
         return None
+    try:
+        return release_labels_from_dict(json.loads(data.decode("utf-8")), f"{top}/labels.json")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{top}/labels.json: not valid UTF-8 JSON ({exc})")
+    except LabelTableError as exc:
+        problems.append(str(exc))
+    return None
 
-    def check_cases(
-        self,
-        zf: zipfile.ZipFile,
-        top: str,
-        cases: list[str],
-        images: dict[tuple[str, str], zipfile.ZipInfo],
-        labels: ReleaseLabels | None,
-    ) -> None:
-        self.checked += ["cases", "geometry", "dtypes", "label-values"]
-        self.defacing = self.load_defacing()
-        for case in cases:
-            missing = [k for k in ("CT", "PT", *CATEGORIES) if (case, k) not in images]
-            if missing:
-                self.problem(f"case {case}: missing {', '.join(missing)}")
-            cylinder = self.defacing.get(case)
-            ct_grid: tuple[tuple[int, ...], np.ndarray] | None = None
-            for kind in ("CT", "PT", *CATEGORIES):
-                info = images.get((case, kind))
-                if info is None:
-                    continue
-                rel = info.filename[len(top) + 1 :]
-                img = self.read_nifti(zf, info, rel)
-                if img is None:
-                    continue
-                role = kind if kind in ("CT", "PT") else "label"
-                self.check_header(info.filename, img, role)
-                if kind == "CT":
-                    ct_grid = (img.shape, img.affine)
-                if role == "label":
-                    self.check_label(info.filename, img, kind, ct_grid, labels)
-                if cylinder is not None:
-                    self.check_defaced(case, info.filename, img, kind, cylinder)
-                del img
 
-    def check_header(self, name: str, img: nib.Nifti1Image, role: str) -> None:
-        dtype = img.get_data_dtype()
-        if dtype != _EXPECTED_DTYPE[role]:
-            self.problem(f"{name}: stored as {dtype}, expected {_EXPECTED_DTYPE[role]}")
-        if len(img.shape) != 3:
-            self.problem(f"{name}: {len(img.shape)}-D image of shape {img.shape}, expected 3-D")
-        slope, inter = img.header.get_slope_inter()
-        if role != "PT" and not (slope in (None, 1.0) and inter in (None, 0.0)):
-            self.problem(f"{name}: has a scaling (scl_slope {slope}, scl_inter {inter}); stored values must be final")
-        hdr = img.header
-        for field in ("descrip", "aux_file", "intent_name", "db_name"):
-            if field in hdr and np.asarray(hdr[field]).tobytes().strip(b"\x00 "):
-                self.problem(f"{name}: header field {field} is not empty")
-        if hdr.extensions:
-            self.problem(f"{name}: carries {len(hdr.extensions)} header extension(s)")
+def _load_manifest(zip_path: Path, state_dir: Path, problems: list[str]) -> dict[str, Any] | None:
+    path = StatePaths(state_dir).release_manifest(zip_path.name)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"{path}: no build manifest for {zip_path.name} in the state folder")
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{path}: the build manifest cannot be read ({exc})")
+        return None
+    case_keys = {"case", "defaced", "cylinder", "clear_labels"}
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != MANIFEST_FORMAT
+        or not isinstance(manifest.get("members"), dict)
+        or not isinstance(manifest.get("cases"), list)
+        or not all(isinstance(c, dict) and case_keys <= set(c) for c in manifest["cases"])
+    ):
+        problems.append(f"{path}: not a build manifest of format {MANIFEST_FORMAT} (written by assemble_release)")
+        return None
+    return manifest
 
-    def check_label(
-        self,
-        name: str,
-        img: nib.Nifti1Image,
-        category: str,
-        ct_grid: tuple[tuple[int, ...], np.ndarray] | None,
-        labels: ReleaseLabels | None,
-    ) -> None:
-        if ct_grid is not None:
-            shape, affine = ct_grid
-            if img.shape != shape:
-                self.problem(f"{name}: shape {img.shape} is not the CT's {shape}")
-            elif not np.allclose(img.affine, affine, rtol=0, atol=_AFFINE_TOL_MM):
-                worst = float(np.abs(img.affine - affine).max())
-                self.problem(f"{name}: affine differs from the CT's by up to {worst:.4g} mm")
-        if labels is None:
-            return
-        data = np.asanyarray(img.dataobj)
-        allowed = set(labels.categories[category]) | {0}
-        if data.dtype == np.uint8:
-            # a lookup table: one byte-sized pass, no sort and no int64 copy of the volume
-            lut = np.zeros(256, dtype=bool)
-            lut[sorted(allowed)] = True
-            outside = ~lut[data]
-            bad = np.unique(data[outside]).tolist() if outside.any() else []
-        else:
-            bad = [v for v in np.unique(data).tolist() if v not in allowed]
-        if bad:
-            shown = ", ".join(str(v) for v in bad[:10])
-            self.problem(f"{name}: values {shown} are not in labels.json for {category}")
 
-    # -- state ---------------------------------------------------------------
-
-    def load_manifest(self) -> dict[str, Any] | None:
-        if self.state_dir is None:
-            return None
-        if self._manifest_read:
-            return self._manifest
-        self._manifest_read = True
-        path = StatePaths(self.state_dir).release_manifest(self.zip_path.name)
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            self.problem(f"{path}: no build manifest for {self.zip_path.name} in the state folder")
-            return None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self.problem(f"{path}: the build manifest cannot be read ({exc})")
-            return None
-        case_keys = {"case", "defaced", "cylinder", "clear_labels"}
-        if (
-            not isinstance(manifest, dict)
-            or manifest.get("format") != MANIFEST_FORMAT
-            or not isinstance(manifest.get("members"), dict)
-            or not isinstance(manifest.get("cases"), list)
-            or not all(isinstance(c, dict) and case_keys <= set(c) for c in manifest["cases"])
-        ):
-            self.problem(f"{path}: not a build manifest of format {MANIFEST_FORMAT} (written by assemble_release)")
-            return None
-        self._manifest = manifest
-        return manifest
-
-    def load_defacing(self) -> dict[str, tuple[DefaceCylinder, bool]]:
-        manifest = self.load_manifest()
-        if manifest is None:
-            return {}
-        self.checked.append("defacing")
-        found = {}
-        for entry in manifest["cases"]:
-            if entry["defaced"]:
-                if entry["cylinder"] is None:
-                    self.problem(f"case {entry['case']}: defaced but no cylinder recorded in the manifest")
-                    continue
-                found[entry["case"]] = (from_jsonable(DefaceCylinder, entry["cylinder"]), bool(entry["clear_labels"]))
-        return found
-
-    def check_defaced(
-        self, case: str, name: str, img: nib.Nifti1Image, kind: str, cylinder: tuple[DefaceCylinder, bool]
-    ) -> None:
-        shape, clear_labels = img.shape, cylinder[1]
-        if kind in CATEGORIES and not clear_labels:
-            return
-        if len(shape) != 3:
-            return
-        mask = cylinder_mask(cylinder[0], shape, img.affine)
-        if not mask.any():
-            self.problem(f"{name}: the recorded defacing cylinder of case {case} holds no voxel of this grid")
-            return
-        expected = {"CT": -1000, "PT": 0}.get(kind, 0)
-        inside = np.asanyarray(img.dataobj)[mask]
-        wrong = int(np.count_nonzero(inside != expected))
-        if wrong:
-            self.problem(
-                f"{name}: {wrong} of {inside.size} voxels inside the recorded defacing cylinder "
-                f"are not {expected}"
-            )
-
-    def check_state(self, cases: list[str]) -> None:
-        manifest = self.load_manifest()
-        if manifest is not None:
-            built = {e["case"] for e in manifest["cases"]}
-            for case in sorted(set(cases) - built, key=int):
-                self.problem(f"case {case}: in the zip but not in the build manifest")
-            for case in sorted(built - set(cases), key=int):
-                self.problem(f"case {case}: in the build manifest but not in the zip")
-            for rel, digest in sorted(manifest["members"].items()):
-                if rel in self.digests and self.digests[rel] != digest:
-                    self.problem(f"{rel}: content differs from what was built (manifest sha256 {digest[:12]}…)")
-        assert self.state_dir is not None
-        if self.leak_scan:
-            self.checked.append("leak-scan")
-            self.problems += leak_scan_problems(self.zip_path, self.state_dir)
-
-    # -- spreadsheets and sums -----------------------------------------------
-
-    def check_spreadsheets(self, top: str, cases: list[str], small: dict[str, bytes | None]) -> None:
-        self.checked.append("spreadsheets")
-        for rel in ("CT-details.xlsx", "PT-details.xlsx"):
-            data = small.get(rel)
-            if data is None:
+def _defacing(manifest: dict[str, Any], problems: list[str]) -> dict[str, tuple[DefaceCylinder, bool]]:
+    found = {}
+    for entry in manifest["cases"]:
+        if entry["defaced"]:
+            if entry["cylinder"] is None:
+                problems.append(f"case {entry['case']}: defaced but no cylinder recorded in the manifest")
                 continue
-            name = f"{top}/{rel}"
-            try:
-                header, rows = read_details_xlsx(io.BytesIO(data))
-            except Exception as exc:  # openpyxl raises many types for a broken workbook
-                self.problem(f"{name}: not a readable workbook ({type(exc).__name__}: {exc})")
-                continue
-            try:
-                check_column_names(header)
-            except ValueError as exc:
-                self.problem(f"{name}: {exc}")
-            if not header or header[0] != "Case":
-                self.problem(f"{name}: the first column is {header[:1]!r}, expected 'Case'")
-                continue
-            listed = [str(r[0]) if r and r[0] is not None else "" for r in rows]
-            if len(listed) != len(cases):
-                self.problem(f"{name}: {len(listed)} rows for {len(cases)} cases")
-            if listed != cases:
-                extra = [c for c in listed if c not in cases]
-                missing = [c for c in cases if c not in listed]
-                if extra or missing:
-                    self.problem(
-                        f"{name}: rows for cases not in the zip {extra[:10]}, no row for cases {missing[:10]}"
-                    )
-                elif len(listed) == len(cases):
-                    self.problem(f"{name}: rows are not in case order")
-                else:
-                    self.problem(f"{name}: a case has more than one row")
+            found[entry["case"]] = (from_jsonable(DefaceCylinder, entry["cylinder"]), bool(entry["clear_labels"]))
+    return found
 
-    def check_sums(self, top: str, data: bytes | None, infos: list[zipfile.ZipInfo]) -> None:
-        self.checked.append("checksums")
+
+def _check_spreadsheets(top: str, cases: Sequence[str], small: dict[str, bytes | None]) -> list[str]:
+    problems: list[str] = []
+    cases = list(cases)
+    for rel in ("CT-details.xlsx", "PT-details.xlsx"):
+        data = small.get(rel)
         if data is None:
-            return
+            continue
+        name = f"{top}/{rel}"
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            self.problem(f"{top}/{SUMS_NAME}: not UTF-8 text")
-            return
-        listed, problems = parse_sha256sums(text, source=f"{top}/{SUMS_NAME}")
-        self.problems += problems
-        members = {i.filename[len(top) + 1 :] for i in infos if i.filename.startswith(top + "/")}
-        members.discard(SUMS_NAME)
-        for rel in sorted(members - set(listed)):
-            self.problem(f"{top}/{rel}: not listed in {SUMS_NAME}")
-        for rel in sorted(set(listed) - members):
-            self.problem(f"{top}/{rel}: listed in {SUMS_NAME} but not in the zip")
-        for rel in sorted(members & set(listed)):
-            got = self.digests.get(rel)
-            if got is not None and got != listed[rel]:
-                self.problem(f"{top}/{rel}: sha256 {got} does not match {SUMS_NAME} ({listed[rel]})")
+            header, rows = read_details_xlsx(io.BytesIO(data))
+        except Exception as exc:  # openpyxl raises many types for a broken workbook
+            problems.append(f"{name}: not a readable workbook ({type(exc).__name__}: {exc})")
+            continue
+        try:
+            check_column_names(header)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+        if not header or header[0] != "Case":
+            problems.append(f"{name}: the first column is {header[:1]!r}, expected 'Case'")
+            continue
+        listed = [str(r[0]) if r and r[0] is not None else "" for r in rows]
+        if len(listed) != len(cases):
+            problems.append(f"{name}: {len(listed)} rows for {len(cases)} cases")
+        if listed != cases:
+            extra = [c for c in listed if c not in cases]
+            missing = [c for c in cases if c not in listed]
+            if extra or missing:
+                problems.append(f"{name}: rows for cases not in the zip {extra[:10]}, no row for cases {missing[:10]}")
+            elif len(listed) == len(cases):
+                problems.append(f"{name}: rows are not in case order")
+            else:
+                problems.append(f"{name}: a case has more than one row")
+    return problems
+
+
+def _refs(infos: list[zipfile.ZipInfo], central_directory: int, images: dict[str, tuple[str, str]]) -> list[MemberRef]:
+    """Every member's place in the file: its bytes run to the next local header (by offset)."""
+    starts = sorted({i.header_offset for i in infos} | {central_directory})
+    following = {start: starts[n + 1] for n, start in enumerate(starts[:-1])}
+    refs = []
+    for order, info in enumerate(infos):
+        case, kind = images.get(info.filename, (None, None))
+        refs.append(MemberRef(
+            name=info.filename, order=order, header_offset=info.header_offset,
+            region_end=following.get(info.header_offset, central_directory),
+            compress_type=info.compress_type, compress_size=info.compress_size, file_size=info.file_size,
+            crc=info.CRC, case=case, kind=kind,
+        ))
+    return refs
+
+
+def _work(fh: Any, ref: MemberRef, size: int) -> int:
+    """Bytes read plus bytes inflated for a member: a gzip stream's size is in its last 4 bytes."""
+    work = ref.compress_size + ref.file_size
+    if ref.kind is None or ref.compress_type != zipfile.ZIP_STORED or ref.file_size < 18:
+        return work
+    head = os.pread(fh.fileno(), _LOCAL_HEADER.size, ref.header_offset)
+    if len(head) < _LOCAL_HEADER.size or head[:4] != _LOCAL_SIGNATURE:
+        return work
+    fields = _LOCAL_HEADER.unpack(head)
+    end = ref.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1] + ref.compress_size
+    if end > size:
+        return work
+    (inflated,) = struct.unpack("<I", os.pread(fh.fileno(), 4, end - 4).ljust(4, b"\0"))
+    return work + inflated
+
+
+def _cut(refs: Sequence[MemberRef], works: Sequence[int], chunks: int | None) -> tuple[VerifyChunk, ...]:
+    """Consecutive members into chunks of about equal work (``chunks`` of them, or :data:`CHUNK_BYTES` each)."""
+    if not refs:
+        return ()
+    total = sum(works)
+    count = chunks if chunks is not None else max(1, -(-total // CHUNK_BYTES))
+    count = max(1, min(count, len(refs)))
+    target = total / count
+    out: list[VerifyChunk] = []
+    members: list[MemberRef] = []
+    work = done = 0
+    for ref, cost in zip(refs, works, strict=True):
+        members.append(ref)
+        work += cost
+        if done + work >= target * (len(out) + 1) and len(out) < count - 1:  # cut where the total says
+            out.append(VerifyChunk(tuple(members), work))
+            done += work
+            members, work = [], 0
+    if members:
+        out.append(VerifyChunk(tuple(members), work))
+    return tuple(out)
+
+
+def plan_verify(
+    zip_path: Path, *, state_dir: Path | None = None, leak_scan: bool = True, chunks: int | None = None
+) -> VerifyPlan:
+    """Read a release zip's directory and small files, check what they show, and cut the rest into chunks.
+
+    Parameters
+    ----------
+    zip_path
+        The release zip.
+    state_dir
+        The state folder it was built from, or None (see :func:`verify_release`).
+    leak_scan
+        With ``state_dir``: scan for the state's identifying values.
+    chunks
+        How many chunks to cut the members into; None for one per
+        :data:`CHUNK_BYTES` of work.
+
+    Returns
+    -------
+    VerifyPlan
+        What was found so far and the chunks left (none when the zip cannot be read).
+    """
+    zip_path = Path(zip_path)
+    state = Path(state_dir) if state_dir is not None else None
+    scan = leak_scan and state is not None
+    problems: list[str] = []
+    empty = dict(zip_path=str(zip_path), state_dir=str(state) if state else None, leak_scan=scan, top="",
+                 members=0, cases=(), images={}, labels=None, defacing={}, chunks=(), sheet_problems=(), sums=None,
+                 digests={}, file_names=(), manifest=None, scan_problems=(), leaks=(), checked=())
+    if not zip_path.is_file():
+        return VerifyPlan(problems=(f"{zip_path}: no such file",), **empty)  # type: ignore[arg-type]
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        return VerifyPlan(problems=(f"{zip_path}: not a readable zip ({exc})",), **empty)  # type: ignore[arg-type]
+    with zf, open(zip_path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        infos = zf.infolist()
+        if not infos:
+            return VerifyPlan(problems=(f"{zip_path}: the zip is empty",), **empty)  # type: ignore[arg-type]
+        checked = ["integrity", "layout"]
+        top, files, images = _layout(infos, zip_path, problems)
+        by_name = {info.filename: key for key, info in images.items()}
+        refs = _refs(infos, zf.start_dir, by_name)
+
+        matcher: Matcher | None = None
+        scan_problems: list[str] = []
+        if scan:
+            assert state is not None
+            try:
+                matcher = _matcher(zip_path, state)
+            except ValueError as exc:
+                scan_problems.append(f"the sensitive values cannot be read, so the leak scan did not run: {exc}")
+            else:
+                if matcher.empty:
+                    scan_problems.append(f"{state}: no sensitive values recorded; the leak scan has nothing to look for")
+                    matcher = None
+
+        # the small files: read here (whole, through zipfile's CRC), checked and scanned
+        small: dict[str, bytes | None] = {}
+        unreadable: dict[str, Exception] = {}
+        digests: dict[str, str] = {}
+        leaks: list[tuple[tuple[int, ...], str]] = []
+        for rel, info in sorted(files.items()):
+            try:
+                data = zf.read(info)
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+                problems.append(f"{info.filename}: cannot be read intact ({exc})")
+                small[rel], unreadable[rel] = None, exc
+            else:
+                small[rel] = data
+                digests[rel] = hashlib.sha256(data).hexdigest()
+        planned = {info.filename for info in files.values()}
+        margin = context_bytes(matcher) if matcher is not None else 0
+        if matcher is not None:
+            # the zip's own bytes outside the chunks' members: before the first member, the
+            # directory, and the members read here (folders, small files)
+            first = min(r.header_offset for r in refs)
+            regions = [(0, first), (zf.start_dir, size)]
+            regions += [(r.header_offset, r.region_end) for r in refs if r.name in planned or infos[r.order].is_dir()]
+            for start, end in regions:
+                if end > start:
+                    base, data_ = _read_region(fh, start, end, margin, size)
+                    leaks += _zip_leaks(scan_region(data_, matcher, zip_path.name, base=base, start=start, end=end))
+            for ref in refs:
+                if ref.name in planned:
+                    rel = _rel(ref.name, top)
+                    leaks += _scan_member_or_say_why(ref, small[rel], zip_path.name, matcher,
+                                                     error=unreadable.get(rel))
+
+        labels = _read_labels(top, small.get("labels.json"), problems)
+        cases = tuple(sorted({case for case, _ in images}, key=int))
+        checked += ["cases", "geometry", "dtypes", "label-values"]
+        manifest = _load_manifest(zip_path, state, problems) if state is not None else None
+        defacing = _defacing(manifest, problems) if manifest is not None else {}
+        if manifest is not None:
+            checked.append("defacing")
+        checked.append("spreadsheets")
+        sheet_problems = _check_spreadsheets(top, cases, small)
+        checked.append("checksums")
+        if scan:
+            checked.append("leak-scan")
+
+        rest = [r for r in refs if r.name not in planned and not infos[r.order].is_dir()]
+        chunk_list = _cut(rest, [_work(fh, r, size) for r in rest], chunks)
+    return VerifyPlan(
+        zip_path=str(zip_path), state_dir=str(state) if state else None, leak_scan=scan and matcher is not None,
+        top=top, members=len(infos), cases=cases,
+        images={key: info.filename for key, info in images.items()}, labels=labels, defacing=defacing,
+        chunks=chunk_list, problems=tuple(problems), sheet_problems=tuple(sheet_problems),
+        sums=small.get(SUMS_NAME), digests=digests,
+        file_names=tuple(i.filename for i in infos if not i.is_dir()), manifest=manifest,
+        scan_problems=tuple(scan_problems), leaks=tuple(leaks), checked=tuple(checked),
+    )
+
+
+# ---------------------------------------------------------------------------
+# 2. a chunk
+
+
+def _check_header(name: str, img: nib.Nifti1Image, role: str) -> list[str]:
+    problems = []
+    dtype = img.get_data_dtype()
+    if dtype != _EXPECTED_DTYPE[role]:
+        problems.append(f"{name}: stored as {dtype}, expected {_EXPECTED_DTYPE[role]}")
+    if len(img.shape) != 3:
+        problems.append(f"{name}: {len(img.shape)}-D image of shape {img.shape}, expected 3-D")
+    slope, inter = img.dataobj.slope, img.dataobj.inter
+    if role != "PT" and not (slope == 1.0 and inter == 0.0):
+        problems.append(f"{name}: has a scaling (scl_slope {slope}, scl_inter {inter}); stored values must be final")
+    hdr = img.header
+    for field_name in ("descrip", "aux_file", "intent_name", "db_name"):
+        if field_name in hdr and np.asarray(hdr[field_name]).tobytes().strip(b"\x00 "):
+            problems.append(f"{name}: header field {field_name} is not empty")
+    if hdr.extensions:
+        problems.append(f"{name}: carries {len(hdr.extensions)} header extension(s)")
+    return problems
+
+
+def _check_values(name: str, data: np.ndarray, category: str, labels: ReleaseLabels) -> list[str]:
+    allowed = set(labels.categories[category]) | {0}
+    if data.dtype == np.uint8:
+        lut = np.zeros(256, dtype=bool)
+        lut[sorted(allowed)] = True
+        top = int(data.max()) if data.size else 0
+        if lut[: top + 1].all():  # one cheap max() proves the usual map clean
+            return []
+        outside = ~lut[data]  # a lookup table: one byte-sized pass, no sort, no int64 copy
+        bad = np.unique(data[outside]).tolist() if outside.any() else []
+    else:
+        bad = [v for v in np.unique(data).tolist() if v not in allowed]
+    if bad:
+        shown = ", ".join(str(v) for v in bad[:10])
+        return [f"{name}: values {shown} are not in labels.json for {category}"]
+    return []
+
+
+def _check_defaced(case: str, name: str, img: nib.Nifti1Image, data: np.ndarray, kind: str,
+                   cylinder: tuple[DefaceCylinder, bool]) -> list[str]:
+    if (kind in CATEGORIES and not cylinder[1]) or data.ndim != 3:
+        return []
+    inside = cylinder_values(cylinder[0], data, img.affine)  # only the cylinder's box is read
+    if not inside.size:
+        return [f"{name}: the recorded defacing cylinder of case {case} holds no voxel of this grid"]
+    expected = {"CT": -1000, "PT": 0}.get(kind, 0)
+    wrong = int(np.count_nonzero(inside != expected))
+    if wrong:
+        return [f"{name}: {wrong} of {inside.size} voxels inside the recorded defacing cylinder are not {expected}"]
+    return []
+
+
+def _check_image(job: ChunkJob, ref: MemberRef, content: memoryview) -> tuple[MemberResult, bytes | None]:
+    """Every check of one image of the layout on its bytes; also its inflated stream (for the scan)."""
+    assert ref.case is not None and ref.kind is not None
+    digest = hashlib.sha256(content).hexdigest()
+    try:
+        payload = isal_zlib.decompress(content, wbits=31)
+    except (isal_zlib.error, EOFError, ValueError) as exc:
+        return MemberResult(ref.name, ref.order, digest, read_problems=(
+            f"{ref.name}: not a readable gzip file ({exc})",)), None
+    try:
+        img, data = _nifti(payload)
+    except (ValueError, ImageFileError, HeaderDataError, EOFError) as exc:
+        return MemberResult(ref.name, ref.order, digest, read_problems=(
+            f"{ref.name}: not a readable NIfTI-1 image ({type(exc).__name__}: {exc})",)), payload
+    role = ref.kind if ref.kind in ("CT", "PT") else "label"
+    values = _check_values(ref.name, data, ref.kind, job.labels) if role == "label" and job.labels else []
+    cylinder = job.defacing.get(ref.case)
+    defaced = _check_defaced(ref.case, ref.name, img, data, ref.kind, cylinder) if cylinder is not None else []
+    result = MemberResult(
+        ref.name, ref.order, digest, shape=tuple(int(n) for n in img.shape),
+        affine=tuple(tuple(float(v) for v in row) for row in img.affine),
+        read_problems=tuple(_check_header(ref.name, img, role)), value_problems=tuple(values),
+        defacing_problems=tuple(defaced),
+    )
+    return result, payload
+
+
+def verify_chunk(job: ChunkJob) -> ChunkResult:
+    """Check the members of one chunk: each read once, for every check and the leak scan.
+
+    Parameters
+    ----------
+    job
+        ``plan.job(index)`` of a :func:`plan_verify` plan.
+
+    Returns
+    -------
+    ChunkResult
+        Per member: its digest, grid and problems; the leak-scan findings.
+    """
+    zip_path = Path(job.zip_path)
+    matcher = _matcher(zip_path, Path(job.state_dir)) if job.leak_scan and job.state_dir else None
+    margin = context_bytes(matcher) if matcher is not None else 0
+    results: list[MemberResult] = []
+    leaks: list[tuple[tuple[int, ...], str]] = []
+    with open(zip_path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        for ref in job.members:
+            base, region = _read_region(fh, ref.header_offset, ref.region_end, margin, size)
+            if matcher is not None:  # the zip's own bytes of this member
+                leaks += _zip_leaks(scan_region(region, matcher, zip_path.name, base=base,
+                                                start=ref.header_offset, end=ref.region_end))
+            try:
+                content: memoryview | None = _member_content(region, base, ref)
+            except (zipfile.BadZipFile, isal_zlib.error) as exc:
+                content, error = None, exc
+                if ref.kind is not None:
+                    results.append(MemberResult(ref.name, ref.order,
+                                                read_problems=(f"{ref.name}: cannot be read intact ({exc})",)))
+                else:
+                    results.append(MemberResult(ref.name, ref.order))
+            payload = None
+            if content is not None:
+                if ref.kind is not None:
+                    result, payload = _check_image(job, ref, content)
+                    results.append(result)
+                else:
+                    results.append(MemberResult(ref.name, ref.order))  # outside the layout: scanned only
+            if matcher is not None:
+                leaks += _scan_member_or_say_why(ref, content, zip_path.name, matcher, gunzipped=payload,
+                                                 error=None if content is not None else error)
+            del region, content, payload
+    return ChunkResult(tuple(results), tuple(leaks))
+
+
+# ---------------------------------------------------------------------------
+# 3. putting it together
+
+
+def finish_verify(plan: VerifyPlan, results: Iterable[ChunkResult]) -> VerifyReport:
+    """The report of a release from its plan and every chunk's result.
+
+    Parameters
+    ----------
+    plan
+        From :func:`plan_verify`.
+    results
+        :func:`verify_chunk` of every chunk of ``plan``, in any order.
+
+    Returns
+    -------
+    VerifyReport
+        Problems in this order: layout and small files, the cases (each case's
+        missing members, then per member in CT, PT, category order: reading and
+        header, grid, label values, defacing), spreadsheets, checksums, the
+        build manifest, the leak scan (the zip's own bytes by offset, then each
+        member in the zip's order).
+
+    Raises
+    ------
+    ValueError
+        When ``results`` do not cover the plan's chunks.
+    """
+    chunks = list(results)
+    if len(chunks) != len(plan.chunks):
+        raise ValueError(f"{len(chunks)} chunk results for a plan of {len(plan.chunks)} chunks")
+    members = {m.name: m for chunk in chunks for m in chunk.members}
+    problems = list(plan.problems)
+    digests = dict(plan.digests)
+    for member in members.values():
+        if member.digest is not None:
+            digests[_rel(member.name, plan.top)] = member.digest
+
+    for case in plan.cases:
+        missing = [k for k in _KINDS if (case, k) not in plan.images]
+        if missing:
+            problems.append(f"case {case}: missing {', '.join(missing)}")
+        ct_grid = None
+        for kind in _KINDS:
+            name = plan.images.get((case, kind))
+            member = members.get(name) if name else None
+            if member is None:
+                continue
+            problems += member.read_problems
+            if kind == "CT" and member.shape is not None:
+                ct_grid = (member.shape, np.array(member.affine))
+            if kind in CATEGORIES and ct_grid is not None and member.shape is not None:
+                shape, affine = ct_grid
+                if member.shape != shape:
+                    problems.append(f"{name}: shape {member.shape} is not the CT's {shape}")
+                elif not np.allclose(member.affine, affine, rtol=0, atol=_AFFINE_TOL_MM):
+                    worst = float(np.abs(np.array(member.affine) - affine).max())
+                    problems.append(f"{name}: affine differs from the CT's by up to {worst:.4g} mm")
+            problems += member.value_problems
+            problems += member.defacing_problems
+
+    problems += plan.sheet_problems
+    problems += _check_sums(plan, digests)
+    if plan.manifest is not None:
+        built = {e["case"] for e in plan.manifest["cases"]}
+        for case in sorted(set(plan.cases) - built, key=int):
+            problems.append(f"case {case}: in the zip but not in the build manifest")
+        for case in sorted(built - set(plan.cases), key=int):
+            problems.append(f"case {case}: in the build manifest but not in the zip")
+        for rel, digest in sorted(plan.manifest["members"].items()):
+            if rel in digests and digests[rel] != digest:
+                problems.append(f"{rel}: content differs from what was built (manifest sha256 {digest[:12]}…)")
+    problems += plan.scan_problems
+    leaks = sorted([*plan.leaks, *(leak for chunk in chunks for leak in chunk.leaks)], key=lambda item: item[0])
+    unscannable = [line for _, line in leaks if line.startswith("the leak scan could not read")]
+    # as scan_zip: a zip the scan cannot read to its end gives that one line, not a partial list
+    problems += unscannable[:1] if unscannable else [line for _, line in leaks]
+    return VerifyReport(tuple(problems), len(plan.cases), plan.checked, plan.members)
+
+
+def _check_sums(plan: VerifyPlan, digests: dict[str, str]) -> list[str]:
+    if plan.sums is None:
+        return []
+    top = plan.top
+    try:
+        text = plan.sums.decode("utf-8")
+    except UnicodeDecodeError:
+        return [f"{top}/{SUMS_NAME}: not UTF-8 text"]
+    listed, problems = parse_sha256sums(text, source=f"{top}/{SUMS_NAME}")
+    problems = list(problems)
+    members = {_rel(n, top) for n in plan.file_names if n.startswith(top + "/")}
+    members.discard(SUMS_NAME)
+    for rel in sorted(members - set(listed)):
+        problems.append(f"{top}/{rel}: not listed in {SUMS_NAME}")
+    for rel in sorted(set(listed) - members):
+        problems.append(f"{top}/{rel}: listed in {SUMS_NAME} but not in the zip")
+    for rel in sorted(members & set(listed)):
+        got = digests.get(rel)
+        if got is not None and got != listed[rel]:
+            problems.append(f"{top}/{rel}: sha256 {got} does not match {SUMS_NAME} ({listed[rel]})")
+    return problems
 
 
 def _dates_are_secret(zip_path: Path, state_dir: Path) -> bool:
@@ -476,10 +1000,13 @@ def _dates_are_secret(zip_path: Path, state_dir: Path) -> bool:
 
 
 def leak_scan_problems(zip_path: Path, state_dir: Path) -> list[str]:
-    """The leak scan of a release: every decompressed byte against the state's sensitive values.
+    """The leak scan of a release on its own: every decompressed byte against the state's sensitive values.
 
-    The original dates of every header are among the values unless the
-    release publishes dates as delivered (its build manifest says which).
+    :func:`verify_release` scans while it checks (each member is read once for
+    both); this is the scan alone, as :func:`anonymization.leakscan.scan_zip`
+    reads the zip.  The original dates of every header are among the values
+    unless the release publishes dates as delivered (its build manifest says
+    which).
 
     Parameters
     ----------
@@ -504,15 +1031,14 @@ def leak_scan_problems(zip_path: Path, state_dir: Path) -> list[str]:
     try:
         leaks = scan_zip(zip_path, values)
     except UnscannableError as exc:
-        return [f"the leak scan could not read the whole zip: {exc}"]
-    return [
-        f"{leak.file}: an identifying value ({leak.kind}, sha256 {leak.value_digest[:12]}…) at offset {leak.offset}"
-        for leak in leaks
-    ]
+        return [_unscannable_line(exc)]
+    return [_leak_line(leak) for leak in leaks]
 
 
-def verify_release(zip_path: Path, *, state_dir: Path | None = None, leak_scan: bool = True) -> VerifyReport:
-    """Check a release zip.
+def verify_release(
+    zip_path: Path, *, state_dir: Path | None = None, leak_scan: bool = True, chunks: int | None = None
+) -> VerifyReport:
+    """Check a release zip (in this process: :func:`plan_verify`, every :func:`verify_chunk`, :func:`finish_verify`).
 
     Parameters
     ----------
@@ -523,17 +1049,37 @@ def verify_release(zip_path: Path, *, state_dir: Path | None = None, leak_scan: 
         every decompressed byte (for the sensitive values of every site) and the
         defacing check of the recorded cylinders.
     leak_scan
-        With ``state_dir``: run the leak scan here (default).  The flows pass
-        ``False`` and run :func:`leak_scan_problems` as a task of its own, so the
-        two passes over the zip run on two workers at once.
+        With ``state_dir``: scan for the state's identifying values (default),
+        in the same pass over each member as the checks.
+    chunks
+        How many chunks the members are checked in (one after the other here;
+        it changes nothing but the memory and time of each step).
 
     Returns
     -------
     VerifyReport
         ``ok`` only when every check passed; otherwise one line per problem.
     """
-    verifier = _Verifier(Path(zip_path), Path(state_dir) if state_dir is not None else None, leak_scan=leak_scan)
-    report = verifier.run()
+    plan = plan_verify(Path(zip_path), state_dir=state_dir, leak_scan=leak_scan, chunks=chunks)
+    report = finish_verify(plan, [verify_chunk(plan.job(i)) for i in range(len(plan.chunks))])
     for line in report.problems:
         logger.warning("%s", line)
     return report
+
+
+__all__ = [
+    "CHUNK_BYTES",
+    "ChunkJob",
+    "ChunkResult",
+    "MemberRef",
+    "MemberResult",
+    "VerifyChunk",
+    "VerifyPlan",
+    "VerifyReport",
+    "finish_verify",
+    "leak_scan_problems",
+    "plan_verify",
+    "verify_chunk",
+    "verify_release",
+]
+

@@ -264,3 +264,87 @@ def test_missing_top_files(inputs: ReleaseInputs, tmp_path: Path, member: str) -
     out = tmp_path / "top.zip"
     rewrite_zip(zip_path, out, replace={member: None}, fix_sums=member != "SHA256SUMS")
     assert verify_release(out).problems == (f"{NAME}/{member}: missing",)
+
+
+def _damaged_release_with_leaks(inputs: ReleaseInputs) -> Path:
+    """A release with problems of every kind a chunk sees, and identifiers in a spreadsheet, a card and a header."""
+    inputs.entries[1] = dataclasses.replace(inputs.entries[1], indication=f"lymphoma {PLANTED_PATIENT_ID}")
+    ct = np.asanyarray(nib.load(inputs.entries[2].prepared.ct.path).dataobj).astype(np.float32)
+    inputs.replace_image(3, "CT", ct)  # wrong dtype
+    rng = np.random.default_rng(7)
+    inputs.replace_image(1, "CT", rng.integers(0, 100, size=CT_SHAPE).astype(np.int16))  # face back in
+    organs = np.asanyarray(nib.load(inputs.entries[1].prepared.labels["Organs"].path).dataobj).copy()
+    organs[0, 0, 0] = 250
+    inputs.replace_image(2, "Organs", organs)  # a value labels.json does not define
+    cardiac = np.asanyarray(nib.load(inputs.entries[0].prepared.labels["Cardiac"].path).dataobj)
+    shifted = CT_AFFINE.copy()
+    shifted[0, 3] += 0.01
+    inputs.replace_image(1, "Cardiac", cardiac, affine=shifted)  # off the CT grid
+    pt_path = inputs.entries[0].prepared.pt.path  # a UID in a NIfTI header: found in the inflated stream
+    img = nib.load(pt_path)
+    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+    img.header["descrip"] = planted_uid(1).encode()
+    nib.save(img, pt_path)
+    from curation.atomic import sha256_file
+
+    prepared = inputs.entries[0].prepared
+    pt_file = dataclasses.replace(prepared.pt, sha256=sha256_file(pt_path))
+    inputs.entries[0] = dataclasses.replace(inputs.entries[0], prepared=dataclasses.replace(prepared, pt=pt_file))
+    return _build(inputs)
+
+
+def test_the_report_does_not_depend_on_how_the_work_is_split(inputs: ReleaseInputs) -> None:
+    from release.verify import finish_verify, plan_verify, verify_chunk
+
+    zip_path = _damaged_release_with_leaks(inputs)
+    state = _state(inputs)
+    whole = verify_release(zip_path, state_dir=state, chunks=1)
+    assert len(whole.problems) >= 7 and any("identifying value" in p for p in whole.problems)
+    assert any("off" in p or "affine differs" in p for p in whole.problems)
+    for chunks in (2, 5, 1000):
+        plan = plan_verify(zip_path, state_dir=state, chunks=chunks)
+        assert 1 < len(plan.chunks) <= chunks
+        assert [m.name for c in plan.chunks for m in c.members] == sorted(plan.images.values(), key=lambda n: [
+            m.order for c in plan.chunks for m in c.members if m.name == n])  # each image once, in zip order
+        assert sum(len(c.members) for c in plan.chunks) == 27  # 3 cases x 9 images
+        # chunks run in any order, anywhere: the report is the same
+        results = {i: verify_chunk(plan.job(i)) for i in reversed(range(len(plan.chunks)))}
+        assert finish_verify(plan, [results[i] for i in range(len(plan.chunks))]) == whole
+
+
+def test_the_leak_scan_in_the_checks_finds_what_scan_zip_finds(inputs: ReleaseInputs) -> None:
+    from release.verify import leak_scan_problems
+
+    zip_path = _damaged_release_with_leaks(inputs)
+    state = _state(inputs)
+    report = verify_release(zip_path, state_dir=state, chunks=4)
+    scanned = [p for p in report.problems if "identifying value" in p]
+    alone = leak_scan_problems(zip_path, state)
+    assert any("PT/0001.nii.gz: an identifying value (gunzip" in p for p in alone)
+    assert len(alone) >= 4 and scanned == alone  # the same lines, in the same order
+
+
+def test_every_member_is_read_once(inputs: ReleaseInputs, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import release.verify as verify
+
+    zip_path = _build(inputs)
+    state = _state(inputs)
+    read: list[int] = []
+    real = os.pread
+
+    def counting(fd: int, size: int, offset: int) -> bytes:
+        data = real(fd, size, offset)
+        read.append(len(data))
+        return data
+
+    plan = verify.plan_verify(zip_path, state_dir=state, chunks=3)
+    monkeypatch.setattr(verify.os, "pread", counting)
+    results = [verify.verify_chunk(plan.job(i)) for i in range(len(plan.chunks))]
+    regions = sum(m.region_end - m.header_offset for c in plan.chunks for m in c.members)
+    members = sum(len(c.members) for c in plan.chunks)
+    assert len(read) == members  # one read per member: its header, data and the bytes beside it
+    margin = verify.context_bytes(verify._matcher(zip_path, state))
+    assert regions <= sum(read) <= regions + 2 * margin * members
+    assert verify.finish_verify(plan, results).ok
