@@ -7,10 +7,16 @@ tags the index needs.  Whether a file is DICOM is decided by content, never by
 name.  Files that are not usable DICOM (text, DICOMDIR, truncated or corrupt
 files, links leaving the site) are skipped and recorded with the reason; they
 never stop the walk.  Sources are opened read-only and never modified.
+
+Cost follows change: with the site's stat cache (:mod:`curation.statcache`,
+``state_dir/sites/<site>/stat-cache.json``) a file whose size, mtime, ctime and
+inode are unchanged since it was read is not read again; a run over an
+unchanged drop reads no DICOM byte.  ``rehash`` reads every file again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -33,6 +39,7 @@ from curation.dicomfile import (
 )
 from curation.frames import ENHANCED_PET_CORRECTIONS, first_frame_attributes
 from curation.model import SeriesRecord, SiteIndex, SkippedFile, StudyRecord
+from curation.statcache import FileStat, StatCache, now_ns
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,10 @@ INDEX_TAGS: tuple[str, ...] = (
     *(keyword for keyword, _ in ENHANCED_PET_CORRECTIONS),
 )
 
+#: What reading a file gives (the header values, why a file is skipped): raise it when that
+#: changes, and the stat caches made before are not used (every file is read again once).
+READER_VERSION = 1
+
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 
@@ -73,16 +84,19 @@ class IndexTiming:
     Attributes
     ----------
     files
-        Files read.
+        Files indexed.
     bytes_read
         Bytes read (whole files: they are hashed).
     seconds
         Wall-clock time of the index.
+    files_read
+        Files read (the others' digests and headers came from the stat cache).
     """
 
     files: int
     bytes_read: int
     seconds: float
+    files_read: int = 0
 
     @property
     def mb_per_s(self) -> float:
@@ -224,6 +238,20 @@ def _read_header(path: Path) -> tuple[str, _Header | None, str]:
         return digest, None, f"unreadable DICOM header value: {type(exc).__name__}: {exc}"
 
 
+def _cached(header: _Header) -> dict[str, object]:
+    """A header as the stat cache keeps it (JSON)."""
+    return dataclasses.asdict(header)
+
+
+def _uncached(value: dict[str, object]) -> _Header:
+    """A header from the stat cache (JSON lists back to the tuples a SeriesRecord holds)."""
+    series = dict(value["series"])  # type: ignore[call-overload]
+    for key in ("ImageType", "CorrectedImage"):
+        series[key] = tuple(series[key])
+    return _Header(str(value["study_uid"]), str(value["series_uid"]), str(value["patient_id"]),
+                   str(value["study_date"]), series)
+
+
 def _multi(value: object) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
@@ -235,6 +263,7 @@ def _multi(value: object) -> tuple[str, ...]:
 def _walk(root: Path, skipped: list[SkippedFile]) -> list[Path]:
     """Every regular file under ``root``, never leaving it through a link."""
     files: list[Path] = []
+    links = False
     real_root = root.resolve()
     for folder, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
@@ -252,12 +281,16 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[Path]:
                 if not target.is_file():
                     skipped.append(SkippedFile(str(path), "symbolic link to something that is not a file"))
                     continue
+                links = True
             elif not path.is_file():
                 skipped.append(SkippedFile(str(path), "not a regular file"))
                 continue
             files.append(path)
-    # a link inside the site to a file of the site would count that file twice
-    real_files = {p.resolve() for p in files if not p.is_symlink()}
+    # a link inside the site to a file of the site would count that file twice; a file that is
+    # not a link is where the walk found it (links to folders are not followed): no resolve()
+    if not links:
+        return files
+    real_files = {real_root / p.relative_to(root) for p in files if not p.is_symlink()}
     kept = []
     for path in files:
         if path.is_symlink() and path.resolve() in real_files:
@@ -267,7 +300,7 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[Path]:
     return kept
 
 
-def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
+def index_site(site_id: str, dicom_dir: Path, *, cache: Path | None = None, rehash: bool = False) -> SiteIndex:
     """Walk ``dicom_dir`` once and group its DICOM files by study and series.
 
     Parameters
@@ -276,6 +309,13 @@ def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
         The site's public id (copied into every record).
     dicom_dir
         The site's DICOM folder (any nesting, any file names).
+    cache
+        The site's stat cache (:mod:`curation.statcache`): a file whose size,
+        mtime, ctime and inode are those recorded there (and were not racy) is
+        not read again, its digest and header values are taken from the cache;
+        the cache is updated.  None: every file is read.
+    rehash
+        Read and hash every file whatever the cache says (and rewrite it).
 
     Returns
     -------
@@ -293,6 +333,9 @@ def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
     if not dicom_dir.is_dir():
         raise FileNotFoundError(f"site {site_id!r}: dicom_dir {dicom_dir} is not a folder")
     started = time.perf_counter()
+    stats = StatCache(cache, rehash=rehash, context={"tags": list(INDEX_TAGS), "reader": READER_VERSION,
+                                                     "max_file_bytes": MAX_FILE_BYTES})
+    headers: dict[int, _Header] = {}  # a cached header shared by many files is converted once
     skipped: list[SkippedFile] = []
     files = _walk(dicom_dir, skipped)
     not_walked = len(skipped)
@@ -301,15 +344,25 @@ def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
     bytes_read = 0
     for path in files:
         try:
-            size = path.stat().st_size
-            digest, header, why = _read_header(path)
+            stat = FileStat.of(path.stat())
+            known = stats.get(str(path), stat)
+            if known is None:
+                read_ns = now_ns()
+                digest, header, why = _read_header(path)
+                stats.put(str(path), stat, [digest, why], read_ns=read_ns,
+                          shared=_cached(header) if header is not None else None)
+                bytes_read += stat.size
+            else:
+                (digest, why), cached = known
+                header = None
+                if cached is not None:
+                    header = headers.get(id(cached)) or headers.setdefault(id(cached), _uncached(cached))
         except OSError as exc:
             skipped.append(SkippedFile(str(path), f"cannot be read: {exc.strerror or exc}"))
             continue
         except MemoryError:
             skipped.append(SkippedFile(str(path), "reading it ran out of memory"))
             continue
-        bytes_read += size
         if header is None:
             skipped.append(SkippedFile(str(path), why))
             continue
@@ -325,6 +378,7 @@ def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
             )
             continue
         by_series[series_uid].append((path, digest, header))
+    stats.save()
 
     series_by_study: dict[str, list[SeriesRecord]] = defaultdict(list)
     digests_by_study: dict[str, list[str]] = defaultdict(list)
@@ -358,11 +412,12 @@ def index_site(site_id: str, dicom_dir: Path) -> SiteIndex:
             )
         )
     seconds = time.perf_counter() - started
-    LAST_TIMING = IndexTiming(files=len(files), bytes_read=bytes_read, seconds=seconds)
+    LAST_TIMING = IndexTiming(files=len(files), bytes_read=bytes_read, seconds=seconds, files_read=stats.read)
     logger.info(
-        "site %s: %d files (%.1f MB) indexed in %.2f s (%.0f MB/s): %d studies, %d skipped",
+        "site %s: %d files (%d read, %.1f MB) indexed in %.2f s (%.0f MB/s): %d studies, %d skipped",
         site_id,
         len(files),
+        stats.read,
         bytes_read / 1e6,
         seconds,
         LAST_TIMING.mb_per_s,

@@ -6,6 +6,7 @@ state_dir/
   registry.sqlite                     study -> case number (curation.registry)
   build.lock                          held while a build runs
   sites/<site>/index.json             the last index of the site's dicom_dir
+  sites/<site>/stat-cache.json        each file's digest and header values, by stat (curation.statcache)
   sites/<site>/sensitive/<key>.json   identifying values of one study (written by ingest)
   sites/<site>/studies/<key>.json     ingest's record: {"status": "converted"|"rejected", "record": ...}
   cases/<key>/CT.nii.gz, PT.nii.gz    converted volumes
@@ -57,6 +58,10 @@ class StatePaths:
     def site_index(self, site: str) -> Path:
         """The last index of the site's ``dicom_dir``."""
         return self.site_dir(site) / "index.json"
+
+    def stat_cache(self, site: str) -> Path:
+        """What reading each file of the site's ``dicom_dir`` gave, by file stat (:mod:`curation.statcache`)."""
+        return self.site_dir(site) / "stat-cache.json"
 
     def sensitive_dir(self, site: str) -> Path:
         """Per-study identifying values seen at ingest: ``sensitive/<key>.json`` (for the leak scan)."""

@@ -70,6 +70,10 @@ _PREFECT_ENV_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 DEMO_CASES_DEFAULT = 2
+_REHASH_HELP = (
+    "read and hash every DICOM file again (by default a file whose size, mtime, ctime and inode "
+    "are unchanged since it was read is not read)"
+)
 DEMO_OUT_DEFAULT = "demo-output"
 
 
@@ -128,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="index, PHI gate, series selection, conversion, metadata")
     p.add_argument("config", type=Path, metavar="CONFIG")
     p.add_argument("--site", metavar="ID", help="only this site (default: every site)")
+    p.add_argument("--rehash", action="store_true", help=_REHASH_HELP)
 
     for name, text in (
         ("build", "number, segmentations, deface, layout, spreadsheets, zip"),
@@ -140,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="replace an existing zip of the same name and version whose content differs",
         )
+        if name == "run":
+            p.add_argument("--rehash", action="store_true", help=_REHASH_HELP)
 
     p = sub.add_parser("verify", help="integrity, structure, geometry, PHI scan; exit 1 on any failure")
     p.add_argument("zip", type=Path, metavar="ZIP")
@@ -293,7 +300,7 @@ def cmd_ingest(args: argparse.Namespace, out: Any) -> None:
         config.site(args.site)  # ConfigError naming the known sites
     from flows.flows import run_ingest
 
-    summary = run_ingest(str(config.path), args.site)
+    summary = run_ingest(str(config.path), args.site, rehash=args.rehash)
     _print_summary(summary, out)
 
 
@@ -312,7 +319,7 @@ def cmd_run(args: argparse.Namespace, out: Any) -> None:
     config = _config(args.config)
     from flows.flows import run_curate
 
-    summary = run_curate(str(config.path), force=args.force)
+    summary = run_curate(str(config.path), force=args.force, rehash=args.rehash)
     _print_summary(summary, out)
     _print_zip(summary, out)
 

@@ -196,9 +196,11 @@ class _Pipeline:
 # the phases
 
 
-def _index(sites: Sequence[SiteConfig], state: StatePaths, tally: Tally, audit: AuditLog) -> dict[str, SiteIndex]:
-    """Index every site (one task each); record what changed; a failed site is skipped."""
-    futures = {site.id: index_task.submit(site.id, str(site.dicom_dir), str(state.root)) for site in sites}
+def _index(
+    sites: Sequence[SiteConfig], state: StatePaths, tally: Tally, audit: AuditLog, *, rehash: bool = False
+) -> dict[str, SiteIndex]:
+    """Index every site (one task each; ``rehash``: every file read); record what changed; a failed site is skipped."""
+    futures = {site.id: index_task.submit(site.id, str(site.dicom_dir), str(state.root), rehash) for site in sites}
     indexes: dict[str, SiteIndex] = {}
     for site in sites:
         try:
@@ -231,12 +233,13 @@ def _ingest(
     pipeline: _Pipeline,
     then: Callable[[SiteConfig], tuple[CaseStage[Any], ...]] = lambda site: (),
     withdrawn: frozenset[str] = frozenset(),
+    rehash: bool = False,
 ) -> None:
     """Index the sites, then submit every study's ingest followed by the stages ``then(site)``.
 
     A withdrawn study is ingested (its identifiers are recorded) but goes no further.
     """
-    indexes = _index(sites, state, pipeline.tally, pipeline.audit)
+    indexes = _index(sites, state, pipeline.tally, pipeline.audit, rehash=rehash)
     progress.start(sum(len(i.studies) for i in indexes.values()), "ingest " + ", ".join(indexes))
     for site in sites:
         if site.id in indexes:
@@ -391,11 +394,11 @@ def _finish(flow_name: str, config: Config, tally: Tally, *, report: bool = Fals
 
 
 @flow(name="ingest_site", log_prints=False, validate_parameters=False)
-def ingest_site_flow(config_path: str, site_id: str | None = None) -> RunSummary | State[Any]:
-    """Index, gate, select, check and convert the studies of one site (or all sites)."""
+def ingest_site_flow(config_path: str, site_id: str | None = None, rehash: bool = False) -> RunSummary | State[Any]:
+    """Index, gate, select, check and convert the studies of one site (or all sites); ``rehash``: read every file."""
     config, state, audit, tally = _context(config_path)
     sites = list(config.sites) if site_id is None else [config.site(site_id)]
-    _ingest(sites, state, _Pipeline(tally, audit))
+    _ingest(sites, state, _Pipeline(tally, audit), rehash=rehash)
     return _finish("ingest_site", config, tally)
 
 
@@ -410,14 +413,14 @@ def build_release_flow(config_path: str, force: bool = False) -> RunSummary | St
 
 
 @flow(name="curate", log_prints=False, validate_parameters=False)
-def curate_flow(config_path: str, force: bool = False) -> RunSummary | State[Any]:
-    """Ingest every site, then build and verify the release (the main flow)."""
+def curate_flow(config_path: str, force: bool = False, rehash: bool = False) -> RunSummary | State[Any]:
+    """Ingest every site, then build and verify the release (the main flow); ``rehash``: read every file."""
     config, state, audit, tally = _context(config_path)
     with BuildLock(state):
         inputs = BuildInputs.load(config, state)
         pipeline = _Pipeline(tally, audit)
         _ingest(config.sites, state, pipeline, then=lambda site: build_stages(config, site, state, inputs),
-                withdrawn=inputs.withdrawn)
+                withdrawn=inputs.withdrawn, rehash=rehash)
         _build(config, state, pipeline, inputs, force=force)
     return _finish("curate", config, tally, report=True)
 
@@ -440,8 +443,8 @@ def _run(flow_obj: Any, config_path: str, **parameters: Any) -> RunSummary:
     raise RuntimeError(f"flow {flow_obj.name} ended {state.type.value}: {state.message}")
 
 
-def run_curate(config_path: str, *, force: bool = False) -> RunSummary:
-    """Ingest every site of ``config_path``, then build and verify the release.
+def run_curate(config_path: str, *, force: bool = False, rehash: bool = False) -> RunSummary:
+    """Ingest every site of ``config_path``, then build and verify the release (``rehash``: read every DICOM file).
 
     Raises
     ------
@@ -450,12 +453,12 @@ def run_curate(config_path: str, *, force: bool = False) -> RunSummary:
     flows.lock.BuildInProgressError
         When another build of the same release holds the build lock.
     """
-    return _run(curate_flow, config_path, force=force)
+    return _run(curate_flow, config_path, force=force, rehash=rehash)
 
 
-def run_ingest(config_path: str, site_id: str | None = None) -> RunSummary:
-    """Ingest one site (``site_id``) or, with ``None``, every site."""
-    return _run(ingest_site_flow, config_path, site_id=site_id)
+def run_ingest(config_path: str, site_id: str | None = None, *, rehash: bool = False) -> RunSummary:
+    """Ingest one site (``site_id``) or, with ``None``, every site (``rehash``: read every DICOM file)."""
+    return _run(ingest_site_flow, config_path, site_id=site_id, rehash=rehash)
 
 
 def run_build(config_path: str, *, force: bool = False) -> RunSummary:

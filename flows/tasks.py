@@ -56,16 +56,17 @@ TASK_OPTIONS: dict[str, Any] = {
 
 
 @task(name="index", task_run_name="index-{site_id}", **TASK_OPTIONS)
-def index_task(site_id: str, dicom_dir: str, state_root: str) -> tuple[SiteIndex, bool]:
-    """Index one site's ``dicom_dir``; record the index when it changed.
+def index_task(site_id: str, dicom_dir: str, state_root: str, rehash: bool = False) -> tuple[SiteIndex, bool]:
+    """Index one site's ``dicom_dir`` (unchanged files by their stat; ``rehash``: every file read); record it when it changed.
 
     Returns
     -------
     tuple
         The index and whether it differs from the one recorded before.
     """
-    index = index_site(site_id, Path(dicom_dir))
-    path = StatePaths(Path(state_root)).site_index(site_id)
+    state = StatePaths(Path(state_root))
+    index = index_site(site_id, Path(dicom_dir), cache=state.stat_cache(site_id), rehash=rehash)
+    path = state.site_index(site_id)
     try:
         changed = from_jsonable(SiteIndex, json.loads(path.read_text(encoding="utf-8"))) != index
     except (FileNotFoundError, ValueError, KeyError, TypeError):

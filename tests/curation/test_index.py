@@ -154,3 +154,105 @@ def test_pixel_values_that_look_like_the_pixel_data_tag_do_not_make_a_slice_trun
     Path(victim).write_bytes(data[: len(data) - 100])
     (skipped,) = index_site("leipzig", drop).skipped
     assert skipped.path == str(victim) and "truncated" in skipped.why
+
+
+# ---------------------------------------------------------------------------
+# cost follows change: the stat cache
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """Files written by the test count as settled at once (no racy window): the test decides what changes."""
+    from curation import statcache
+
+    monkeypatch.setattr(statcache, "RACY_SECONDS", 0.0)
+
+
+def _count_reads(monkeypatch) -> list[Path]:
+    read: list[Path] = []
+    real = dicomindex._read_header
+
+    def counting(path: Path):
+        read.append(path)
+        return real(path)
+
+    monkeypatch.setattr(dicomindex, "_read_header", counting)
+    return read
+
+
+def test_an_unchanged_drop_is_indexed_without_reading_a_file(two_studies, tmp_path, monkeypatch, settled):
+    drop, _, _ = two_studies
+    cache = tmp_path / "state" / "stat-cache.json"
+    read = _count_reads(monkeypatch)
+    first = index_site("s", drop, cache=cache)
+    assert len(read) == first.files_seen and cache.is_file()
+    read.clear()
+    written = cache.stat().st_mtime_ns
+    second = index_site("s", drop, cache=cache)
+    assert read == [] and second == first  # the same index, skipped files and their reasons included
+    assert dicomindex.LAST_TIMING.bytes_read == 0 and dicomindex.LAST_TIMING.files_read == 0
+    assert cache.stat().st_mtime_ns == written  # nothing changed: the cache is not rewritten
+    assert index_site("s", drop, cache=cache, rehash=True) == first and len(read) == first.files_seen
+
+
+def test_a_changed_file_is_always_read_again(two_studies, tmp_path, monkeypatch, settled):
+    drop, a, _ = two_studies
+    cache = tmp_path / "stat-cache.json"
+    first = index_site("s", drop, cache=cache)
+    victim = a.files["pt"][3]
+    before = victim.stat()
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = bytes(len(ds.PixelData))  # same size, other content ...
+    ds.save_as(victim, enforce_file_format=True)
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # ... and the old mtime: only ctime tells
+    after = victim.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    read = _count_reads(monkeypatch)
+    second = index_site("s", drop, cache=cache)
+    assert read == [victim]
+    fingerprint = {s.StudyInstanceUID: s.fingerprint for s in second.studies}
+    assert fingerprint != {s.StudyInstanceUID: s.fingerprint for s in first.studies}
+    assert fingerprint == {s.StudyInstanceUID: s.fingerprint for s in index_site("s", drop).studies}  # no cache
+
+    # a file replaced by another (new inode), a file removed, a file added
+    read.clear()
+    other = a.files["ct"][2]
+    copy = other.with_suffix(".tmp")
+    shutil.copy2(other, copy)
+    os.replace(copy, other)
+    a.files["ct"][5].unlink()
+    shutil.copyfile(a.files["ct"][6], drop / "added.dcm")
+    third = index_site("s", drop, cache=cache)
+    assert sorted(read) == sorted([other, drop / "added.dcm"])
+    assert third == index_site("s", drop)
+
+
+def test_an_entry_read_within_the_racy_window_is_not_trusted() -> None:
+    from curation.statcache import RACY_SECONDS, FileStat, StatCache
+
+    stat = FileStat(size=10, mtime_ns=5_000_000_000, ctime_ns=6_000_000_000, inode=7)
+    cache = StatCache(None)
+    cache.put("f", stat, ["digest", ""], read_ns=stat.ctime_ns + int(RACY_SECONDS * 1e9) - 1)
+    cache.old_files = cache.files  # what the next run loads
+    assert StatCache.get(cache, "f", stat) is None  # changed too close to the read: read again
+    cache.put("f", stat, ["digest", ""], read_ns=stat.ctime_ns + int(RACY_SECONDS * 1e9) + 1)
+    cache.old_files = dict(cache.files)
+    assert cache.get("f", stat) == (["digest", ""], None)
+    assert cache.get("f", FileStat(10, 5_000_000_000, 6_000_000_001, 7)) is None  # ctime moved
+    assert cache.get("f", FileStat(10, 5_000_000_000, 6_000_000_000, 8)) is None  # another inode
+
+
+def test_a_cache_written_another_way_is_ignored(two_studies, tmp_path, monkeypatch, settled):
+    import json
+
+    drop, _, _ = two_studies
+    cache = tmp_path / "stat-cache.json"
+    first = index_site("s", drop, cache=cache)
+    doc = json.loads(cache.read_text())
+    doc["context"] = {"tags": ["PatientID"]}
+    cache.write_text(json.dumps(doc))
+    read = _count_reads(monkeypatch)
+    assert index_site("s", drop, cache=cache) == first and len(read) == first.files_seen
+    cache.write_text("{damaged")
+    read.clear()
+    assert index_site("s", drop, cache=cache) == first and len(read) == first.files_seen

@@ -113,6 +113,7 @@ def test_unknown_site_exits_2_naming_the_sites(
         (["withdraw", "x.toml", "--case", "0001"], "--reason"),
         (["withdraw", "x.toml", "--case", "abc", "--reason", "r"], "'abc' is not a positive whole number"),
         (["demo", "--cases", "0"], "0 is not a positive whole number"),
+        (["build", "x.toml", "--rehash"], "unrecognized arguments: --rehash"),  # build reads no DICOM
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -389,3 +390,25 @@ def test_a_missing_clinical_sheet_is_a_config_error_before_any_flow(
     err = capsys.readouterr().err
     assert "nowhere.csv: the clinical sheet does not exist" in err
     assert not (tmp_path / ".petct").exists()  # refused before any state was written
+
+
+def test_rehash_reaches_the_flows_of_ingest_and_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_toml: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import flows.flows as flows_module
+
+    config = tmp_path / "release.toml"
+    config.write_text(demo_toml, encoding="utf-8")
+    called: list[tuple[str, dict[str, object]]] = []
+
+    def fake(name: str):
+        def run(*args: object, **kwargs: object) -> object:
+            called.append((name, kwargs))
+            raise SystemExit(0)
+        return run
+
+    monkeypatch.setattr(flows_module, "run_ingest", fake("ingest"))
+    monkeypatch.setattr(flows_module, "run_curate", fake("run"))
+    for argv in (["ingest", str(config), "--rehash"], ["run", str(config), "--rehash"], ["ingest", str(config)]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    assert [(name, kwargs["rehash"]) for name, kwargs in called] == [("ingest", True), ("run", True), ("ingest", False)]
