@@ -23,8 +23,9 @@ What dicom2nifti does here, and what it does not:
 
 The NIfTI header carries geometry only: descrip, aux_file, intent_name and
 db_name are empty, there are no extensions, qform and sform are the scanner
-affine.  Files are written atomically with deterministic gzip bytes (no file
-name, mtime 0) by :func:`curation.nifti.write_nifti`.
+affine.  :func:`encode_series` makes the file's deterministic gzip bytes in
+memory (:func:`curation.nifti.compress_nifti`), :func:`convert_series` also
+writes them, atomically.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from curation.errors import ConversionFailedError, CurationError
 from curation.frames import expand_frames
 from curation.geometry import SliceStack, check_series_geometry
 from curation.model import ImageFile, Modality
-from curation.nifti import write_nifti
+from curation.nifti import CompressedNifti, compress_nifti, write_compressed
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +240,61 @@ def _pet_block(stack: SliceStack, label: str) -> np.ndarray:
     return out
 
 
+def encode_series(datasets: Sequence[Dataset], *, modality: Modality) -> CompressedNifti:
+    """Convert one series (datasets read with pixel data) to NIfTI bytes, in memory.
+
+    Parameters
+    ----------
+    datasets
+        Every slice of the series, in any order: single-frame instances,
+        enhanced multi-frame objects (each frame is a slice, see
+        :mod:`curation.frames`) or their frame views; pixel data in any
+        transfer syntax pydicom's installed plugins decode.
+    modality
+        ``Modality.CT`` (int16 HU) or ``Modality.PT`` (float32 Bq/mL).
+
+    Returns
+    -------
+    CompressedNifti
+        The ``.nii.gz`` bytes, their sha256, shape, dtype and RAS+ affine
+        (:func:`curation.nifti.write_compressed` writes them).
+
+    Raises
+    ------
+    CurationError
+        The geometry errors of :func:`curation.geometry.check_series_geometry`,
+        or :class:`ConversionFailedError` naming the series for anything the
+        conversion itself cannot do.
+    """
+    if not datasets:
+        raise ConversionFailedError(f"{modality.value}: no datasets to convert")
+    label = series_label(datasets)
+    stack = check_series_geometry(expand_frames(datasets, series_label=label), series_label=label)
+    configure_dicom2nifti()
+    try:
+        affine, _ = d2n_common.create_affine(list(stack.datasets))
+    except (ConversionError, ConversionValidationError) as exc:
+        raise ConversionFailedError(f"{label}: dicom2nifti cannot build the affine: {exc}") from exc
+    affine = np.asarray(affine, dtype=np.float64)
+    try:
+        if modality is Modality.CT:
+            block = _ct_block(stack, label)
+        elif modality is Modality.PT:
+            block = _pet_block(stack, label)
+        else:  # pragma: no cover - Modality has two members
+            raise ValueError(f"unknown modality {modality!r}")
+    except CurationError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ConversionFailedError(f"{label}: {type(exc).__name__}: {exc}") from exc
+
+    # (slice, row, column) C-order -> (column, row, slice) view in Fortran order: NIfTI's
+    # i runs along a row (DICOM column index), j down the columns, k along the normal.
+    volume = compress_nifti(block.transpose(2, 1, 0), affine, dtype=block.dtype.type)
+    logger.info("%s: %d slices -> %s", label, len(stack.datasets), volume.shape)
+    return volume
+
+
 def convert_series(datasets: Sequence[Dataset], out_path: Path, *, modality: Modality) -> ImageFile:
     """Convert one series (datasets read with pixel data) to a NIfTI file.
 
@@ -268,28 +324,4 @@ def convert_series(datasets: Sequence[Dataset], out_path: Path, *, modality: Mod
     """
     if not datasets:
         raise ConversionFailedError(f"{modality.value}: no datasets to convert to {out_path.name}")
-    label = series_label(datasets)
-    stack = check_series_geometry(expand_frames(datasets, series_label=label), series_label=label)
-    configure_dicom2nifti()
-    try:
-        affine, _ = d2n_common.create_affine(list(stack.datasets))
-    except (ConversionError, ConversionValidationError) as exc:
-        raise ConversionFailedError(f"{label}: dicom2nifti cannot build the affine: {exc}") from exc
-    affine = np.asarray(affine, dtype=np.float64)
-    try:
-        if modality is Modality.CT:
-            block = _ct_block(stack, label)
-        elif modality is Modality.PT:
-            block = _pet_block(stack, label)
-        else:  # pragma: no cover - Modality has two members
-            raise ValueError(f"unknown modality {modality!r}")
-    except CurationError:
-        raise
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ConversionFailedError(f"{label}: {type(exc).__name__}: {exc}") from exc
-
-    # (slice, row, column) C-order -> (column, row, slice) view in Fortran order: NIfTI's
-    # i runs along a row (DICOM column index), j down the columns, k along the normal.
-    image = write_nifti(block.transpose(2, 1, 0), affine, out_path, dtype=block.dtype.type)
-    logger.info("%s: %d slices -> %s %s", label, len(stack.datasets), out_path, image.shape)
-    return image
+    return write_compressed(encode_series(datasets, modality=modality), out_path)

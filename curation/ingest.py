@@ -10,6 +10,11 @@ the :class:`IngestStage` (see :mod:`curation.stage` for reuse and records): a
 study whose recorded outcome has the same fingerprint (content digest of every
 file of the study, the gate's rule table and the site's pseudonym pattern) is
 not worked on again, and a study whose files or gate settings changed is redone.
+
+Each series is converted and compressed in memory on a second thread while the
+next series is read and the gate runs (compression releases the GIL); nothing is
+written before every check passed, and a problem is reported in the same order
+as if the steps ran one after the other.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from anonymization.gate import check_datasets, profile_digest, raise_for_finding
 from curation.atomic import atomic_write_json
 from curation.compression import lossy_compression
 from curation.config import IdentityFlagPolicy, LossyPolicy, SiteConfig
-from curation.convert import convert_series, series_label
+from curation.convert import encode_series, series_label
 from curation.dicomfile import LAZY_DECODE_ERRORS, READ_ERRORS, pixel_data_problem, read_dicom_file
 from curation.errors import (
     AmbiguousSeriesError,
@@ -52,6 +57,7 @@ from curation.model import (
     StudyRecord,
     to_jsonable,
 )
+from curation.nifti import write_compressed
 from curation.select import select_series
 from curation.stage import CaseStage, StudySubject, read_record
 from curation.state import StatePaths
@@ -230,47 +236,52 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
     check_study_uids(study, ())
     selection = select_series(study)
     check_study_uids(study, (selection.ct, selection.pt))
-    ct_datasets = _read_series(selection.ct, pixels=True)
-    pt_datasets = _read_series(selection.pt, pixels=True)
-    others = [
-        ds
-        for series in study.series
-        if series.SeriesInstanceUID not in (selection.ct.SeriesInstanceUID, selection.pt.SeriesInstanceUID)
-        for ds in _read_series(series, pixels=False)
-    ]
-
-    report = check_datasets(
-        [*ct_datasets, *pt_datasets], pseudonym_pattern=site.pseudonym_pattern,
-        identity_flag_required=site.identity_removed_flag is IdentityFlagPolicy.REQUIRED,
-    )
-    headers = [*ct_datasets, *pt_datasets, *others]
-    # the gate's sensitive values hold every UID of the datasets it checked: not walked twice
-    sensitive = (
-        sensitive_values(others) | sensitive_values([*ct_datasets, *pt_datasets], uids=False)
-        | set(report.sensitive_values)
-    )
-    _write_sensitive(
-        state, site, study, sensitive | index_identifiers(study), header_dates(headers) | index_dates(study)
-    )
-    raise_for_findings(
-        report,
-        context=f"{series_label(ct_datasets)} / {series_label(pt_datasets)} of study {study.StudyInstanceUID}",
-    )
-    check_file_uids(selection.ct, ct_datasets)
-    check_file_uids(selection.pt, pt_datasets)
-
-    ct_frames = _slices(ct_datasets, site)
-    pt_frames = _slices(pt_datasets, site)
-    ct_stack = check_series_geometry(ct_frames, series_label=series_label(ct_datasets))
-    pt_stack = check_series_geometry(pt_frames, series_label=series_label(pt_datasets))
     case_dir = state.case_dir(study.key)
-    # the CT's compression releases the GIL (curation.nifti): the PET is converted meanwhile
+    # Each series is converted and compressed in memory on a second thread as soon as it is
+    # read (ISA-L releases the GIL), while the next is read and the gate runs; it is written
+    # only once every check passed, and its errors come after the gate's and the geometry's.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        ct_future = pool.submit(convert_series, ct_stack.datasets, case_dir / "CT.nii.gz", modality=Modality.CT)
+        ct_datasets = _read_series(selection.ct, pixels=True)
+        ct_job = pool.submit(encode_series, ct_datasets, modality=Modality.CT)
+        pt_datasets = _read_series(selection.pt, pixels=True)
+        pt_job = pool.submit(encode_series, pt_datasets, modality=Modality.PT)
         try:
-            pt_image = convert_series(pt_stack.datasets, case_dir / "PT.nii.gz", modality=Modality.PT)
-        finally:
-            ct_image = ct_future.result()  # a CT error is raised first, as when the two ran in turn
+            others = [
+                ds
+                for series in study.series
+                if series.SeriesInstanceUID not in (selection.ct.SeriesInstanceUID, selection.pt.SeriesInstanceUID)
+                for ds in _read_series(series, pixels=False)
+            ]
+
+            report = check_datasets(
+                [*ct_datasets, *pt_datasets], pseudonym_pattern=site.pseudonym_pattern,
+                identity_flag_required=site.identity_removed_flag is IdentityFlagPolicy.REQUIRED,
+            )
+            headers = [*ct_datasets, *pt_datasets, *others]
+            # the gate's sensitive values hold every UID of the datasets it checked: not walked twice
+            sensitive = (
+                sensitive_values(others) | sensitive_values([*ct_datasets, *pt_datasets], uids=False)
+                | set(report.sensitive_values)
+            )
+            _write_sensitive(
+                state, site, study, sensitive | index_identifiers(study), header_dates(headers) | index_dates(study)
+            )
+            raise_for_findings(
+                report,
+                context=f"{series_label(ct_datasets)} / {series_label(pt_datasets)} of study {study.StudyInstanceUID}",
+            )
+            check_file_uids(selection.ct, ct_datasets)
+            check_file_uids(selection.pt, pt_datasets)
+
+            ct_frames = _slices(ct_datasets, site)
+            pt_frames = _slices(pt_datasets, site)
+            ct_stack = check_series_geometry(ct_frames, series_label=series_label(ct_datasets))
+            pt_stack = check_series_geometry(pt_frames, series_label=series_label(pt_datasets))
+            ct_image = write_compressed(ct_job.result(), case_dir / "CT.nii.gz")
+            pt_image = write_compressed(pt_job.result(), case_dir / "PT.nii.gz")
+        except BaseException:
+            pt_job.cancel()  # a rejected study: no need to finish what would not be written
+            raise
     case = ConvertedCase(
         site=site.id,
         StudyInstanceUID=study.StudyInstanceUID,

@@ -3,7 +3,9 @@
 Writing: the header carries geometry only (descrip, aux_file, intent_name and
 db_name are empty, no extensions, no scaling, qform and sform are the scanner
 affine).  Files are written atomically and hashed while they are written, so the
-same volume always gives the same bytes and the file is never read back.
+same volume always gives the same bytes and the file is never read back;
+:func:`compress_nifti` makes the bytes in memory, so a stage can compress a volume
+before it knows whether it will write it (:func:`write_compressed`).
 
 Compression is ISA-L's (the ``isal`` package), the same gzip format as zlib's
 at 3-4 times the speed, and it releases the GIL.  The uncompressed NIfTI stream
@@ -45,7 +47,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import ArrayLike
 
-from curation.atomic import atomic_output
+from curation.atomic import atomic_write_bytes
 from curation.model import ImageFile
 
 #: ISA-L compression level of every written .nii.gz.  Measured on the bench phantom's CT
@@ -62,21 +64,6 @@ HEADER_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 
 #: What nibabel raises for a file that is not a readable NIfTI (a bad gzip stream included).
 NIFTI_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, isal_zlib.error)
-
-
-class _HashingWriter:
-    """A binary sink that hashes what it writes (so the file is not read back)."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.digest = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return self.raw.write(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
 
 
 def clean_header(array: np.ndarray, affine: ArrayLike, dtype: type) -> nib.Nifti1Header:
@@ -126,6 +113,92 @@ def _payload_pieces(header: bytes, array: np.ndarray, size: int) -> Iterator[byt
         yield data[start : start + size]
 
 
+@dataclass(frozen=True)
+class CompressedNifti:
+    """A volume's ``.nii.gz`` bytes made in memory by :func:`compress_nifti`, not yet written.
+
+    Attributes
+    ----------
+    data
+        The file's bytes.
+    sha256
+        Their sha256.
+    shape, dtype, affine
+        As :class:`~curation.model.ImageFile` records them.
+    """
+
+    data: bytes
+    sha256: str
+    shape: tuple[int, ...]
+    dtype: str
+    affine: tuple[tuple[float, ...], ...]
+
+
+def compress_nifti(data: ArrayLike, affine: ArrayLike, *, dtype: type) -> CompressedNifti:
+    """The ``.nii.gz`` bytes of ``data`` with ``affine`` and a clean header (in memory).
+
+    Parameters
+    ----------
+    data
+        The volume, already of type ``dtype`` (no conversion happens here).
+    affine
+        Voxel -> world (RAS+ mm), 4x4.
+    dtype
+        ``np.int16``, ``np.float32`` or ``np.uint8``.
+
+    Returns
+    -------
+    CompressedNifti
+        The bytes and what a record says of them.
+
+    Raises
+    ------
+    ValueError
+        When ``data`` is not of type ``dtype``.
+    """
+    array = np.asanyarray(data)
+    if array.dtype != np.dtype(dtype):
+        raise ValueError(f"the volume is {array.dtype}, expected {np.dtype(dtype)}")
+    hdr = clean_header(array, affine, dtype)
+    stream = io.BytesIO()
+    hdr.write_to(stream)  # 348 bytes and the 4-byte "no extensions" flag
+    header = stream.getvalue()
+    sink = io.BytesIO()
+    with igzip_threaded.open(
+        sink, "wb", compresslevel=GZIP_LEVEL, threads=GZIP_THREADS, block_size=GZIP_BLOCK
+    ) as gz:
+        for piece in _payload_pieces(header, array, GZIP_BLOCK):
+            gz.write(piece)
+    compressed = sink.getvalue()
+    return CompressedNifti(
+        data=compressed,
+        sha256=hashlib.sha256(compressed).hexdigest(),
+        shape=tuple(int(n) for n in array.shape),
+        dtype=str(np.dtype(dtype)),
+        affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64)),
+    )
+
+
+def write_compressed(volume: CompressedNifti, path: str | Path) -> ImageFile:
+    """Write a :func:`compress_nifti` result to ``path`` atomically.
+
+    Parameters
+    ----------
+    volume
+        The bytes and their record.
+    path
+        The ``.nii.gz`` to write.
+
+    Returns
+    -------
+    ImageFile
+        Path, sha256 of the written bytes, shape, dtype and affine.
+    """
+    atomic_write_bytes(path, volume.data)
+    return ImageFile(path=str(path), sha256=volume.sha256, shape=volume.shape, dtype=volume.dtype,
+                     affine=volume.affine)
+
+
 def write_nifti(data: ArrayLike, affine: ArrayLike, path: str | Path, *, dtype: type) -> ImageFile:
     """Write ``data`` with ``affine`` to ``path`` (``.nii.gz``) atomically, with a clean header.
 
@@ -150,28 +223,11 @@ def write_nifti(data: ArrayLike, affine: ArrayLike, path: str | Path, *, dtype: 
     ValueError
         When ``data`` is not of type ``dtype``.
     """
-    path = Path(path)
-    array = np.asanyarray(data)
-    if array.dtype != np.dtype(dtype):
-        raise ValueError(f"{path}: the volume is {array.dtype}, expected {np.dtype(dtype)}")
-    hdr = clean_header(array, affine, dtype)
-    stream = io.BytesIO()
-    hdr.write_to(stream)  # 348 bytes and the 4-byte "no extensions" flag
-    header = stream.getvalue()
-    with atomic_output(path) as tmp, open(tmp, "wb") as raw:
-        sink = _HashingWriter(raw)
-        with igzip_threaded.open(
-            sink, "wb", compresslevel=GZIP_LEVEL, threads=GZIP_THREADS, block_size=GZIP_BLOCK
-        ) as gz:
-            for piece in _payload_pieces(header, array, GZIP_BLOCK):
-                gz.write(piece)
-    return ImageFile(
-        path=str(path),
-        sha256=sink.digest.hexdigest(),
-        shape=tuple(int(n) for n in array.shape),
-        dtype=str(np.dtype(dtype)),
-        affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64)),
-    )
+    try:
+        volume = compress_nifti(data, affine, dtype=dtype)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return write_compressed(volume, path)
 
 
 @dataclass(frozen=True)
