@@ -581,13 +581,16 @@ def _check_spreadsheets(top: str, cases: Sequence[str], small: dict[str, bytes |
     return problems
 
 
-def _refs(infos: list[zipfile.ZipInfo], central_directory: int, images: dict[str, tuple[str, str]]) -> list[MemberRef]:
-    """Every member's place in the file: its bytes run to the next local header (by offset)."""
+def _refs(infos: list[zipfile.ZipInfo], central_directory: int, images: dict[int, tuple[str, str]]) -> list[MemberRef]:
+    """Every member's place in the file: its bytes run to the next local header (by offset).
+
+    ``images`` gives (case, kind) by position in ``infos`` (a name given twice is one image).
+    """
     starts = sorted({i.header_offset for i in infos} | {central_directory})
     following = {start: starts[n + 1] for n, start in enumerate(starts[:-1])}
     refs = []
     for order, info in enumerate(infos):
-        case, kind = images.get(info.filename, (None, None))
+        case, kind = images.get(order, (None, None))
         refs.append(MemberRef(
             name=info.filename, order=order, header_offset=info.header_offset,
             region_end=following.get(info.header_offset, central_directory),
@@ -678,8 +681,9 @@ def plan_verify(
             return VerifyPlan(problems=(f"{zip_path}: the zip is empty",), **empty)  # type: ignore[arg-type]
         checked = ["integrity", "layout"]
         top, files, images = _layout(infos, zip_path, problems)
-        by_name = {info.filename: key for key, info in images.items()}
-        refs = _refs(infos, zf.start_dir, by_name)
+        position = {id(info): order for order, info in enumerate(infos)}
+        refs = _refs(infos, zf.start_dir, {position[id(info)]: key for key, info in images.items()})
+        planned = {position[id(info)] for info in files.values()}  # the small files, read here
 
         matcher: Matcher | None = None
         scan_problems: list[str] = []
@@ -708,20 +712,19 @@ def plan_verify(
             else:
                 small[rel] = data
                 digests[rel] = hashlib.sha256(data).hexdigest()
-        planned = {info.filename for info in files.values()}
         margin = context_bytes(matcher) if matcher is not None else 0
         if matcher is not None:
             # the zip's own bytes outside the chunks' members: before the first member, the
             # directory, and the members read here (folders, small files)
             first = min(r.header_offset for r in refs)
             regions = [(0, first), (zf.start_dir, size)]
-            regions += [(r.header_offset, r.region_end) for r in refs if r.name in planned or infos[r.order].is_dir()]
+            regions += [(r.header_offset, r.region_end) for r in refs if r.order in planned or infos[r.order].is_dir()]
             for start, end in regions:
                 if end > start:
                     base, data_ = _read_region(fh, start, end, margin, size)
                     leaks += _zip_leaks(scan_region(data_, matcher, zip_path.name, base=base, start=start, end=end))
             for ref in refs:
-                if ref.name in planned:
+                if ref.order in planned:
                     rel = _rel(ref.name, top)
                     leaks += _scan_member_or_say_why(ref, small[rel], zip_path.name, matcher,
                                                      error=unreadable.get(rel))
@@ -739,7 +742,7 @@ def plan_verify(
         if scan:
             checked.append("leak-scan")
 
-        rest = [r for r in refs if r.name not in planned and not infos[r.order].is_dir()]
+        rest = [r for r in refs if r.order not in planned and not infos[r.order].is_dir()]
         chunk_list = _cut(rest, [_work(fh, r, size) for r in rest], chunks)
     return VerifyPlan(
         zip_path=str(zip_path), state_dir=str(state) if state else None, leak_scan=scan and matcher is not None,
@@ -913,10 +916,11 @@ def finish_verify(plan: VerifyPlan, results: Iterable[ChunkResult]) -> VerifyRep
     chunks = list(results)
     if len(chunks) != len(plan.chunks):
         raise ValueError(f"{len(chunks)} chunk results for a plan of {len(plan.chunks)} chunks")
-    members = {m.name: m for chunk in chunks for m in chunk.members}
+    results = {m.order: m for chunk in chunks for m in chunk.members}
+    image_at = {(m.case, m.kind): m.order for chunk in plan.chunks for m in chunk.members if m.kind is not None}
     problems = list(plan.problems)
     digests = dict(plan.digests)
-    for member in members.values():
+    for member in results.values():
         if member.digest is not None:
             digests[_rel(member.name, plan.top)] = member.digest
 
@@ -927,7 +931,7 @@ def finish_verify(plan: VerifyPlan, results: Iterable[ChunkResult]) -> VerifyRep
         ct_grid = None
         for kind in _KINDS:
             name = plan.images.get((case, kind))
-            member = members.get(name) if name else None
+            member = results.get(image_at[(case, kind)]) if (case, kind) in image_at else None
             if member is None:
                 continue
             problems += member.read_problems
