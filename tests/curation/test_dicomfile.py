@@ -192,7 +192,7 @@ def test_memory_error_never_escapes_ingest_or_prepare(tmp_path: Path, small_stud
     def exhausted(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(ingest_module, "convert_series", exhausted)
+    monkeypatch.setattr(ingest_module, "encode_series", exhausted)
     outcome = ingest_study(dataclasses.replace(record, fingerprint="changed"), site, state)
     assert isinstance(outcome, Rejection) and outcome.reason is RejectReason.UNREADABLE
     assert "ran out of memory" in outcome.message
