@@ -450,5 +450,22 @@ def run_campaign(work: Path, *, files: int, seed: int, deid_dir: Path | None = N
         tally.outcomes["skipped" if path.absolute() in skipped or path in skipped
                        else outcome_of_file.get(path.absolute(), "lost")] += 1
     tally.seconds = time.perf_counter() - started
-    tally.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tally.peak_rss_mib = _peak_rss_mib()
     return tally
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak RSS (MiB).
+
+    ``VmHWM`` of ``/proc/self/status`` belongs to the process's own memory map;
+    ``ru_maxrss`` also counts the parent's RSS at fork time (Linux carries it
+    across exec), so a campaign started by a test worker that holds 1 GiB
+    would report 1 GiB whatever the campaign used.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
