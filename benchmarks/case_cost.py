@@ -64,6 +64,11 @@ def _config(work: Path) -> tuple[object, object]:
 
 
 def _maxrss_mb(who: int) -> float:
+    """Peak RSS in MB: this process's own (VmHWM: ru_maxrss would count the parent's at fork), or its children's."""
+    if who == resource.RUSAGE_SELF:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(who).ru_maxrss / 1024.0
 
 
