@@ -62,6 +62,8 @@ CT_FILL_HU = -1000
 PET_FILL = 0.0
 #: Round-off tolerance (mm) on the three inclusive bounds of "inside".
 TOLERANCE_MM = 1e-3
+#: Least half side (mm) of the head cube kept and shown for review around a cylinder (:func:`review_half`).
+REVIEW_HALF_MM = 160.0
 
 # CT-only fallback (used when the brain or skull segmentation is missing or empty)
 #: Bone threshold (HU) for the skull candidates.
@@ -593,6 +595,17 @@ def _extreme_z(mask: np.ndarray, affine: np.ndarray, z_axis: int, *, lowest: boo
     return float(z.min() if lowest else z.max())
 
 
+def _index_box(
+    ranges: tuple[tuple[float, float], ...], shape: tuple[int, ...], affine: np.ndarray
+) -> tuple[slice, ...]:
+    """Index box of a grid holding the world box ``ranges`` ((lo, hi) in x, y, z), one voxel more, clipped."""
+    corners = np.array([[x, y, z, 1.0] for x in ranges[0] for y in ranges[1] for z in ranges[2]]).T
+    ijk = (np.linalg.inv(np.asarray(affine, dtype=float)) @ corners)[:3]
+    lo = np.maximum(np.floor(ijk.min(axis=1)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(ijk.max(axis=1)).astype(int) + 1, np.asarray(shape) - 1)
+    return tuple(slice(int(a), int(max(b + 1, a))) for a, b in zip(lo, hi, strict=True))
+
+
 def _cylinder_box(
     cylinder: DefaceCylinder, shape: tuple[int, ...], affine: np.ndarray
 ) -> tuple[tuple[slice, ...], np.ndarray]:
@@ -603,18 +616,11 @@ def _cylinder_box(
     """
     affine = np.asarray(affine, dtype=float)
     r = cylinder.radius
-    corners = np.array(
-        [
-            [x, y, z, 1.0]
-            for x in (cylinder.axis_x - r, cylinder.axis_x + r)
-            for y in (cylinder.axis_y - r, cylinder.axis_y + r)
-            for z in (cylinder.z_lo, cylinder.z_hi)
-        ]
-    ).T
-    ijk = (np.linalg.inv(affine) @ corners)[:3]
-    lo = np.maximum(np.floor(ijk.min(axis=1)).astype(int) - 1, 0)
-    hi = np.minimum(np.ceil(ijk.max(axis=1)).astype(int) + 1, np.asarray(shape) - 1)
-    box = tuple(slice(int(a), int(max(b + 1, a))) for a, b in zip(lo, hi, strict=True))
+    box = _index_box(
+        ((cylinder.axis_x - r, cylinder.axis_x + r), (cylinder.axis_y - r, cylinder.axis_y + r),
+         (cylinder.z_lo, cylinder.z_hi)),
+        shape, affine,
+    )
     x, y, z = _coords(affine, box)
     in_z = (z >= cylinder.z_lo - TOLERANCE_MM) & (z <= cylinder.z_hi + TOLERANCE_MM)
     in_disc = (x - cylinder.axis_x) ** 2 + (y - cylinder.axis_y) ** 2 <= (
@@ -622,6 +628,45 @@ def _cylinder_box(
     ) ** 2
     inside = np.broadcast_to(in_z & in_disc, tuple(b.stop - b.start for b in box))
     return box, inside
+
+
+def review_half(cylinder: DefaceCylinder) -> float:
+    """Half the side (mm) of the head cube kept and shown for review around a cylinder.
+
+    At least :data:`REVIEW_HALF_MM`, and 20 mm beyond the cylinder in every
+    direction, so the whole cut and what surrounds it are in view.
+    """
+    return max(REVIEW_HALF_MM, cylinder.radius + 20.0, (cylinder.z_hi - cylinder.z_lo) / 2 + 20.0)
+
+
+def review_box(cylinder: DefaceCylinder, shape: tuple[int, ...], affine: np.ndarray) -> tuple[slice, ...]:
+    """Index box of the head cube around the cylinder on a grid (clipped to the grid).
+
+    The cube is centred on the cylinder's axis at mid-height, with half side
+    :func:`review_half`.  Prepare keeps the converted CT's voxels of this box
+    before it defaces them, so the QC pictures can show the head before and
+    after without inflating the whole converted CT again; every voxel the
+    defacing changes lies inside it.
+
+    Parameters
+    ----------
+    cylinder
+        The cylinder in world (RAS+) mm.
+    shape
+        The grid's shape.
+    affine
+        The grid's voxel -> world (RAS+) affine.
+
+    Returns
+    -------
+    tuple of slice
+        One slice per axis, in the grid's own axis order.
+    """
+    half = review_half(cylinder)
+    z = (cylinder.z_lo + cylinder.z_hi) / 2
+    ranges = ((cylinder.axis_x - half, cylinder.axis_x + half), (cylinder.axis_y - half, cylinder.axis_y + half),
+              (z - half, z + half))
+    return _index_box(ranges, shape, affine)
 
 
 def _z_axis(affine: np.ndarray) -> int:

@@ -92,8 +92,8 @@ def time_nibabel(case: object, prepared: object) -> float:
     import numpy as np
 
     paths = [prepared.ct.path, prepared.pt.path, *(i.path for i in prepared.labels.values())]  # type: ignore[attr-defined]
-    if prepared.defaced:  # type: ignore[attr-defined]
-        paths.append(case.ct.path)  # type: ignore[attr-defined]
+    if prepared.head_before is not None:  # type: ignore[attr-defined]
+        paths.append(prepared.head_before.path)  # type: ignore[attr-defined]
     start = time.process_time()
     for path in paths:
         np.asanyarray(nib.load(path).dataobj)

@@ -244,6 +244,8 @@ class PreparedCase:
     lesion_voxels_removed: int
     # category -> voxels set to 0 because their source label is not in the release
     dropped_voxels: dict[str, int] = dataclasses.field(default_factory=dict)
+    # defaced cases: the converted CT's head cube (anonymization.deface.review_box) before defacing, never released
+    head_before: ImageFile | None = None
 
     @property
     def key(self) -> str:

@@ -44,7 +44,14 @@ from typing import Any, ClassVar
 import nibabel as nib
 import numpy as np
 
-from anonymization.deface import CT_FILL_HU, PET_FILL, deface_array, landmark_masks, plan_cylinder
+from anonymization.deface import (
+    CT_FILL_HU,
+    PET_FILL,
+    deface_array,
+    landmark_masks,
+    plan_cylinder,
+    review_box,
+)
 from curation.atomic import sha256_file
 from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
 from curation.errors import CurationError, HeadNotFoundError, UnreadableError
@@ -129,6 +136,8 @@ def _typed(data: np.ndarray, dtype: type, what: str) -> np.ndarray:
 #: (84 MB at 512x512x320), and most of the work (inflating, remapping, compressing) runs
 #: outside the GIL, so two use two cores.
 LABEL_WORKERS = 2
+#: A defaced case's head cube of the converted CT before defacing (state only, never released).
+HEAD_BEFORE = "CT-head-before.nii.gz"
 #: The categories holding the defacing landmarks (Organs ``brain``, Peripheral-Bones ``skull``).
 LANDMARK_CATEGORIES = ("Organs", "Peripheral-Bones")
 
@@ -227,17 +236,28 @@ def _prepare(
             )
         del brain, skull
 
-    ct_out, pt_out = out_dir / "CT.nii.gz", out_dir / "PT.nii.gz"
+    ct_out, pt_out, before_out = out_dir / "CT.nii.gz", out_dir / "PT.nii.gz", out_dir / HEAD_BEFORE
     if cylinder is None:
         # not defaced: the converted files are released as they are
-        ct_out.unlink(missing_ok=True)
-        pt_out.unlink(missing_ok=True)
+        for stale in (ct_out, pt_out, before_out):
+            stale.unlink(missing_ok=True)
 
     def write_image(img: nib.Nifti1Image, source: ImageFile, out: Path, fill: float, dtype: type) -> ImageFile:
         array = np.asanyarray(img.dataobj)  # the converted volume, in memory and writable: changed in place
         assert cylinder is not None
         deface_array(cylinder, array, img.affine, fill)  # only the voxels of the cylinder's box
         return write_nifti(_typed(array, dtype, source.path), img.affine, out, dtype=dtype)
+
+    def write_ct(img: nib.Nifti1Image) -> tuple[ImageFile, ImageFile]:
+        # the head cube as converted, kept for the QC pictures before it is defaced (in place)
+        assert cylinder is not None
+        array = np.asanyarray(img.dataobj)
+        box = review_box(cylinder, array.shape, img.affine)
+        shift = np.eye(4)
+        shift[:3, 3] = [b.start for b in box]
+        cube = _typed(np.array(array[box]), np.int16, case.ct.path)
+        before = write_nifti(cube, img.affine @ shift, before_out, dtype=np.int16)
+        return write_image(img, case.ct, ct_out, CT_FILL_HU, np.int16), before
 
     def finish(category: str) -> _Written:
         loaded = early.pop(category) if category in early else load(category)
@@ -246,14 +266,16 @@ def _prepare(
 
     # one category at a time per worker: read, remap, lesion out, cylinder cleared, written, dropped
     with ThreadPoolExecutor(max_workers=LABEL_WORKERS) as pool:
-        images: dict[str, Future[ImageFile]] = {}
         if cylinder is not None:
-            images["CT"] = pool.submit(write_image, ct_img, case.ct, ct_out, CT_FILL_HU, np.int16)
-            images["PT"] = pool.submit(write_image, pt_img, case.pt, pt_out, PET_FILL, np.float32)
+            ct_future = pool.submit(write_ct, ct_img)
+            pt_future = pool.submit(write_image, pt_img, case.pt, pt_out, PET_FILL, np.float32)
         order = [*early, *(c for c in CATEGORIES if c not in early)]  # the landmark maps are in memory already
         submitted = {category: pool.submit(finish, category) for category in order}
         written: dict[str, _Written] = _results_in_order({c: submitted[c] for c in CATEGORIES})
-        ct_file, pt_file = (images["CT"].result(), images["PT"].result()) if cylinder is not None else (case.ct, case.pt)
+        if cylinder is not None:
+            (ct_file, head_before), pt_file = ct_future.result(), pt_future.result()
+        else:
+            ct_file, pt_file, head_before = case.ct, case.pt, None
 
     labels = {category: written[category].image for category in CATEGORIES}
     dropped = {c: list(w.dropped) for c, w in written.items() if w.dropped}
@@ -274,6 +296,7 @@ def _prepare(
         dropped_labels=dropped,
         lesion_voxels_removed=removed,
         dropped_voxels=dropped_voxels,
+        head_before=head_before,
     )
 
 
@@ -299,7 +322,8 @@ class PrepareStage(CaseStage[PreparedCase]):
 
     name: ClassVar[str] = "prepare"
     phase: ClassVar[Phase] = Phase.BUILD
-    version: ClassVar[int] = 3  # 3: input paths checked (conforming UID, inside the configured folders)
+    # 3: input paths checked (conforming UID, inside the configured folders); 4: the head cube before defacing kept
+    version: ClassVar[int] = 4
     record_type: ClassVar[type] = PreparedCase
     done: ClassVar[str] = "prepared"
     done_event: ClassVar[str] = "case-prepared"
@@ -359,9 +383,10 @@ class PrepareStage(CaseStage[PreparedCase]):
         return prepared
 
     def outputs(self, record: PreparedCase) -> dict[str, ImageFile]:
-        """CT, PET and the seven label maps."""
+        """CT, PET, the seven label maps and, for a defaced case, the head cube before defacing."""
+        before = {HEAD_BEFORE: record.head_before} if record.head_before is not None else {}
         return {"CT.nii.gz": record.ct, "PT.nii.gz": record.pt,
-                **{f"{cat}.nii.gz": img for cat, img in sorted(record.labels.items())}}
+                **{f"{cat}.nii.gz": img for cat, img in sorted(record.labels.items())}, **before}
 
     def parameters(self, record: PreparedCase) -> dict[str, Any]:
         """Defacing (cylinder, landmarks), dropped labels, lesion voxels removed."""

@@ -19,7 +19,10 @@ for each picture, a full-size PNG and a thumbnail:
 ``head-sagittal-after``, ``head-axial-after``
     Sagittal and axial views through the head of the CT as it will be released,
     with the defacing cylinder in yellow; for a defaced case also
-    ``head-sagittal-before`` and ``head-axial-before`` from the converted CT.
+    ``head-sagittal-before`` and ``head-axial-before`` from the converted CT's
+    head cube that prepare keeps before defacing
+    (:attr:`PreparedCase.head_before <curation.model.PreparedCase>`, the
+    :func:`~anonymization.deface.review_box` the views show).
     A case that is not defaced gets the two "after" views centred on its brain
     label (so the steward sees the face that will be published), and none when
     its labels have no brain.
@@ -44,9 +47,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import itertools
 import json
 import logging
+import mmap
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +63,7 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from nibabel.spatialimages import HeaderDataError
 from PIL import Image, ImageDraw
 
-from anonymization.deface import BODY_HU
+from anonymization.deface import BODY_HU, REVIEW_HALF_MM, review_half
 from curation.atomic import atomic_write_bytes
 from curation.errors import UnreadableError
 from curation.labels import COLOUR_COLUMN, ReleaseLabels, SourceLabelTable, labels_json_bytes
@@ -93,8 +97,9 @@ FULL_SIZE = 800
 HEAD_SIZE = 512
 #: Longer side (px) of a thumbnail.
 THUMB_SIZE = 192
-#: Half the side (mm) of the square a head picture shows (at least; more for a wider cylinder).
-HEAD_HALF_MM = 160.0
+#: Half the side (mm) of the square a head picture shows (at least; more for a wider cylinder:
+#: :func:`~anonymization.deface.review_half`, the cube prepare keeps before defacing).
+HEAD_HALF_MM = REVIEW_HALF_MM
 #: Height (mm) above the lowest brain voxel of the axial head picture of a case without a
 #: cylinder: about eye level, where the middle of a defacing cylinder usually is.
 EYE_LEVEL_MM = 30.0
@@ -142,7 +147,7 @@ def qc_inputs(
     """What the pictures are drawn from, as content keys (the parts of :func:`qc_fingerprint`).
 
     The prepared CT, PET and label maps (their recorded sha256); for a defaced
-    case the converted CT (the "before" views) and the cylinder; the release
+    case the converted CT's head cube (the "before" views) and the cylinder; the release
     label set (the names behind the label values) and the source table (the
     colours).  A case's pictures are reusable while these are unchanged and
     :data:`QC_VERSION` is the same.
@@ -163,7 +168,7 @@ def qc_inputs(
         "ct": prepared.ct.sha256,
         "pt": prepared.pt.sha256,
         "labels": {category: image.sha256 for category, image in sorted(prepared.labels.items())},
-        "before": case.ct.sha256 if prepared.defaced else None,
+        "before": prepared.head_before.sha256 if prepared.defaced and prepared.head_before else None,
         "cylinder": to_jsonable(prepared.cylinder) if prepared.defaced else None,
         "release_labels": hashlib.sha256(labels_json_bytes(release_labels)).hexdigest(),
         "source_table": source_table.digest,
@@ -244,10 +249,12 @@ class _Volume:
         return float(self.origin[axis] - half), float(self.world(axis, self.data.shape[axis] - 1) + half)
 
 
-def _checked_bytes(image: ImageFile, what: str) -> bytes:
-    """The file's bytes, which must hash to the sha256 its record names."""
+def _checked_bytes(image: ImageFile, what: str) -> bytes | mmap.mmap:
+    """The file's bytes (mapped, not copied), which must hash to the sha256 its record names."""
     try:
-        raw = Path(image.path).read_bytes()
+        with open(image.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            raw: bytes | mmap.mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     except OSError as exc:
         raise UnreadableError(f"{what} {image.path} cannot be read ({exc.strerror})") from None
     digest = hashlib.sha256(raw).hexdigest()
@@ -259,7 +266,7 @@ def _checked_bytes(image: ImageFile, what: str) -> bytes:
     return raw
 
 
-def _inflate(raw: bytes, what: str) -> Iterator[bytes]:
+def _inflate(raw: bytes | mmap.mmap, what: str) -> Iterator[bytes]:
     """The gzip stream ``raw`` inflated in pieces of at most :data:`_PIECE` bytes."""
     inflater = isal_zlib.decompressobj(wbits=31)
     view = memoryview(raw)
@@ -333,23 +340,14 @@ def _blocks(image: ImageFile, what: str) -> Iterator[tuple[slice, np.ndarray, _V
         a gzipped 3-D NIfTI-1 volume of the recorded shape.
     """
     where = f"{what} {image.path}"
-    pieces = _inflate(_checked_bytes(image, what), where)
-    head = bytearray()
-    for piece in pieces:
-        head += piece
-        if len(head) >= 352:
-            break
-    header = _header(bytes(head), where)
-    if header.shape != tuple(image.shape):
-        raise UnreadableError(f"{where}: shape {header.shape}, its record says {tuple(image.shape)}")
+    header, data = _stream(image, what)
     nx, ny, nz = header.shape
     plane = nx * ny * header.dtype.itemsize
     per_block = max(1, min(nz, _BLOCK // max(plane, 1)))
     buffer = np.empty(per_block * plane, dtype=np.uint8)
     ornt = io_orientation(header.affine)
-    leftover = memoryview(bytes(head))[header.vox_offset :]
     filled, k0 = 0, 0
-    for piece in itertools.chain([leftover], pieces):
+    for piece in data:
         view = memoryview(piece)
         while len(view):
             take = min(len(view), len(buffer) - filled)
@@ -367,30 +365,72 @@ def _blocks(image: ImageFile, what: str) -> Iterator[tuple[slice, np.ndarray, _V
     raise UnreadableError(f"{where}: the data ends after {k0} of {nz} planes")
 
 
+def _stream(image: ImageFile, what: str) -> tuple[_Header, Iterator[bytes]]:
+    """The file's checked header (shape as recorded) and its voxel bytes, inflated piece by piece."""
+    where = f"{what} {image.path}"
+    pieces = _inflate(_checked_bytes(image, what), where)
+    head = bytearray()
+    for piece in pieces:
+        head += piece
+        if len(head) >= 352:
+            break
+    header = _header(bytes(head), where)
+    if header.shape != tuple(image.shape):
+        raise UnreadableError(f"{where}: shape {header.shape}, its record says {tuple(image.shape)}")
+
+    def voxels() -> Iterator[bytes]:
+        skip = header.vox_offset - len(head)  # > 0: extensions beyond the first pieces
+        if skip < 0:
+            yield bytes(memoryview(head)[header.vox_offset :])
+        for piece in pieces:
+            if skip > 0:
+                piece, skip = piece[skip:], skip - len(piece)
+            if piece:
+                yield piece
+
+    return header, voxels()
+
+
 def _read_volume(image: ImageFile, what: str) -> tuple[_Volume, np.ndarray, np.ndarray]:
-    """The whole volume, inflated at once: canonical, as stored (file axis order), and the file's affine.
+    """The whole volume: canonical, as stored (file axis order), and the file's affine.
+
+    Inflated piece by piece into one array (cheaper than inflating into one
+    new buffer and viewing it: the pieces stay in the CPU's cache).
 
     Raises
     ------
     UnreadableError
         As :func:`_blocks`.
     """
-    where = f"{what} {image.path}"
-    raw = _checked_bytes(image, what)
-    try:
-        # ISIZE, the gzip trailer's inflated length, sizes the output buffer in one go
-        data = isal_zlib.decompress(raw, wbits=31, bufsize=max(int.from_bytes(raw[-4:], "little"), 1 << 16))
-    except isal_zlib.error as exc:
-        raise UnreadableError(f"{where}: not a whole gzip stream ({exc})") from None
-    header = _header(data[:352], where)
-    if header.shape != tuple(image.shape):
-        raise UnreadableError(f"{where}: shape {header.shape}, its record says {tuple(image.shape)}")
+    header, pieces = _stream(image, what)
     count = int(np.prod(header.shape))
-    if len(data) < header.vox_offset + count * header.dtype.itemsize:
-        raise UnreadableError(f"{where}: the data ends early (truncated file)")
-    array = np.frombuffer(data, dtype=header.dtype, count=count, offset=header.vox_offset)
-    array = array.reshape(header.shape, order="F")
+    data = np.empty(count * header.dtype.itemsize, dtype=np.uint8)
+    filled = 0
+    for piece in pieces:
+        take = min(len(piece), len(data) - filled)
+        data[filled : filled + take] = np.frombuffer(piece, dtype=np.uint8, count=take)
+        filled += take
+    if filled < len(data):
+        raise UnreadableError(f"{what} {image.path}: the data ends early (truncated file)")
+    array = data.view(header.dtype).reshape(header.shape, order="F")
     return _canonical(array, header.affine), array, header.affine
+
+
+def _box_in(affine: np.ndarray, shape: tuple[int, ...], grid: np.ndarray, grid_shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Where a sub-volume (``affine``, ``shape``) lies on a grid (``grid``, ``grid_shape``), as index slices.
+
+    Raises
+    ------
+    UnreadableError
+        When the sub-volume is not a whole-voxel box of the grid in the same axis order.
+    """
+    relation = np.linalg.inv(grid) @ affine  # sub-volume index -> grid index
+    start = np.rint(relation[:3, 3]).astype(int)
+    if (not np.allclose(relation[:3, :3], np.eye(3), atol=1e-3) or not np.allclose(relation[:3, 3], start, atol=1e-3)
+            or (start < 0).any() or (start + shape > np.asarray(grid_shape)).any()):
+        raise UnreadableError("the CT head cube before defacing is not a box of the prepared CT's grid: "
+                              "prepare the case again")
+    return tuple(slice(int(a), int(a + n)) for a, n in zip(start, shape, strict=True))
 
 
 # ---------------------------------------------------------------------------
@@ -606,7 +646,7 @@ class _Head:
 
 def _head_from_cylinder(cylinder: DefaceCylinder) -> _Head:
     return _Head(cylinder.axis_x, cylinder.axis_y, (cylinder.z_lo + cylinder.z_hi) / 2,
-                 max(HEAD_HALF_MM, cylinder.radius + 20.0), cylinder, "cylinder")
+                 review_half(cylinder), cylinder, "cylinder")
 
 
 class _BrainCentre:
@@ -833,14 +873,13 @@ def render_case_qc(
             for view, frame in frames.items()
         ]
         if cylinder is not None:
-            if tuple(case.ct.shape) != ct_stored.shape:
-                raise UnreadableError(f"converted CT {case.ct.path} has shape {tuple(case.ct.shape)}, the prepared "
-                                      f"CT {prepared.ct.path} {ct_stored.shape}: prepare the case again")
-            before = {view: np.full((f.height, f.width), -1000, dtype=np.int16) for view, f in frames.items()}
-            for planes, stored, block in _blocks(case.ct, "converted CT"):
-                face_blanked += int(np.count_nonzero(stored != ct_stored[:, :, planes]))
-                for view, frame in frames.items():
-                    _slice_into(block, frame, before[view])
+            if prepared.head_before is None:
+                raise UnreadableError(f"prepared case {prepared.key} has no head cube before defacing (prepared by "
+                                      "an older version): prepare the case again")
+            cube, cube_stored, cube_affine = _read_volume(prepared.head_before, "CT head before defacing")
+            face_blanked = int(np.count_nonzero(cube_stored != ct_stored[_box_in(cube_affine, cube_stored.shape,
+                                                                                  ct_affine, ct_stored.shape)]))
+            before = {view: _slice(cube, frame, -1000.0) for view, frame in frames.items()}
             pictures += [
                 _write_picture(out_dir, f"head-{view}-before", f"Head ({view}) before defacing, cylinder in "
                                "yellow", _head_picture(before[view], frame, cylinder), frame)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from nibabel.affines import apply_affine
 
-from anonymization.deface import cylinder_mask
+from anonymization.deface import cylinder_mask, review_box
 from curation.config import MissingHeadPolicy
 from curation.model import CATEGORIES, CATEGORY_ALIASES, ConvertedCase, PreparedCase, Rejection
 from curation.phantom import write_lesion, write_segmentations
@@ -57,6 +59,16 @@ def test_defaced_site(small_phantom, ingested: ConvertedCase, tmp_path: Path) ->
     assert np.all(ct[ct_in] == -1000) and np.array_equal(ct[~ct_in], ct0[~ct_in])
     assert np.all(pt[pt_in] == 0) and np.array_equal(pt[~pt_in], pt0[~pt_in])
     assert np.any(ct0[ct_in] != -1000) and np.any(pt0[pt_in] != 0)  # something really was removed
+    # the head cube before defacing: the converted CT's voxels of review_box, holding every changed voxel
+    box = review_box(cyl, ingested.ct.shape, np.array(ingested.ct.affine))
+    cube = nib.load(prepared.head_before.path)
+    np.testing.assert_array_equal(np.asanyarray(cube.dataobj), ct0[box])
+    assert cube.get_data_dtype() == np.int16 and cube.shape != ct0.shape
+    np.testing.assert_allclose(cube.affine[:3, 3], apply_affine(np.array(ingested.ct.affine), [b.start for b in box]))
+    outside = np.ones(ct0.shape, dtype=bool)
+    outside[box] = False
+    assert np.count_nonzero(ct != ct0) > 1000 and not np.any((ct != ct0) & outside)
+    assert prepared.head_before.sha256 == hashlib.sha256(Path(prepared.head_before.path).read_bytes()).hexdigest()
     # the face landmarks of the phantom are gone
     assert np.all(ct[small_phantom.landmarks["nose"]] == -1000)
     assert np.all(ct[small_phantom.landmarks["eyes"]] == -1000)
@@ -93,6 +105,7 @@ def test_defaced_site(small_phantom, ingested: ConvertedCase, tmp_path: Path) ->
     again = prepare(ingested, site, tmp_path / "other")
     assert isinstance(again, PreparedCase)
     assert again.ct.sha256 == prepared.ct.sha256 and again.pt.sha256 == prepared.pt.sha256
+    assert again.head_before.sha256 == prepared.head_before.sha256
     assert {c: f.sha256 for c, f in again.labels.items()} == {c: f.sha256 for c, f in prepared.labels.items()}
 
 
@@ -107,6 +120,7 @@ def test_undefaced_site_moose_names_permuted(small_phantom, ingested: ConvertedC
     assert not prepared.defaced and prepared.cylinder is None
     out_dir = StatePaths(tmp_path / "state").prepared_dir(ingested.key)
     assert not (out_dir / "CT.nii.gz").exists() and not (out_dir / "PT.nii.gz").exists()
+    assert prepared.head_before is None and not (out_dir / "CT-head-before.nii.gz").exists()
     # MOOSE values mapped back by name, axes put back in the CT's order, trachea dropped and counted
     for category in CATEGORIES:
         np.testing.assert_array_equal(
@@ -145,7 +159,8 @@ def test_idempotent_and_redone_when_a_segmentation_changes(small_phantom, ingest
     assert isinstance(first, PreparedCase)
     out_dir = StatePaths(tmp_path / "state").prepared_dir(ingested.key)
     before = mtimes(out_dir)
-    assert set(before) == {"prepared.json", "CT.nii.gz", "PT.nii.gz", *(f"{c}.nii.gz" for c in CATEGORIES)}
+    assert set(before) == {"prepared.json", "CT.nii.gz", "PT.nii.gz", "CT-head-before.nii.gz",
+                           *(f"{c}.nii.gz" for c in CATEGORIES)}
 
     second = prepare(ingested, site, tmp_path)
     assert second == first

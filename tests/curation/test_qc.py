@@ -243,7 +243,9 @@ def test_axis_order_does_not_change_the_pictures(order: str, defaced: Rendered, 
         pt=reordered(defaced.prepared.pt, tmp_path / "PT.nii.gz", order),
         labels={c: reordered(f, tmp_path / f"{c}.nii.gz", order) for c, f in defaced.prepared.labels.items()},
     )
-    case = dataclasses.replace(defaced.case, ct=reordered(defaced.case.ct, tmp_path / "CT0.nii.gz", order))
+    prepared = dataclasses.replace(
+        prepared, head_before=reordered(defaced.prepared.head_before, tmp_path / "CT-head-before.nii.gz", order))
+    case = defaced.case
     assert prepared.ct.shape != defaced.prepared.ct.shape or order == "flipped"
     assert prepared.ct.sha256 != defaced.prepared.ct.sha256
     qc = render(case, prepared, tmp_path / "qc")
@@ -296,9 +298,12 @@ def test_fingerprint_covers_what_is_drawn(defaced: Rendered, undefaced: Rendered
                               release_labels=RELEASE)
 
     other_ct = dataclasses.replace(defaced.case.ct, sha256="0" * 64)
-    # the converted CT is drawn ("before") only for a defaced case
-    assert fingerprint(defaced, ct=other_ct) != defaced.qc.fingerprint
+    # the converted CT is not drawn: its head cube before defacing is, for a defaced case
+    assert fingerprint(defaced, ct=other_ct) == defaced.qc.fingerprint
     assert fingerprint(undefaced, ct=other_ct) == undefaced.qc.fingerprint
+    other_cube = dataclasses.replace(defaced.prepared.head_before, sha256="0" * 64)
+    assert qc_fingerprint(defaced.case, dataclasses.replace(defaced.prepared, head_before=other_cube),
+                          source_table=MOOSE, release_labels=RELEASE) != defaced.qc.fingerprint
     assert defaced.qc.fingerprint != undefaced.qc.fingerprint
     for category in CATEGORIES:
         changed = dataclasses.replace(undefaced.prepared, labels={
