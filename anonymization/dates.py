@@ -51,6 +51,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from curation.config import DatePolicy
+from curation.dicomtime import parse_date, parse_datetime, parse_time
 from curation.uids import element_vr
 
 logger = logging.getLogger(__name__)
@@ -369,46 +370,6 @@ def published_columns(fields: Sequence[tuple[str, str]], policy: DatePolicy) -> 
     return tuple((name, published_kind(kind, policy)) for name, kind in fields)
 
 
-def _as_date(value: Any) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    text = str(value).strip()
-    match = _DA.fullmatch(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a date (YYYYMMDD or YYYY-MM-DD)")
-    return dt.date(int(match.group(1)), int(match.group(3)), int(match.group(4)))
-
-
-def _as_datetime(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value.replace(tzinfo=None)
-    text = str(value).strip()
-    try:
-        return dt.datetime.fromisoformat(text).replace(tzinfo=None)
-    except ValueError:
-        pass
-    match = re.fullmatch(r"(\d{8})(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:[+-]\d{4})?", text)  # DICOM DT
-    if match is None:
-        raise ValueError(f"{text!r} is not a date-time") from None
-    day = _as_date(match.group(1))
-    hh, mm, ss, frac = match.group(2, 3, 4, 5)
-    return dt.datetime(day.year, day.month, day.day, int(hh or 0), int(mm or 0), int(ss or 0),
-                       int((frac or "0").ljust(6, "0")))
-
-
-def _as_time(value: Any) -> dt.time:
-    if isinstance(value, dt.time):
-        return value
-    text = str(value).strip()
-    match = re.fullmatch(r"(\d{2}):?(\d{2})?(?::?(\d{2}))?(?:\.(\d{1,6}))?", text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a time of day")
-    hh, mm, ss, frac = match.groups()
-    return dt.time(int(hh), int(mm or 0), int(ss or 0), int((frac or "0").ljust(6, "0")))
-
-
 def publish_value(value: Any, kind: str, *, policy: DatePolicy, offset_days: int = 0) -> Any:
     """One metadata value as it is published: dates by ``policy``, times checked, the rest unchanged.
 
@@ -438,14 +399,14 @@ def publish_value(value: Any, kind: str, *, policy: DatePolicy, offset_days: int
     if value is None or value == "":
         return None
     if kind == "time":
-        return _as_time(value)
+        return parse_time(value)
     if kind == "date":
-        day = _as_date(value)
+        day = parse_date(value)
         if policy is DatePolicy.SHIFT:
             return day + dt.timedelta(days=offset_days)
         return day.year if policy is DatePolicy.YEAR else day
     if kind == "datetime":
-        moment = _as_datetime(value)
+        moment = parse_datetime(value)
         if policy is DatePolicy.SHIFT:
             return moment + dt.timedelta(days=offset_days)
         return moment.time() if policy is DatePolicy.YEAR else moment

@@ -23,8 +23,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from curation.compression import LOSSY_FIELDS, lossy_compression
+from curation.dicomtime import date_or_none, datetime_or_none, time_or_none
 from curation.geometry import check_series_geometry
-from curation.suv import SUV_FIELDS, parse_dt, suv_fields
+from curation.suv import SUV_FIELDS, suv_fields
 
 logger = logging.getLogger(__name__)
 
@@ -128,19 +129,13 @@ def _float(ds: Dataset, keyword: str) -> float | None:
 
 
 def _date(value: object) -> str | None:
-    text = str(value or "").strip()
-    if len(text) >= 8 and text[:8].isdigit():
-        return f"{text[:4]}-{text[4:6]}-{text[6:8]}"
-    return None
+    day = date_or_none(value)
+    return day.isoformat() if day is not None else None
 
 
 def _time(value: object) -> str | None:
-    text = str(value or "").strip()
-    if len(text) >= 4 and text[:4].isdigit():
-        hh, mm = text[:2], text[2:4]
-        ss = text[4:6] if len(text) >= 6 and text[4:6].isdigit() else "00"
-        return f"{hh}:{mm}:{ss}"
-    return None
+    clock = time_or_none(value)
+    return f"{clock:%H:%M:%S}" if clock is not None else None
 
 
 def _age_years(value: object) -> int | None:
@@ -183,7 +178,7 @@ def _private_datetime(ds: Dataset, element: int, *, group: int, creator: str) ->
     value = _private_element(ds, group, creator, element)
     if isinstance(value, bytes):
         value = value.rstrip(b"\x00 ").decode("ascii", "replace")
-    moment = parse_dt(value)
+    moment = datetime_or_none(value, need_time=True)
     return moment.isoformat() if moment else None
 
 

@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from pydicom.dataset import Dataset
+
+from curation.dicomtime import date_or_none, datetime_or_none, time_or_none
 
 #: ``(name, kind)`` of the fields :func:`suv_fields` returns, in column order.
 SUV_FIELDS: tuple[tuple[str, str], ...] = (
@@ -59,92 +60,8 @@ SUV_FIELDS: tuple[tuple[str, str], ...] = (
     ("SUVbwScaleFactorReason", "str"),
 )
 
-_DA = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
-_TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
-_DT = re.compile(r"^(\d{8})(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:[+-]\d{4})?$")
-
-
-def _text(value: object) -> str:
-    return str(value or "").strip().replace(":", "").replace("-", "") if value is not None else ""
-
-
-def parse_da(value: object) -> dt.date | None:
-    """A DICOM DA value (``YYYYMMDD``) as a date; ``None`` when missing or not a date.
-
-    Parameters
-    ----------
-    value
-        The element's value.
-
-    Returns
-    -------
-    datetime.date or None
-        The date.
-    """
-    match = _DA.match(_text(value))
-    if match is None:
-        return None
-    try:
-        return dt.date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
-    except ValueError:
-        return None
-
-
-def parse_tm(value: object) -> dt.time | None:
-    """A DICOM TM value (``HHMMSS.FFFFFF``, shorter forms too) as a time of day.
-
-    Parameters
-    ----------
-    value
-        The element's value.
-
-    Returns
-    -------
-    datetime.time or None
-        The time of day with its fraction; ``None`` when missing or invalid.
-    """
-    match = _TM.match(_text(value))
-    if match is None:
-        return None
-    hh, mm, ss, frac = match.groups()
-    try:
-        return dt.time(int(hh), int(mm or 0), int(ss or 0), int((frac or "0").ljust(6, "0")))
-    except ValueError:
-        return None
-
-
-def parse_dt(value: object) -> dt.datetime | None:
-    """A DICOM DT value (``YYYYMMDDHHMMSS.FFFFFF&ZZXX``) as a naive date-time.
-
-    The UTC offset is ignored: every time of a series is read in the scanner's
-    own clock, as the other time elements are.
-
-    Parameters
-    ----------
-    value
-        The element's value.
-
-    Returns
-    -------
-    datetime.datetime or None
-        The date-time; ``None`` when missing, invalid or without a time of day.
-    """
-    match = _DT.match(str(value or "").strip())
-    if match is None or match.group(2) is None:
-        return None
-    day = parse_da(match.group(1))
-    hh, mm, ss, frac = match.group(2, 3, 4, 5)
-    if day is None:
-        return None
-    try:
-        return dt.datetime(day.year, day.month, day.day, int(hh), int(mm or 0), int(ss or 0),
-                           int((frac or "0").ljust(6, "0")))
-    except ValueError:
-        return None
-
-
 def _combine(date_value: object, time_value: object) -> dt.datetime | None:
-    day, clock = parse_da(date_value), parse_tm(time_value)
+    day, clock = date_or_none(date_value), time_or_none(time_value)
     return dt.datetime.combine(day, clock) if day and clock else None
 
 
@@ -176,7 +93,8 @@ def _acquired(ds: Dataset) -> dt.datetime | None:
     """When a slice was acquired: AcquisitionDate + AcquisitionTime, else an Enhanced PET frame's date-times."""
     moment = _combine(ds.get("AcquisitionDate") or ds.get("SeriesDate"), ds.get("AcquisitionTime"))
     if moment is None:  # Enhanced PET: the frame's FrameAcquisitionDateTime, else the object's
-        moment = parse_dt(ds.get("FrameAcquisitionDateTime")) or parse_dt(ds.get("AcquisitionDateTime"))
+        moment = (datetime_or_none(ds.get("FrameAcquisitionDateTime"), need_time=True)
+                  or datetime_or_none(ds.get("AcquisitionDateTime"), need_time=True))
     return moment
 
 
@@ -221,10 +139,10 @@ def injection_start(drug: Dataset, scan: dt.datetime | None) -> dt.datetime | No
         The injection start; ``None`` when neither element can be read (or
         only the time is given and ``scan`` is unknown).
     """
-    moment = parse_dt(drug.get("RadiopharmaceuticalStartDateTime"))
+    moment = datetime_or_none(drug.get("RadiopharmaceuticalStartDateTime"), need_time=True)
     if moment is not None:
         return moment
-    clock = parse_tm(drug.get("RadiopharmaceuticalStartTime"))
+    clock = time_or_none(drug.get("RadiopharmaceuticalStartTime"))
     if clock is None or scan is None:
         return None
     moment = dt.datetime.combine(scan.date(), clock)
@@ -256,7 +174,7 @@ def suv_fields(datasets: Sequence[Dataset]) -> dict[str, Any]:
     first = datasets[0]
     info = first.get("RadiopharmaceuticalInformationSequence")
     drug = info[0] if info else Dataset()
-    series_day, series_clock = parse_da(first.get("SeriesDate")), parse_tm(first.get("SeriesTime"))
+    series_day, series_clock = date_or_none(first.get("SeriesDate")), time_or_none(first.get("SeriesTime"))
     series = dt.datetime.combine(series_day, series_clock) if series_day and series_clock else None
     start = series_start(datasets)
     injection = injection_start(drug, start or series)
@@ -265,7 +183,7 @@ def suv_fields(datasets: Sequence[Dataset]) -> dict[str, Any]:
     scan_ref = series if series is not None and (start is None or series <= start) else start
     reference = {"START": scan_ref, "ADMIN": injection}.get(decay or "")
     if decay is None:  # Enhanced PET states the time its frames are decay-corrected to
-        stated = parse_dt(first.get("DecayCorrectionDateTime"))
+        stated = datetime_or_none(first.get("DecayCorrectionDateTime"), need_time=True)
         if stated is not None and str(first.get("DecayCorrected") or "").strip().upper() == "YES":
             reference = scan_ref = stated
     factor, reason = _suvbw(first, drug, decay or ("STATED" if reference else None), scan_ref, injection)

@@ -40,6 +40,7 @@ from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 
 from anonymization.gate import GateAction, iter_rules
+from curation.dicomtime import parse_date, parse_datetime, parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -136,42 +137,6 @@ def check_column_names(names: Sequence[str]) -> None:
 # cell values
 
 
-def _parse_date(text: str) -> dt.date:
-    for fmt in ("%Y%m%d", "%Y-%m-%d"):
-        try:
-            return dt.datetime.strptime(text, fmt).date()
-        except ValueError:
-            pass
-    raise ValueError(f"{text!r} is not a date (YYYYMMDD or YYYY-MM-DD)")
-
-
-def _parse_time(text: str) -> dt.time:
-    clean = text.strip()
-    if ":" in clean:
-        return dt.time.fromisoformat(clean)
-    # DICOM TM: HH[MM[SS[.F{1,6}]]]
-    match = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?", clean)
-    if not match:
-        raise ValueError(f"{text!r} is not a time (HHMMSS[.ffffff] or HH:MM:SS)")
-    hh, mm, ss, frac = match.groups()
-    micro = int((frac or "0").ljust(6, "0"))
-    return dt.time(int(hh), int(mm or 0), int(ss or 0), micro)
-
-
-def _parse_datetime(text: str) -> dt.datetime:
-    clean = text.strip()
-    if "T" in clean or "-" in clean[:10]:
-        value = dt.datetime.fromisoformat(clean)
-        return value.replace(tzinfo=None)
-    # DICOM DT: YYYYMMDDHHMMSS[.F] (offset dropped: the spreadsheet keeps local scanner time)
-    clean = re.split(r"[+-]", clean, maxsplit=1)[0]
-    if len(clean) < 8:
-        raise ValueError(f"{text!r} is not a date-time")
-    day = _parse_date(clean[:8])
-    time = _parse_time(clean[8:]) if len(clean) > 8 else dt.time()
-    return dt.datetime.combine(day, time)
-
-
 def cell_value(value: Any, kind: str) -> Any:
     r"""Turn a metadata value (JSON or already typed) into the cell value of ``kind``.
 
@@ -217,14 +182,10 @@ def cell_value(value: Any, kind: str) -> Any:
         number = float(value)
         return number if math.isfinite(number) else None  # a header's NaN/Inf: no valid xlsx number
     if kind == "date":
-        if isinstance(value, dt.datetime):
-            return value.date()
-        return value if isinstance(value, dt.date) else _parse_date(str(value))
+        return parse_date(value)
     if kind == "time":
-        return value if isinstance(value, dt.time) else _parse_time(str(value))
-    if isinstance(value, dt.datetime):
-        return value
-    return _parse_datetime(str(value))
+        return parse_time(value)
+    return parse_datetime(value)
 
 
 def _display_width(value: Any) -> int:
