@@ -68,6 +68,55 @@ class DatePolicy(StrEnum):
     AS_DELIVERED = "as-delivered"  # as the sites sent them
 
 
+class Packaging(StrEnum):
+    """How the release is shipped (``[release] packaging``, DESIGN.md section 5b)."""
+
+    SINGLE = "single"  # one zip, <name>-<version>.zip
+    PARTS = "parts"  # one zip per release folder, split by case range above max_part_size
+
+
+#: ``[release] max_part_size`` when it is not given (Zenodo's default cap per record).
+DEFAULT_MAX_PART_SIZE = "50GB"
+#: Unit -> bytes for ``max_part_size``: decimal (SI) units, as hosting services state their
+#: caps (Zenodo's 50 GB is 50 x 10^9 bytes), and the binary units for whoever means 1024.
+SIZE_UNITS: dict[str, int] = {
+    "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]+)\s*$")
+_SIZE_ALLOWED = ("a size such as '50GB' or '500MB' (KB, MB, GB, TB are powers of 1000; "
+                 "KiB, MiB, GiB, TiB powers of 1024), at least 1 byte")
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size written as a number and a unit (``"50GB"``, ``"1.5 GiB"``, ``"500MB"``).
+
+    Parameters
+    ----------
+    text
+        The size; the unit is one of :data:`SIZE_UNITS` in any letter case
+        (``GB`` = 10^9 bytes, ``GiB`` = 2^30 bytes).
+
+    Returns
+    -------
+    int
+        The size in bytes (rounded down), at least 1.
+
+    Raises
+    ------
+    ValueError
+        When the text is not a number and a known unit, or is under 1 byte.
+    """
+    match = _SIZE_RE.match(text)
+    if not match or match.group(2).upper() not in SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size such as '50GB' or '500MB'")
+    number, unit = match.groups()
+    size = int(float(number) * SIZE_UNITS[unit.upper()])
+    if size < 1:
+        raise ValueError(f"{text!r} is less than 1 byte")
+    return size
+
+
 #: Allowed range of ``[release] age_cap`` (years), and its default.
 AGE_CAP_RANGE = (18, 120)
 DEFAULT_AGE_CAP = 90
@@ -109,6 +158,12 @@ class ReleaseSettings:
         applied by :mod:`anonymization.dates`).
     age_cap
         Ages at or above are published as this value (years, :data:`AGE_CAP_RANGE`).
+    packaging
+        One zip (:attr:`Packaging.SINGLE`, the default) or one zip per release
+        folder (:attr:`Packaging.PARTS`, :mod:`release.parts`).
+    max_part_size
+        With parts: a folder whose part would be larger than this many bytes is
+        split by case range (from ``"50GB"``, decimal units; see :func:`parse_size`).
     """
 
     name: str
@@ -118,6 +173,8 @@ class ReleaseSettings:
     labels: str  # BUILTIN_LABELS or an absolute path to a labels.json
     dates: DatePolicy = DatePolicy.SHIFT
     age_cap: int = DEFAULT_AGE_CAP
+    packaging: Packaging = Packaging.SINGLE
+    max_part_size: int = 50 * 10**9
 
     @property
     def zip_name(self) -> str:
@@ -128,6 +185,18 @@ class ReleaseSettings:
     def zip_path(self) -> Path:
         """Where the release zip is written: :attr:`zip_name` in :attr:`output_dir`."""
         return self.output_dir / self.zip_name
+
+    @property
+    def parts_name(self) -> str:
+        """Folder name of a release in parts: ``<name>-<version>`` (in :attr:`output_dir`)."""
+        return f"{self.name}-{self.version}"
+
+    @property
+    def release_path(self) -> Path:
+        """What is published: :attr:`zip_path`, or with parts the folder ``<output_dir>/<name>-<version>``."""
+        if self.packaging is Packaging.PARTS:
+            return self.output_dir / self.parts_name
+        return self.zip_path
 
 
 @dataclass(frozen=True)
@@ -461,8 +530,14 @@ def config_from_dict(raw: Mapping[str, Any], source: Path) -> Config:
     age_cap = rel.get("age_cap", int, DEFAULT_AGE_CAP, f"a whole number of years from {low} to {high}")
     if not low <= age_cap <= high:
         raise rel._fail("age_cap", age_cap, f"a whole number of years from {low} to {high}")
+    packaging = rel.choice("packaging", Packaging, Packaging.SINGLE)
+    size_text = rel.get("max_part_size", str, DEFAULT_MAX_PART_SIZE, _SIZE_ALLOWED)
+    try:
+        max_part_size = parse_size(size_text)
+    except ValueError:
+        raise rel._fail("max_part_size", size_text, _SIZE_ALLOWED) from None
     rel.finish()
-    release = ReleaseSettings(name, version, output_dir, state_dir, labels, dates, age_cap)
+    release = ReleaseSettings(name, version, output_dir, state_dir, labels, dates, age_cap, packaging, max_part_size)
 
     dt = _Table(top.get("defacing", dict, {}, "a [defacing] table"), "defacing", source)
     default_defacing = DefacingSettings()
@@ -621,6 +696,8 @@ def default_config_toml(name: str, version: str) -> str:
             "labels": BUILTIN_LABELS,
             "dates": DatePolicy.SHIFT.value,
             "age_cap": DEFAULT_AGE_CAP,
+            "packaging": Packaging.SINGLE.value,
+            "max_part_size": DEFAULT_MAX_PART_SIZE,
         },
         "defacing": dataclasses.asdict(DefacingSettings()),
         "execution": dataclasses.asdict(ExecutionSettings()),

@@ -8,6 +8,8 @@ import pytest
 
 from curation.config import (
     BUILTIN_LABELS,
+    Packaging,
+    parse_size,
     BUILTIN_MOOSE_TABLE,
     BUILTIN_RELEASE_TABLE,
     ConfigError,
@@ -32,6 +34,8 @@ state_dir = ".petct"
 labels = "builtin:enhance-pet"
 dates = "shift"
 age_cap = 90
+packaging = "single"
+max_part_size = "50GB"
 
 [defacing]
 height_voxels = 16
@@ -219,3 +223,41 @@ def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match=r"not valid TOML"):
         load_config(write(tmp_path, "[release\nname="))
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("50GB", 50 * 10**9), ("500MB", 500 * 10**6), ("1.5 GiB", 3 * 2**29), ("64kb", 64_000), ("2TiB", 2 * 2**40),
+     ("1B", 1)],
+)
+def test_part_sizes_are_decimal_units_unless_binary_ones_are_named(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_packaging_parts_and_max_part_size_are_read(tmp_path: Path) -> None:
+    default = load_config(write(tmp_path, GOOD))
+    assert default.release.packaging is Packaging.SINGLE
+    assert default.release.max_part_size == 50 * 10**9
+    assert default.release.release_path == default.release.zip_path
+    text = GOOD.replace('packaging = "single"\nmax_part_size = "50GB"', 'packaging = "parts"\nmax_part_size = "500MB"', 1)
+    config = load_config(write(tmp_path, text))
+    assert config.release.packaging is Packaging.PARTS
+    assert config.release.max_part_size == 500 * 10**6
+    assert config.release.release_path == config.release.output_dir / "enhance-pet-1_6k-1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("new", "match"),
+    [
+        ('packaging = "many"', r"release\.packaging = 'many' is not allowed; expected one of 'single' \| 'parts'"),
+        ('max_part_size = "50 GB!"', r"release\.max_part_size = '50 GB!' is not allowed; expected a size such as '50GB'"),
+        ('max_part_size = "50PB"', r"release\.max_part_size = '50PB' is not allowed; .*KiB, MiB, GiB, TiB"),
+        ('max_part_size = "0MB"', r"release\.max_part_size = '0MB' is not allowed; .*at least 1 byte"),
+        ("max_part_size = 50", r"release\.max_part_size = 50 is not allowed"),
+    ],
+)
+def test_bad_packaging_values_name_the_key_and_what_is_allowed(tmp_path: Path, new: str, match: str) -> None:
+    key = new.split(" = ")[0]
+    old = 'packaging = "single"' if key == "packaging" else 'max_part_size = "50GB"'
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, GOOD.replace(old, new, 1)))
