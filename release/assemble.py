@@ -45,7 +45,7 @@ from curation.config import Config, DatePolicy, IdentityFlagPolicy
 from curation.errors import RunRefusedError
 from curation.labels import ReleaseLabels, labels_json_bytes
 from curation.metadata import CT_FIELDS, PT_FIELDS
-from curation.model import CATEGORIES, ConvertedCase, PreparedCase, to_jsonable
+from curation.model import CATEGORIES, ConvertedCase, ImageFile, PreparedCase, to_jsonable
 from curation.registry import format_case_number
 from curation.state import StatePaths
 from release.card import CardCase, CardSite, render_card
@@ -292,10 +292,17 @@ def _details_sheet(
     return _Sheet(f"{name}.xlsx", book.data, book.removed_characters, blanked)
 
 
-def _plan(
+@dataclass(frozen=True)
+class _SmallFiles:
+    files: dict[str, bytes]  # path inside <name>/ -> content: labels.json, the spreadsheets, README.md
+    removed_characters: int
+    blanked_values: int
+
+
+def _small_files(
     config: Config, entries: Sequence[ReleaseEntry], labels: ReleaseLabels, *, pipeline_version: str
-) -> _Plan:
-    name = config.release.name
+) -> _SmallFiles:
+    """labels.json, the two details spreadsheets and the dataset card (everything but the volumes and sums)."""
     offsets = _date_offsets(config, entries)
     sheets = [_details_sheet(config, entries, offsets, CT_FIELDS, "CT"),
               _details_sheet(config, entries, offsets, PT_FIELDS, "PT")]
@@ -303,7 +310,7 @@ def _plan(
         "labels.json": labels_json_bytes(labels),
         **{sheet.name: sheet.data for sheet in sheets},
         "README.md": render_card(
-            name=name,
+            name=config.release.name,
             version=config.release.version,
             pipeline_version=pipeline_version,
             cases=[
@@ -325,35 +332,60 @@ def _plan(
             age_cap=config.release.age_cap,
         ).encode("utf-8"),
     }
-    digests = {path: hashlib.sha256(data).hexdigest() for path, data in small.items()}
-    members = [ZipMember(f"{name}/{path}", data=data) for path, data in small.items()]
-    manifest_cases = []
+    return _SmallFiles(small, sum(sheet.removed_characters for sheet in sheets),
+                       sum(sheet.blanked_values for sheet in sheets))
+
+
+def case_images(entry: ReleaseEntry) -> dict[str, ImageFile]:
+    """A case's volumes by their path inside ``<name>/``: CT, PT and the seven label maps.
+
+    Parameters
+    ----------
+    entry
+        The case.
+
+    Returns
+    -------
+    dict[str, ImageFile]
+        :func:`image_member` / :func:`label_member` path -> the prepared volume.
+    """
+    case = format_case_number(entry.number)
+    files = {image_member(case, "CT"): entry.prepared.ct, image_member(case, "PT"): entry.prepared.pt}
+    files.update({label_member(case, cat): entry.prepared.labels[cat] for cat in CATEGORIES})
+    return files
+
+
+def _manifest_case(config: Config, entry: ReleaseEntry) -> dict[str, Any]:
+    files = case_images(entry)
+    return {
+        "number": entry.number,
+        "case": format_case_number(entry.number),
+        "study_key": entry.prepared.key,
+        "site": entry.prepared.site,
+        "license": entry.license,
+        "defaced": entry.prepared.defaced,
+        "cylinder": to_jsonable(entry.prepared.cylinder),
+        "clear_labels": config.defacing.clear_labels,
+        "members": {path: files[path].sha256 for path in sorted(files)},
+    }
+
+
+def _plan(
+    config: Config, entries: Sequence[ReleaseEntry], labels: ReleaseLabels, *, pipeline_version: str
+) -> _Plan:
+    name = config.release.name
+    small = _small_files(config, entries, labels, pipeline_version=pipeline_version)
+    digests = {path: hashlib.sha256(data).hexdigest() for path, data in small.files.items()}
+    members = [ZipMember(f"{name}/{path}", data=data) for path, data in small.files.items()]
     for e in entries:
-        case = format_case_number(e.number)
-        files = {image_member(case, "CT"): e.prepared.ct, image_member(case, "PT"): e.prepared.pt}
-        files.update({label_member(case, cat): e.prepared.labels[cat] for cat in CATEGORIES})
-        for path, image in files.items():
+        for path, image in case_images(e).items():
             digests[path] = image.sha256
             members.append(ZipMember(f"{name}/{path}", path=Path(image.path), sha256=image.sha256))
-        manifest_cases.append(
-            {
-                "number": e.number,
-                "case": case,
-                "study_key": e.prepared.key,
-                "site": e.prepared.site,
-                "license": e.license,
-                "defaced": e.prepared.defaced,
-                "cylinder": to_jsonable(e.prepared.cylinder),
-                "clear_labels": config.defacing.clear_labels,
-                "members": {path: files[path].sha256 for path in sorted(files)},
-            }
-        )
     sums = sha256sums_text(digests).encode("ascii")
     members.append(ZipMember(f"{name}/{SUMS_NAME}", data=sums))
     return _Plan(
-        tuple(members), digests, sums, tuple(manifest_cases),
-        removed_characters=sum(sheet.removed_characters for sheet in sheets),
-        blanked_values=sum(sheet.blanked_values for sheet in sheets),
+        tuple(members), digests, sums, tuple(_manifest_case(config, e) for e in entries),
+        removed_characters=small.removed_characters, blanked_values=small.blanked_values,
     )
 
 
@@ -507,27 +539,8 @@ def assemble_release(
             write_zip(where, plan.members, progress=progress)
         digest = sha256_file(where)
 
-    path = StatePaths(config.release.state_dir).release_manifest(zip_path.name)
-    # the record of a verification stands only for the bytes it verified
-    verified = (_read_json(path) or {}).get("verified")
-    if not (isinstance(verified, dict) and verified.get("zip_sha256") == digest):
-        verified = None
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "name": name,
-        "version": config.release.version,
-        "zip": zip_path.name,
-        "zip_sha256": digest,
-        "verified": verified,
-        "pipeline_version": pipeline_version,
-        "defacing": to_jsonable(config.defacing),
-        "dates": config.release.dates.value,  # the policy (never an offset): which dates the leak scan needs
-        "age_cap": config.release.age_cap,
-        "members": dict(sorted(plan.digests.items())),
-        "cases": list(plan.manifest_cases),
-    }
-    if _read_json(path) != manifest:
-        atomic_write_json(path, manifest)
+    write_manifest(config, zip_path.name, digest, plan.digests, plan.manifest_cases,
+                   pipeline_version=pipeline_version)
     result = ReleaseResult(
         zip_path=str(where),
         sha256=digest,
@@ -541,6 +554,66 @@ def assemble_release(
     )
     logger.info("%s: %d cases, %d members, %d bytes, sha256 %s", where, result.cases, result.members, result.bytes, digest)
     return result
+
+
+def write_manifest(
+    config: Config,
+    release_name: str,
+    digest: str,
+    digests: dict[str, str],
+    cases: Sequence[dict[str, Any]],
+    *,
+    pipeline_version: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the build manifest of a release (``verify --state`` reads it), keeping a verification of the same bytes.
+
+    Parameters
+    ----------
+    config
+        The configuration.
+    release_name
+        The zip's file name, or the folder name of a release in parts.
+    digest
+        The zip's sha256, or the digest of a release in parts (:func:`release.parts.parts_digest`).
+    digests
+        Path inside ``<name>/`` -> sha256 of every member but SHA256SUMS.
+    cases
+        One record per case (number, study key, site, defacing, members).
+    pipeline_version
+        The petct-release version.
+    extra
+        More keys (a release in parts: ``packaging`` and ``parts``).
+
+    Returns
+    -------
+    dict
+        The manifest as written.
+    """
+    path = StatePaths(config.release.state_dir).release_manifest(release_name)
+    old = _read_json(path)
+    # the record of a verification stands only for the bytes it verified
+    verified = (old if isinstance(old, dict) else {}).get("verified")
+    if not (isinstance(verified, dict) and verified.get("zip_sha256") == digest):
+        verified = None
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "name": config.release.name,
+        "version": config.release.version,
+        "zip": release_name,
+        "zip_sha256": digest,
+        "verified": verified,
+        "pipeline_version": pipeline_version,
+        "defacing": to_jsonable(config.defacing),
+        "dates": config.release.dates.value,  # the policy (never an offset): which dates the leak scan needs
+        "age_cap": config.release.age_cap,
+        "members": dict(sorted(digests.items())),
+        "cases": list(cases),
+        **(extra or {}),
+    }
+    if old != manifest:
+        atomic_write_json(path, manifest)
+    return manifest
 
 
 def staging_path(zip_path: Path) -> Path:
