@@ -16,6 +16,9 @@ state_dir/
   qc/<key>.json                       CaseQC: the case's QC pictures and numbers (curation.qc)
   report/index.html                   the steward's QC report (flows.report)
   report/qc/<key>/*.png               the QC pictures, full size and thumbnails
+  releases/<name>-<version>.json      build manifest of a release (zip or parts; release.assemble)
+  parts/<name>.json                   case ranges of a release in parts, fixed across builds (release.parts)
+  parts/<name>-<version>/<part>.json  what a written part holds and its sha256 (reuse without rewriting)
 ```
 The report folder holds no UID: the QC records, which do, stay outside it.
 ``<key>`` is :func:`curation.model.study_key` of the StudyInstanceUID.
@@ -111,6 +114,14 @@ class StatePaths:
     def release_manifest(self, zip_name: str) -> Path:
         """The build manifest of the release zip called ``zip_name``: ``releases/<name>-<version>.json``."""
         return self.root / "releases" / f"{zip_name.removesuffix('.zip')}.json"
+
+    def parts_layout(self, name: str) -> Path:
+        """The case ranges of a release in parts, kept across builds and versions: ``parts/<name>.json``."""
+        return self.root / "parts" / f"{name}.json"
+
+    def part_record(self, release: str, part: str) -> Path:
+        """What a written part holds and its sha256: ``parts/<name>-<version>/<part>.json``."""
+        return self.root / "parts" / release / f"{part}.json"
 
     def release_manifests(self) -> list[Path]:
         """The build manifests of every release built from this state folder, sorted."""

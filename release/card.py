@@ -69,6 +69,34 @@ class CardSite:
     identity_flag_optional: bool = False
 
 
+@dataclass(frozen=True)
+class CardPart:
+    """One data part of a release in parts, as the card lists it.
+
+    Attributes
+    ----------
+    name
+        The part's file name (``CT_0001-1000.zip``).
+    folder
+        The release folder it holds (``CT``, ``PT`` or a category).
+    cases
+        Its case range, ``"0001-1000"``.
+    count
+        How many cases it holds (fewer than the range when cases were withdrawn).
+    bytes
+        Its size.
+    sha256
+        Its sha256.
+    """
+
+    name: str
+    folder: str
+    cases: str
+    count: int
+    bytes: int
+    sha256: str
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     """A markdown table's lines: the header, the ``|---|`` rule and one line per row.
 
@@ -278,6 +306,59 @@ def render_card(
         "",
         "which also checks the layout, every case's geometry, data types and label values, "
         "and the spreadsheets.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def parts_section(*, name: str, version: str, max_part_size: int, parts: Sequence[CardPart]) -> str:
+    """The card's closing section for a release in parts: the parts, their ranges, sizes and sha256.
+
+    It follows the text of :func:`render_card` unchanged, so the card of a
+    release in parts is the single zip's card plus this section.
+
+    Parameters
+    ----------
+    name, version
+        The release's name and version.
+    max_part_size
+        ``[release] max_part_size`` in bytes.
+    parts
+        The data parts, in folder and case order (``metadata.zip`` holds this
+        card, so it cannot be listed in it).
+
+    Returns
+    -------
+    str
+        Markdown, starting with a blank line and ending with a newline.
+    """
+    out = [
+        "",
+        "## Parts",
+        "",
+        f"This release ships in parts: one zip per folder ({len(parts)} zips; a folder larger than "
+        f"{max_part_size:,} bytes is split by case range, named `<Folder>_<first>-<last>.zip`), and "
+        "`metadata.zip` with `labels.json`, the two spreadsheets, this card and `SHA256SUMS`, which are "
+        "also beside the zips as loose files. Unzip every zip into one folder to get the layout above "
+        f"(every member is under `{name}/`). A case range keeps its name when a case in it is withdrawn.",
+        "",
+    ]
+    out += markdown_table(
+        ["part", "folder", "cases", "bytes", "sha256"],
+        [(f"`{p.name}`", p.folder, f"{p.cases} ({p.count})", f"{p.bytes:,}", f"`{p.sha256}`") for p in parts],
+    )
+    out += [
+        "",
+        "`SHA256SUMS` lists every file of the layout and, after a blank line, every part but "
+        "`metadata.zip`. Check the download, then the unzipped files:",
+        "",
+        "```",
+        "sha256sum -c --ignore-missing SHA256SUMS        # in the download folder: the parts and loose files",
+        'for part in *.zip; do unzip -q -o "$part" -d extracted; done',
+        f"cd extracted/{name} && sha256sum -c --ignore-missing SHA256SUMS",
+        "```",
+        "",
+        f"or `petct-release verify {name}-{version}/` on the folder of parts as downloaded.",
         "",
     ]
     return "\n".join(out)
