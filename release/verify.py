@@ -24,6 +24,7 @@ the report is ``ok`` only when there is none.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from anonymization.leakscan import (
     scan_region,
     scan_zip,
 )
+from curation.atomic import sha256_file
 from curation.config import DatePolicy
 from curation.labels import LabelTableError, ReleaseLabels, release_labels_from_dict
 from curation.model import CATEGORIES, DefaceCylinder, from_jsonable
@@ -62,6 +64,14 @@ from curation.registry import format_case_number
 from curation.state import StatePaths
 from release.assemble import MANIFEST_FORMAT, SUMS_NAME
 from release.checksums import parse_sha256sums
+from release.parts import (
+    FOLDERS,
+    LOOSE_FILES,
+    METADATA_ZIP,
+    parse_part_name,
+    release_files_of,
+    split_sums,
+)
 from release.spreadsheets import check_column_names, read_details_xlsx
 
 logger = logging.getLogger(__name__)
@@ -104,13 +114,16 @@ class VerifyReport:
     checked
         The checks that ran (``leak-scan`` and ``defacing`` only with a state folder).
     members
-        How many members the zip holds.
+        How many members the zip holds (all parts together, for a release in parts).
+    part_digests
+        For a release in parts: ``(file name, sha256)`` of every zip, as read.
     """
 
     problems: tuple[str, ...]
     cases: int
     checked: tuple[str, ...]
     members: int = 0
+    part_digests: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -160,10 +173,19 @@ class VerifyChunk:
         The members.
     work
         Bytes read plus bytes inflated, estimated from the gzip streams' sizes.
+    zip_path
+        The zip the members are in (``""``: the plan's zip); for a release in parts, one of its parts.
+    zip_index
+        Which of the release's zips (0 for a single zip), to order the findings.
+    digest_file
+        True for the job of hashing a whole part (no members): the part's sha256.
     """
 
     members: tuple[MemberRef, ...]
     work: int
+    zip_path: str = ""
+    zip_index: int = 0
+    digest_file: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +228,11 @@ class VerifyPlan:
         Leak-scan findings of the plan (see :func:`finish_verify` for the order).
     checked
         The checks that ran.
+    release
+        For a release in parts: its folder's name (``<name>-<version>``, which
+        names its build manifest); ``""`` for a single zip.
+    parts
+        For a release in parts: the file names of its zips found in the folder.
     """
 
     zip_path: str
@@ -227,6 +254,8 @@ class VerifyPlan:
     scan_problems: tuple[str, ...]
     leaks: tuple[tuple[tuple[int, ...], str], ...]
     checked: tuple[str, ...]
+    release: str = ""
+    parts: tuple[str, ...] = ()
 
     def job(self, index: int) -> ChunkJob:
         """The work of chunk ``index``, for :func:`verify_chunk`.
@@ -241,10 +270,12 @@ class VerifyPlan:
         ChunkJob
             The chunk's members and what their checks need.
         """
-        members = self.chunks[index].members
+        chunk = self.chunks[index]
+        members = chunk.members
         cases = {m.case for m in members}
-        return ChunkJob(self.zip_path, self.state_dir, self.leak_scan, members, self.labels,
-                        {case: cyl for case, cyl in self.defacing.items() if case in cases})
+        return ChunkJob(chunk.zip_path or self.zip_path, self.state_dir, self.leak_scan, members, self.labels,
+                        {case: cyl for case, cyl in self.defacing.items() if case in cases},
+                        zip_index=chunk.zip_index, release=self.release, digest_file=chunk.digest_file)
 
 
 @dataclass(frozen=True)
@@ -261,6 +292,11 @@ class ChunkJob:
         The release's ``labels.json`` (None: label values are not checked).
     defacing
         The recorded cylinders of the chunk's cases.
+    zip_index, digest_file
+        As in :class:`VerifyChunk`.
+    release
+        The name the build manifest is found by, when it is not the zip's
+        (a part of a release in parts: the folder's name).
     """
 
     zip_path: str
@@ -269,6 +305,9 @@ class ChunkJob:
     members: tuple[MemberRef, ...]
     labels: ReleaseLabels | None
     defacing: dict[str, tuple[DefaceCylinder, bool]]
+    zip_index: int = 0
+    release: str = ""
+    digest_file: bool = False
 
 
 @dataclass(frozen=True)
@@ -308,10 +347,13 @@ class ChunkResult:
         One result per member, in the chunk's order.
     leaks
         Leak-scan findings (see :func:`finish_verify` for the order).
+    file_digest
+        For a ``digest_file`` job: ``(the zip's file name, its sha256)``.
     """
 
     members: tuple[MemberResult, ...]
     leaks: tuple[tuple[tuple[int, ...], str], ...] = ()
+    file_digest: tuple[str, str] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -425,9 +467,9 @@ def _unscannable_line(exc: Exception) -> str:
     return f"the leak scan could not read the whole zip: {exc}"
 
 
-def _zip_leaks(leaks: Iterable[Leak]) -> list[tuple[tuple[int, ...], str]]:
-    """Leaks in the zip's own bytes: first, in offset order."""
-    return [((0, leak.offset), _leak_line(leak)) for leak in leaks]
+def _zip_leaks(leaks: Iterable[Leak], zip_index: int = 0) -> list[tuple[tuple[int, ...], str]]:
+    """Leaks in the zip's own bytes: first, by zip (a release in parts), in offset order."""
+    return [((0, zip_index, leak.offset), _leak_line(leak)) for leak in leaks]
 
 
 def _member_leaks(order: int, leaks: Iterable[Leak]) -> list[tuple[tuple[int, ...], str]]:
@@ -452,23 +494,44 @@ def _scan_member_or_say_why(
 # 1. the plan
 
 
-def _layout(infos: list[zipfile.ZipInfo], zip_path: Path, problems: list[str]) -> tuple[
+def _top_folder(infos: Iterable[zipfile.ZipInfo]) -> str:
+    """The top folder most members are under."""
+    counts: dict[str, int] = {}
+    for info in infos:
+        top = info.filename.split("/", 1)[0]
+        counts[top] = counts.get(top, 0) + 1
+    return max(sorted(counts), key=lambda t: counts[t])
+
+
+def _layout(infos: list[zipfile.ZipInfo], zip_path: Path, problems: list[str], *, top: str | None = None,
+            seen: dict[str, str] | None = None, whole: bool = True) -> tuple[
     str, dict[str, zipfile.ZipInfo], dict[tuple[str, str], zipfile.ZipInfo]
 ]:
-    """The top folder, the top files and the images by (case, kind); layout problems appended."""
+    """The top folder, the top files and the images by (case, kind); layout problems appended.
+
+    For one part of a release in parts: ``top`` is the release's, ``seen``
+    (member name -> the part it was found in) spans the parts, and with
+    ``whole`` False a missing top file is not this zip's problem.
+    """
     tops = sorted({i.filename.split("/", 1)[0] for i in infos})
-    top = max(tops, key=lambda t: sum(i.filename.startswith(t + "/") for i in infos))
-    if len(tops) > 1:
-        problems.append(f"{zip_path}: members under more than one top folder: {', '.join(tops)}")
-    seen: set[str] = set()
+    if top is None:
+        top = _top_folder(infos)
+        if len(tops) > 1:
+            problems.append(f"{zip_path}: members under more than one top folder: {', '.join(tops)}")
+    elif tops != [top]:
+        problems.append(f"{zip_path}: members under {', '.join(t for t in tops if t != top)}, "
+                        f"not the release's top folder {top}")
+    seen = {} if seen is None else seen
     files: dict[str, zipfile.ZipInfo] = {}
     images: dict[tuple[str, str], zipfile.ZipInfo] = {}
     for info in infos:
         name = info.filename
         if name in seen:
-            problems.append(f"{name}: appears twice in the zip")
+            where = seen[name]
+            problems.append(f"{name}: appears twice in the zip" if where == zip_path.name
+                            else f"{name}: appears in both {where} and {zip_path.name}")
             continue
-        seen.add(name)
+        seen[name] = zip_path.name
         if not name.startswith(top + "/"):
             continue  # reported above as another top folder
         rel = _rel(name, top)
@@ -494,7 +557,7 @@ def _layout(infos: list[zipfile.ZipInfo], zip_path: Path, problems: list[str]) -
             problems.append(f"{name}: case number {case!r} is not written as the release writes it")
             continue
         images[(case, kind)] = info
-    for rel in _TOP_FILES:
+    for rel in _TOP_FILES if whole else ():
         if rel not in files:
             problems.append(f"{top}/{rel}: missing")
     return top, files, images
@@ -581,10 +644,12 @@ def _check_spreadsheets(top: str, cases: Sequence[str], small: dict[str, bytes |
     return problems
 
 
-def _refs(infos: list[zipfile.ZipInfo], central_directory: int, images: dict[int, tuple[str, str]]) -> list[MemberRef]:
+def _refs(infos: list[zipfile.ZipInfo], central_directory: int, images: dict[int, tuple[str, str]],
+          base: int = 0) -> list[MemberRef]:
     """Every member's place in the file: its bytes run to the next local header (by offset).
 
-    ``images`` gives (case, kind) by position in ``infos`` (a name given twice is one image).
+    ``images`` gives (case, kind) by position in ``infos`` (a name given twice is one image);
+    ``base`` is added to each position (the members of earlier parts of a release in parts).
     """
     starts = sorted({i.header_offset for i in infos} | {central_directory})
     following = {start: starts[n + 1] for n, start in enumerate(starts[:-1])}
@@ -592,7 +657,7 @@ def _refs(infos: list[zipfile.ZipInfo], central_directory: int, images: dict[int
     for order, info in enumerate(infos):
         case, kind = images.get(order, (None, None))
         refs.append(MemberRef(
-            name=info.filename, order=order, header_offset=info.header_offset,
+            name=info.filename, order=base + order, header_offset=info.header_offset,
             region_end=following.get(info.header_offset, central_directory),
             compress_type=info.compress_type, compress_size=info.compress_size, file_size=info.file_size,
             crc=info.CRC, case=case, kind=kind,
@@ -639,6 +704,90 @@ def _cut(refs: Sequence[MemberRef], works: Sequence[int], chunks: int | None) ->
     return tuple(out)
 
 
+def _leak_matcher(release: Path, state: Path | None, scan: bool) -> tuple[Matcher | None, list[str]]:
+    """The leak scan's matcher (None when it does not run) and why it cannot run, if so."""
+    if not scan or state is None:
+        return None, []
+    try:
+        matcher = _matcher(release, state)
+    except ValueError as exc:
+        return None, [f"the sensitive values cannot be read, so the leak scan did not run: {exc}"]
+    if matcher.empty:
+        return None, [f"{state}: no sensitive values recorded; the leak scan has nothing to look for"]
+    return matcher, []
+
+
+def _read_small(zf: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], problems: list[str]) -> tuple[
+    dict[str, bytes | None], dict[str, Exception], dict[str, str]
+]:
+    """The small files, read whole through zipfile's CRC: content (None: unreadable), errors, sha256."""
+    small: dict[str, bytes | None] = {}
+    unreadable: dict[str, Exception] = {}
+    digests: dict[str, str] = {}
+    for rel, info in sorted(files.items()):
+        try:
+            data = zf.read(info)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+            problems.append(f"{info.filename}: cannot be read intact ({exc})")
+            small[rel], unreadable[rel] = None, exc
+        else:
+            small[rel] = data
+            digests[rel] = hashlib.sha256(data).hexdigest()
+    return small, unreadable, digests
+
+
+def _scan_outside_chunks(
+    fh: Any, zip_name: str, refs: Sequence[MemberRef], read_here: set[int], start_dir: int, size: int,
+    matcher: Matcher, small: dict[str, bytes | None], unreadable: dict[str, Exception], top: str, zip_index: int,
+) -> list[tuple[tuple[int, ...], str]]:
+    """Leaks the plan finds: in a zip's own bytes outside the chunks' members, and in the small files.
+
+    The zip's own bytes: before the first member, the directory, and the
+    members read by the plan (folders, small files).
+    """
+    margin = context_bytes(matcher)
+    leaks: list[tuple[tuple[int, ...], str]] = []
+    first = min((r.header_offset for r in refs), default=start_dir)
+    regions = [(0, first), (start_dir, size)]
+    regions += [(r.header_offset, r.region_end) for r in refs if r.order in read_here]
+    for start, end in regions:
+        if end > start:
+            base, data = _read_region(fh, start, end, margin, size)
+            leaks += _zip_leaks(scan_region(data, matcher, zip_name, base=base, start=start, end=end), zip_index)
+    for ref in refs:
+        rel = _rel(ref.name, top)
+        if ref.order in read_here and rel in small:
+            leaks += _scan_member_or_say_why(ref, small[rel], zip_name, matcher, error=unreadable.get(rel))
+    return leaks
+
+
+@dataclass(frozen=True)
+class _ReleaseFacts:
+    labels: ReleaseLabels | None
+    cases: tuple[str, ...]
+    manifest: dict[str, Any] | None
+    defacing: dict[str, tuple[DefaceCylinder, bool]]
+    sheet_problems: tuple[str, ...]
+    checked: tuple[str, ...]
+
+
+def _release_facts(top: str, images: dict[tuple[str, str], Any], small: dict[str, bytes | None], release: Path,
+                   state: Path | None, scan: bool, problems: list[str]) -> _ReleaseFacts:
+    """labels.json, the cases, the build manifest and its cylinders, the spreadsheets' check."""
+    labels = _read_labels(top, small.get("labels.json"), problems)
+    cases = tuple(sorted({case for case, _ in images}, key=int))
+    checked = ["cases", "geometry", "dtypes", "label-values"]
+    manifest = _load_manifest(release, state, problems) if state is not None else None
+    defacing = _defacing(manifest, problems) if manifest is not None else {}
+    if manifest is not None:
+        checked.append("defacing")
+    checked += ["spreadsheets", "checksums"]
+    if scan:
+        checked.append("leak-scan")
+    return _ReleaseFacts(labels, cases, manifest, defacing, tuple(_check_spreadsheets(top, cases, small)),
+                         tuple(checked))
+
+
 def plan_verify(
     zip_path: Path, *, state_dir: Path | None = None, leak_scan: bool = True, chunks: int | None = None
 ) -> VerifyPlan:
@@ -647,7 +796,7 @@ def plan_verify(
     Parameters
     ----------
     zip_path
-        The release zip.
+        The release zip, or a folder of parts (then :func:`plan_verify_parts`).
     state_dir
         The state folder it was built from, or None (see :func:`verify_release`).
     leak_scan
@@ -662,6 +811,9 @@ def plan_verify(
         What was found so far and the chunks left (none when the zip cannot be read).
     """
     zip_path = Path(zip_path)
+    if zip_path.is_dir():
+        return plan_verify_parts(zip_path.name, release_files_of(zip_path), state_dir=state_dir,
+                                 leak_scan=leak_scan, folder=zip_path)
     state = Path(state_dir) if state_dir is not None else None
     scan = leak_scan and state is not None
     problems: list[str] = []
@@ -679,79 +831,168 @@ def plan_verify(
         infos = zf.infolist()
         if not infos:
             return VerifyPlan(problems=(f"{zip_path}: the zip is empty",), **empty)  # type: ignore[arg-type]
-        checked = ["integrity", "layout"]
         top, files, images = _layout(infos, zip_path, problems)
         position = {id(info): order for order, info in enumerate(infos)}
         refs = _refs(infos, zf.start_dir, {position[id(info)]: key for key, info in images.items()})
         planned = {position[id(info)] for info in files.values()}  # the small files, read here
-
-        matcher: Matcher | None = None
-        scan_problems: list[str] = []
-        if scan:
-            assert state is not None
-            try:
-                matcher = _matcher(zip_path, state)
-            except ValueError as exc:
-                scan_problems.append(f"the sensitive values cannot be read, so the leak scan did not run: {exc}")
-            else:
-                if matcher.empty:
-                    scan_problems.append(f"{state}: no sensitive values recorded; the leak scan has nothing to look for")
-                    matcher = None
-
-        # the small files: read here (whole, through zipfile's CRC), checked and scanned
-        small: dict[str, bytes | None] = {}
-        unreadable: dict[str, Exception] = {}
-        digests: dict[str, str] = {}
-        leaks: list[tuple[tuple[int, ...], str]] = []
-        for rel, info in sorted(files.items()):
-            try:
-                data = zf.read(info)
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
-                problems.append(f"{info.filename}: cannot be read intact ({exc})")
-                small[rel], unreadable[rel] = None, exc
-            else:
-                small[rel] = data
-                digests[rel] = hashlib.sha256(data).hexdigest()
-        margin = context_bytes(matcher) if matcher is not None else 0
-        if matcher is not None:
-            # the zip's own bytes outside the chunks' members: before the first member, the
-            # directory, and the members read here (folders, small files)
-            first = min(r.header_offset for r in refs)
-            regions = [(0, first), (zf.start_dir, size)]
-            regions += [(r.header_offset, r.region_end) for r in refs if r.order in planned or infos[r.order].is_dir()]
-            for start, end in regions:
-                if end > start:
-                    base, data_ = _read_region(fh, start, end, margin, size)
-                    leaks += _zip_leaks(scan_region(data_, matcher, zip_path.name, base=base, start=start, end=end))
-            for ref in refs:
-                if ref.order in planned:
-                    rel = _rel(ref.name, top)
-                    leaks += _scan_member_or_say_why(ref, small[rel], zip_path.name, matcher,
-                                                     error=unreadable.get(rel))
-
-        labels = _read_labels(top, small.get("labels.json"), problems)
-        cases = tuple(sorted({case for case, _ in images}, key=int))
-        checked += ["cases", "geometry", "dtypes", "label-values"]
-        manifest = _load_manifest(zip_path, state, problems) if state is not None else None
-        defacing = _defacing(manifest, problems) if manifest is not None else {}
-        if manifest is not None:
-            checked.append("defacing")
-        checked.append("spreadsheets")
-        sheet_problems = _check_spreadsheets(top, cases, small)
-        checked.append("checksums")
-        if scan:
-            checked.append("leak-scan")
-
-        rest = [r for r in refs if r.order not in planned and not infos[r.order].is_dir()]
+        folders = {r.order for r in refs if infos[r.order].is_dir()}
+        matcher, scan_problems = _leak_matcher(zip_path, state, scan)
+        small, unreadable, digests = _read_small(zf, files, problems)
+        leaks = (_scan_outside_chunks(fh, zip_path.name, refs, planned | folders, zf.start_dir, size, matcher,
+                                      small, unreadable, top, 0) if matcher is not None else [])
+        facts = _release_facts(top, images, small, zip_path, state, scan, problems)
+        rest = [r for r in refs if r.order not in planned and r.order not in folders]
         chunk_list = _cut(rest, [_work(fh, r, size) for r in rest], chunks)
     return VerifyPlan(
         zip_path=str(zip_path), state_dir=str(state) if state else None, leak_scan=scan and matcher is not None,
-        top=top, members=len(infos), cases=cases,
-        images={key: info.filename for key, info in images.items()}, labels=labels, defacing=defacing,
-        chunks=chunk_list, problems=tuple(problems), sheet_problems=tuple(sheet_problems),
+        top=top, members=len(infos), cases=facts.cases,
+        images={key: info.filename for key, info in images.items()}, labels=facts.labels, defacing=facts.defacing,
+        chunks=chunk_list, problems=tuple(problems), sheet_problems=facts.sheet_problems,
         sums=small.get(SUMS_NAME), digests=digests,
-        file_names=tuple(i.filename for i in infos if not i.is_dir()), manifest=manifest,
-        scan_problems=tuple(scan_problems), leaks=tuple(leaks), checked=tuple(checked),
+        file_names=tuple(i.filename for i in infos if not i.is_dir()), manifest=facts.manifest,
+        scan_problems=tuple(scan_problems), leaks=tuple(leaks), checked=("integrity", "layout", *facts.checked),
+    )
+
+
+def plan_verify_parts(
+    release: str,
+    files: Mapping[str, Path],
+    *,
+    state_dir: Path | None = None,
+    leak_scan: bool = True,
+    folder: Path | None = None,
+) -> VerifyPlan:
+    """Plan the verification of a release in parts: every part as :func:`plan_verify` does, and the whole.
+
+    The parts' members are cut into chunks part by part (a chunk never spans
+    two parts) and every zip gets one more job, hashing it whole; all of them
+    are one pool of jobs for :func:`verify_chunk`.  What only the whole shows
+    is checked here and in :func:`finish_verify`: each member in the part its
+    folder and case range name, no member in two parts, every case with its CT,
+    PT and seven maps across the parts, the loose files equal to
+    ``metadata.zip``'s, and the parts' sha256 against ``SHA256SUMS``.
+
+    Parameters
+    ----------
+    release
+        The release's folder name, ``<name>-<version>`` (it names the build manifest).
+    files
+        File name -> path of every file of the release (the folder's files, or
+        during a build the staged and published ones).
+    state_dir, leak_scan
+        As :func:`plan_verify`.
+    folder
+        The folder, for the problem sentences (default: ``release``).
+
+    Returns
+    -------
+    VerifyPlan
+        The plan, with ``release`` and ``parts`` set.
+    """
+    where = str(folder) if folder is not None else release
+    state = Path(state_dir) if state_dir is not None else None
+    scan = leak_scan and state is not None
+    problems: list[str] = []
+    data_parts = sorted((n for n in files if parse_part_name(n)),
+                        key=lambda n: (FOLDERS.index(parse_part_name(n)[0]), parse_part_name(n)[1]))  # type: ignore[index]
+    for name in sorted(files):
+        if not (name in data_parts or name == METADATA_ZIP or name in LOOSE_FILES):
+            problems.append(f"{where}/{name}: not a file of a release in parts (a part <Folder>_<first>-<last>.zip, "
+                            f"{METADATA_ZIP}, or one of {', '.join(LOOSE_FILES)})")
+    if METADATA_ZIP not in files:
+        problems.append(f"{where}/{METADATA_ZIP}: missing")
+    if not data_parts:
+        problems.append(f"{where}: no part (<Folder>_<first>-<last>.zip)")
+    matcher, scan_problems = _leak_matcher(Path(release), state, scan)
+
+    opened: list[tuple[str, zipfile.ZipFile, list[zipfile.ZipInfo]]] = []
+    for name in ([METADATA_ZIP] if METADATA_ZIP in files else []) + data_parts:
+        try:
+            zf = zipfile.ZipFile(files[name])
+        except (zipfile.BadZipFile, OSError) as exc:
+            problems.append(f"{files[name]}: not a readable zip ({exc})")
+            continue
+        if not zf.infolist():
+            problems.append(f"{files[name]}: the zip is empty")
+        opened.append((name, zf, zf.infolist()))
+    top = _top_folder(i for _, _, infos in opened for i in infos) if any(infos for _, _, infos in opened) else ""
+
+    seen: dict[str, str] = {}
+    images: dict[tuple[str, str], zipfile.ZipInfo] = {}
+    small: dict[str, bytes | None] = {}
+    unreadable: dict[str, Exception] = {}
+    digests: dict[str, str] = {}
+    leaks: list[tuple[tuple[int, ...], str]] = []
+    chunk_list: list[VerifyChunk] = []
+    hashing: list[VerifyChunk] = []
+    file_names: list[str] = []
+    base = 0
+    for index, (name, zf, infos) in enumerate(opened):
+        path = files[name]
+        with zf, open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            hashing.append(VerifyChunk((), size, zip_path=str(path), zip_index=index, digest_file=True))
+            if not infos:
+                continue
+            _, top_files, part_images = _layout(infos, path, problems, top=top, seen=seen, whole=False)
+            spec = parse_part_name(name)
+            if spec is not None:
+                kind, first, last = spec
+                for info in top_files.values():
+                    problems.append(f"{info.filename}: in {name}; the metadata files belong in {METADATA_ZIP}")
+                for (case, image_kind), info in sorted(part_images.items()):
+                    if image_kind != kind or not first <= int(case) <= last:
+                        problems.append(f"{info.filename}: in {name}, which holds {kind} of cases "
+                                        f"{format_case_number(first)}-{format_case_number(last)}")
+                top_files = {}  # misplaced metadata files are checked as members only
+            else:
+                for info in part_images.values():
+                    problems.append(f"{info.filename}: in {METADATA_ZIP}, which holds only the metadata files")
+            images.update(part_images)
+            position = {id(info): order for order, info in enumerate(infos)}
+            refs = _refs(infos, zf.start_dir, {position[id(info)]: key for key, info in part_images.items()}, base)
+            planned = {base + position[id(info)] for info in top_files.values()}
+            folders = {r.order for r in refs if infos[r.order - base].is_dir()}
+            if top_files:
+                part_small, part_unreadable, part_digests = _read_small(zf, top_files, problems)
+                small.update(part_small)
+                unreadable.update(part_unreadable)
+                digests.update(part_digests)
+            if matcher is not None:
+                leaks += _scan_outside_chunks(fh, name, refs, planned | folders, zf.start_dir, size, matcher,
+                                              small, unreadable, top, index)
+            rest = [r for r in refs if r.order not in planned and r.order not in folders]
+            chunk_list += [dataclasses.replace(c, zip_path=str(path), zip_index=index)
+                           for c in _cut(rest, [_work(fh, r, size) for r in rest], None)]
+            file_names += [i.filename for i in infos if not i.is_dir()]
+            base += len(infos)
+    for rel in _TOP_FILES:
+        if top and rel not in small and METADATA_ZIP in files:
+            problems.append(f"{top}/{rel}: missing from {METADATA_ZIP}")
+    # the loose files: the same bytes as metadata.zip's, and released bytes of their own for the leak scan
+    for n, rel in enumerate(LOOSE_FILES):
+        if rel not in files:
+            problems.append(f"{where}/{rel}: missing (beside the parts)")
+            continue
+        data = files[rel].read_bytes()
+        if rel in small and small[rel] is not None and data != small[rel]:
+            problems.append(f"{where}/{rel}: differs from {top}/{rel} in {METADATA_ZIP}")
+        if matcher is not None:
+            try:
+                found = scan_member(data, matcher, f"{release}/{rel}")
+            except UnscannableError as exc:
+                leaks.append(((2, n, 0), _unscannable_line(exc)))
+            else:
+                leaks += [((2, n, k), _leak_line(leak)) for k, leak in enumerate(found)]
+    facts = _release_facts(top, images, small, Path(release), state, scan, problems)
+    return VerifyPlan(
+        zip_path=where, state_dir=str(state) if state else None, leak_scan=scan and matcher is not None,
+        top=top, members=base, cases=facts.cases, images={key: info.filename for key, info in images.items()},
+        labels=facts.labels, defacing=facts.defacing, chunks=(*hashing, *chunk_list), problems=tuple(problems),
+        sheet_problems=facts.sheet_problems, sums=small.get(SUMS_NAME), digests=digests,
+        file_names=tuple(file_names), manifest=facts.manifest, scan_problems=tuple(scan_problems),
+        leaks=tuple(leaks), checked=("integrity", "layout", "parts", *facts.checked), release=release,
+        parts=tuple(name for name, _, _ in opened),
     )
 
 
@@ -851,7 +1092,10 @@ def verify_chunk(job: ChunkJob) -> ChunkResult:
         Per member: its digest, grid and problems; the leak-scan findings.
     """
     zip_path = Path(job.zip_path)
-    matcher = _matcher(zip_path, Path(job.state_dir)) if job.leak_scan and job.state_dir else None
+    if job.digest_file:
+        return ChunkResult((), (), file_digest=(zip_path.name, sha256_file(zip_path)))
+    release = Path(job.release) if job.release else zip_path
+    matcher = _matcher(release, Path(job.state_dir)) if job.leak_scan and job.state_dir else None
     margin = context_bytes(matcher) if matcher is not None else 0
     results: list[MemberResult] = []
     leaks: list[tuple[tuple[int, ...], str]] = []
@@ -861,7 +1105,7 @@ def verify_chunk(job: ChunkJob) -> ChunkResult:
             base, region = _read_region(fh, ref.header_offset, ref.region_end, margin, size)
             if matcher is not None:  # the zip's own bytes of this member
                 leaks += _zip_leaks(scan_region(region, matcher, zip_path.name, base=base,
-                                                start=ref.header_offset, end=ref.region_end))
+                                                start=ref.header_offset, end=ref.region_end), job.zip_index)
             try:
                 content: memoryview | None = _member_content(region, base, ref)
             except (zipfile.BadZipFile, isal_zlib.error) as exc:
@@ -949,6 +1193,9 @@ def finish_verify(plan: VerifyPlan, results: Iterable[ChunkResult]) -> VerifyRep
 
     problems += plan.sheet_problems
     problems += _check_sums(plan, digests)
+    found = {chunk.file_digest[0]: chunk.file_digest[1] for chunk in chunks if chunk.file_digest is not None}
+    if plan.release:
+        problems += _check_part_sums(plan, found)
     if plan.manifest is not None:
         built = {e["case"] for e in plan.manifest["cases"]}
         for case in sorted(set(plan.cases) - built, key=int):
@@ -958,12 +1205,19 @@ def finish_verify(plan: VerifyPlan, results: Iterable[ChunkResult]) -> VerifyRep
         for rel, digest in sorted(plan.manifest["members"].items()):
             if rel in digests and digests[rel] != digest:
                 problems.append(f"{rel}: content differs from what was built (manifest sha256 {digest[:12]}…)")
+        built_parts = plan.manifest.get("parts") if plan.release else None
+        if isinstance(built_parts, dict):
+            for part, facts in sorted(built_parts.items()):
+                digest = facts.get("sha256") if isinstance(facts, dict) else None
+                if part in found and found[part] != digest:
+                    problems.append(f"{part}: not the part that was built (manifest sha256 {str(digest)[:12]}…)")
     problems += plan.scan_problems
     leaks = sorted([*plan.leaks, *(leak for chunk in chunks for leak in chunk.leaks)], key=lambda item: item[0])
     unscannable = [line for _, line in leaks if line.startswith("the leak scan could not read")]
     # as scan_zip: a zip the scan cannot read to its end gives that one line, not a partial list
     problems += unscannable[:1] if unscannable else [line for _, line in leaks]
-    return VerifyReport(tuple(problems), len(plan.cases), plan.checked, plan.members)
+    return VerifyReport(tuple(problems), len(plan.cases), plan.checked, plan.members,
+                        part_digests=tuple(sorted(found.items())))
 
 
 def _check_sums(plan: VerifyPlan, digests: dict[str, str]) -> list[str]:
@@ -974,8 +1228,12 @@ def _check_sums(plan: VerifyPlan, digests: dict[str, str]) -> list[str]:
         text = plan.sums.decode("utf-8")
     except UnicodeDecodeError:
         return [f"{top}/{SUMS_NAME}: not UTF-8 text"]
-    listed, problems = parse_sha256sums(text, source=f"{top}/{SUMS_NAME}")
+    members_text, parts_text = split_sums(text)
+    listed, problems = parse_sha256sums(members_text, source=f"{top}/{SUMS_NAME}")
     problems = list(problems)
+    if parts_text.strip() and not plan.release:
+        problems.append(f"{top}/{SUMS_NAME}: lists part files after a blank line, but this is one zip "
+                        "(verify the folder of parts)")
     members = {_rel(n, top) for n in plan.file_names if n.startswith(top + "/")}
     members.discard(SUMS_NAME)
     for rel in sorted(members - set(listed)):
@@ -986,6 +1244,27 @@ def _check_sums(plan: VerifyPlan, digests: dict[str, str]) -> list[str]:
         got = digests.get(rel)
         if got is not None and got != listed[rel]:
             problems.append(f"{top}/{rel}: sha256 {got} does not match {SUMS_NAME} ({listed[rel]})")
+    return problems
+
+
+def _check_part_sums(plan: VerifyPlan, found: dict[str, str]) -> list[str]:
+    """The data parts' sha256 against the second section of SHA256SUMS: none missing, none extra, all equal."""
+    if plan.sums is None:
+        return []
+    try:
+        _, parts_text = split_sums(plan.sums.decode("utf-8"))
+    except UnicodeDecodeError:
+        return []  # said by _check_sums
+    listed, problems = parse_sha256sums(parts_text, source=f"{plan.top}/{SUMS_NAME} (parts)")
+    problems = list(problems)
+    present = {name: digest for name, digest in found.items() if parse_part_name(name)}
+    for name in sorted(set(listed) - set(present)):
+        problems.append(f"{name}: listed in {SUMS_NAME} but not in {plan.zip_path} (a part is missing)")
+    for name in sorted(set(present) - set(listed)):
+        problems.append(f"{plan.zip_path}/{name}: a part not listed in {SUMS_NAME}")
+    for name in sorted(set(present) & set(listed)):
+        if present[name] != listed[name]:
+            problems.append(f"{name}: sha256 {present[name]} does not match {SUMS_NAME} ({listed[name]})")
     return problems
 
 
@@ -1040,14 +1319,15 @@ def leak_scan_problems(zip_path: Path, state_dir: Path) -> list[str]:
 
 
 def verify_release(
-    zip_path: Path, *, state_dir: Path | None = None, leak_scan: bool = True, chunks: int | None = None
+    zip_path: Path, *, state_dir: Path | None = None, leak_scan: bool = True, chunks: int | None = None,
+    workers: int = 1,
 ) -> VerifyReport:
-    """Check a release zip (in this process: :func:`plan_verify`, every :func:`verify_chunk`, :func:`finish_verify`).
+    """Check a release zip or a folder of parts (:func:`plan_verify`, every :func:`verify_chunk`, :func:`finish_verify`).
 
     Parameters
     ----------
     zip_path
-        The release zip.
+        The release zip, or the folder of a release in parts.
     state_dir
         The ``state_dir`` the release was built from: adds the leak scan over
         every decompressed byte (for the sensitive values of every site) and the
@@ -1056,8 +1336,10 @@ def verify_release(
         With ``state_dir``: scan for the state's identifying values (default),
         in the same pass over each member as the checks.
     chunks
-        How many chunks the members are checked in (one after the other here;
-        it changes nothing but the memory and time of each step).
+        How many chunks the members of a zip are checked in (it changes
+        nothing but the memory and time of each step; parts are cut by size).
+    workers
+        Processes checking the chunks at once (1: one after the other in this process).
 
     Returns
     -------
@@ -1065,7 +1347,15 @@ def verify_release(
         ``ok`` only when every check passed; otherwise one line per problem.
     """
     plan = plan_verify(Path(zip_path), state_dir=state_dir, leak_scan=leak_scan, chunks=chunks)
-    report = finish_verify(plan, [verify_chunk(plan.job(i)) for i in range(len(plan.chunks))])
+    jobs = [plan.job(i) for i in range(len(plan.chunks))]
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            results = list(pool.map(verify_chunk, jobs))
+    else:
+        results = [verify_chunk(job) for job in jobs]
+    report = finish_verify(plan, results)
     for line in report.problems:
         logger.warning("%s", line)
     return report
@@ -1083,6 +1373,7 @@ __all__ = [
     "finish_verify",
     "leak_scan_problems",
     "plan_verify",
+    "plan_verify_parts",
     "verify_chunk",
     "verify_release",
 ]
