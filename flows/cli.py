@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rehash", action="store_true", help=_REHASH_HELP)
 
     p = sub.add_parser("verify", help="integrity, structure, geometry, PHI scan; exit 1 on any failure")
-    p.add_argument("zip", type=Path, metavar="ZIP")
+    p.add_argument("zip", type=Path, metavar="ZIP|DIR", help="the release zip, or the folder of a release in parts")
     p.add_argument("--state", type=Path, metavar="DIR", help="state_dir: also leak scan and defacing")
 
     p = sub.add_parser("status", help="per site: studies seen, cases ready, rejected, released")
@@ -325,9 +325,9 @@ def cmd_run(args: argparse.Namespace, out: Any) -> None:
 
 
 def cmd_verify(args: argparse.Namespace, out: Any) -> None:
-    """Verify a release zip (with ``--state``: also the leak scan and the defacing)."""
-    if not args.zip.is_file():
-        raise UsageError(f"{args.zip}: no such release zip")
+    """Verify a release zip or a folder of parts (with ``--state``: also the leak scan and the defacing)."""
+    if not (args.zip.is_file() or args.zip.is_dir()):
+        raise UsageError(f"{args.zip}: no such release zip or folder of parts")
     if args.state is not None and not args.state.is_dir():
         raise UsageError(f"{args.state}: no such state folder (--state)")
     _verify(args.zip.resolve(), args.state.resolve() if args.state else None, out)
@@ -337,7 +337,7 @@ def cmd_status(args: argparse.Namespace, out: Any) -> None:
     """Print the per-site status table."""
     config = _config(args.config)
     state = _state(config)
-    print(f"release {config.release.zip_name}   state {state.root}", file=out)
+    print(f"release {config.release.release_path.name}   state {state.root}", file=out)
     print(format_table(site_status(config)), file=out)
 
 

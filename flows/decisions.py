@@ -230,35 +230,51 @@ def record_failure(
                  flow_run_id=flow_run_id)
 
 
-def verify_and_record(zip_path: Path, state_dir: Path | None) -> VerifySummary:
-    """Verify a release zip on its own (``petct-release verify``): no Prefect, no server.
+def verify_and_record(zip_path: Path, state_dir: Path | None, *, workers: int | None = None) -> VerifySummary:
+    """Verify a release zip or a folder of parts on its own (``petct-release verify``): no Prefect, no server.
 
     With ``state_dir`` the leak scan and the defacing check run too, and the
-    result is appended to that state folder's audit log.
+    result is appended to that state folder's audit log (for a folder of
+    parts: its digest under the folder's name and every file's sha256).
 
     Parameters
     ----------
     zip_path
-        The release zip.
+        The release zip, or the folder of a release in parts.
     state_dir
         The state folder that built it, or None.
+    workers
+        Processes checking the chunks at once; default: one for a zip (as
+        before), every core this process may use for a folder of parts.
 
     Returns
     -------
     VerifySummary
         The problems found.
     """
-    from release.verify import verify_release  # nibabel and friends: only when verifying
+    import os
 
-    report = verify_release(zip_path, state_dir=state_dir, leak_scan=state_dir is not None)
+    from release.parts import LOOSE_FILES, parts_digest  # nibabel and friends: only when verifying
+    from release.verify import verify_release
+
+    folder = zip_path.is_dir()
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if folder else 1
+    report = verify_release(zip_path, state_dir=state_dir, leak_scan=state_dir is not None, workers=workers)
     if state_dir is not None:
-        try:
-            digest = sha256_file(zip_path)
-        except OSError:
-            digest = ""
+        if folder:
+            files = dict(report.part_digests)
+            files.update({rel: sha256_file(zip_path / rel) for rel in LOOSE_FILES if (zip_path / rel).is_file()})
+            inputs = {zip_path.name: parts_digest(files), **files}
+        else:
+            try:
+                digest = sha256_file(zip_path)
+            except OSError:
+                digest = ""
+            inputs = {zip_path.name: digest}
         AuditLog(StatePaths(state_dir).audit_log).append(
             AuditEvent.RELEASE_VERIFIED,
-            inputs={zip_path.name: digest},
+            inputs=inputs,
             parameters={"problems": list(report.problems), "by": "verify command"},
             outcome="ok" if report.ok else "failed",
         )

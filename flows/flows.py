@@ -34,7 +34,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Failed, State
 
 from curation.clinical import read_clinical_sheet
-from curation.config import Config, SiteConfig, load_config
+from curation.config import Config, Packaging, SiteConfig, load_config
 from curation.ingest import IngestStage, index_identifiers
 from curation.labels import ReleaseLabels, SourceLabelTable, load_release_labels, load_site_tables
 from curation.model import ConvertedCase, PreparedCase, SiteIndex
@@ -60,18 +60,25 @@ from flows.tasks import (
     index_task,
     number_task,
     package_task,
+    part_task,
+    parts_finish_task,
+    plan_parts_task,
     report_task,
     verify_chunk_task,
+    verify_parts_plan_task,
     verify_plan_task,
 )
 from release.assemble import (
+    ReleaseEntry,
+    ReleaseResult,
     publish_release,
     quarantine_release,
     record_verification,
     verification_record,
 )
 from release.entries import numbering_candidates, release_entries
-from release.verify import finish_verify
+from release.parts import PartsResult, publish_parts, quarantine_parts
+from release.verify import VerifyPlan, finish_verify
 
 logger = logging.getLogger(__name__)
 
@@ -290,22 +297,34 @@ def _build(
     tally.fresh += len(new)
 
     entries = release_entries(config, prepared, converted, numbers, inputs.indications)
-    progress.step("spreadsheets, card, checksums, zip")
-    result = package_task.submit(config, entries, inputs.release_labels, force, PIPELINE_VERSION).result()
+    parts = config.release.packaging is Packaging.PARTS
+    result: ReleaseResult | PartsResult
+    if parts:
+        result = _package_parts(config, entries, inputs, force=force)
+    else:
+        progress.step("spreadsheets, card, checksums, zip")
+        result = package_task.submit(config, entries, inputs.release_labels, force, PIPELINE_VERSION).result()
     case_numbers = [format_case_number(e.number) for e in entries]
     for entry in entries:
         tally.released.setdefault(entry.prepared.site, []).append(format_case_number(entry.number))
     tally.zip_reused = result.reused
-    zip_name = config.release.zip_path.name
+    zip_name = config.release.release_path.name
+    # a release in parts: its digest under the folder's name, and every file's sha256
+    hashes = {zip_name: result.sha256, **(result.hashes() if isinstance(result, PartsResult) else {})}
+    parameters: dict[str, Any] = {
+        "cases": case_numbers, "members": result.members, "bytes": result.bytes,
+        "pipeline_version": PIPELINE_VERSION, "force": force, "published": result.published,
+        # the date policy only: offsets are never recorded
+        "dates": config.release.dates.value, "age_cap": config.release.age_cap,
+        "removed_characters": result.removed_characters, "blanked_values": result.blanked_values,
+    }
+    if isinstance(result, PartsResult):
+        parameters.update(packaging="parts", max_part_size=config.release.max_part_size,
+                          parts={p.name: {"bytes": p.bytes, "cases": list(p.cases), "written": not p.reused}
+                                 for p in result.parts})
     audit.append(
         AuditEvent.RELEASE_REUSED if result.reused else AuditEvent.RELEASE_PACKAGED,
-        outputs={zip_name: result.sha256},
-        parameters={"cases": case_numbers, "members": result.members, "bytes": result.bytes,
-                    "pipeline_version": PIPELINE_VERSION, "force": force, "published": result.published,
-                    # the date policy only: offsets are never recorded
-                    "dates": config.release.dates.value, "age_cap": config.release.age_cap,
-                    "removed_characters": result.removed_characters, "blanked_values": result.blanked_values},
-        flow_run_id=_flow_run_id(),
+        outputs=hashes, parameters=parameters, flow_run_id=_flow_run_id(),
     )
     if result.published and _verified_before(state, audit, zip_name, result.sha256):
         tally.zip_path = result.zip_path
@@ -313,16 +332,23 @@ def _build(
     # a new zip is verified under its staging name and published only when sound; a published
     # zip whose verification the audit log no longer vouches for is verified again
     progress.step("verify")
-    problems = _verify(result.zip_path, str(state.root))
+    if isinstance(result, PartsResult):
+        plan = verify_parts_plan_task.submit(zip_name, result.locations(), str(state.root)).result()
+    else:
+        plan = verify_plan_task.submit(result.zip_path, str(state.root)).result()
+    problems = _verify(plan)
     tally.zip_reused = tally.zip_reused and not problems
-    verified = audit.append(AuditEvent.RELEASE_VERIFIED, inputs={zip_name: result.sha256},
+    verified = audit.append(AuditEvent.RELEASE_VERIFIED, inputs=hashes,
                             parameters={"problems": list(problems), "cases": case_numbers},
                             outcome="ok" if not problems else "failed", flow_run_id=_flow_run_id())
     if problems:
         for problem in problems:
             logger.error("%s: %s", result.zip_path, problem)
-        quarantined = quarantine_release(Path(result.zip_path))
-        audit.append(AuditEvent.RELEASE_QUARANTINED, inputs={zip_name: result.sha256},
+        if isinstance(result, PartsResult):
+            quarantined = quarantine_parts(result, config)
+        else:
+            quarantined = quarantine_release(Path(result.zip_path))
+        audit.append(AuditEvent.RELEASE_QUARANTINED, inputs=hashes,
                      outputs={quarantined.name: result.sha256}, parameters={"problems": len(problems)},
                      outcome="failed", flow_run_id=_flow_run_id())
         tally.failed.append(("", "verify", f"{len(problems)} problem(s) in {zip_name}; "
@@ -331,20 +357,35 @@ def _build(
     tally.fresh += 1  # a verification is work done
     record_verification(state.root, zip_name, result.sha256, audit_seq=verified["seq"], audit_hash=verified["hash"])
     if not result.published:
-        result = publish_release(result, config)
-        audit.append(AuditEvent.RELEASE_PUBLISHED, outputs={zip_name: result.sha256,
-                                                            f"{zip_name}.sha256": result.sha256},
-                     parameters={"cases": case_numbers}, flow_run_id=_flow_run_id())
+        if isinstance(result, PartsResult):
+            result = publish_parts(result, config)
+            outputs = hashes
+        else:
+            result = publish_release(result, config)
+            outputs = {zip_name: result.sha256, f"{zip_name}.sha256": result.sha256}
+        audit.append(AuditEvent.RELEASE_PUBLISHED, outputs=outputs, parameters={"cases": case_numbers},
+                     flow_run_id=_flow_run_id())
     tally.zip_path = result.zip_path
 
 
-def _verify(zip_path: str, state_dir: str | None) -> tuple[str, ...]:
-    """:func:`release.verify.verify_release` as tasks: the plan, then one task per chunk of members at once.
+def _package_parts(config: Config, entries: list[ReleaseEntry], inputs: BuildInputs, *, force: bool) -> PartsResult:
+    """A release in parts as tasks: the layout, one task per part at once, then the metadata and manifest."""
+    progress.step("parts")
+    plan = plan_parts_task.submit(config, entries).result()
+    futures = [part_task.submit(job, job.name) for job in plan.jobs]
+    parts = [future.result() for future in futures]
+    progress.step("spreadsheets, card, checksums, metadata")
+    return parts_finish_task.submit(config, entries, inputs.release_labels, parts, plan.layout, force,
+                                    PIPELINE_VERSION).result()
 
-    Each member is read once for the checks and the leak scan; the chunks share
-    the workers.  The problems come in the order the plain function gives them.
+
+def _verify(plan: VerifyPlan) -> tuple[str, ...]:
+    """:func:`release.verify.verify_release` as tasks: after the plan, one task per chunk of members at once.
+
+    Each member is read once for the checks and the leak scan; the chunks (of
+    every part, for a release in parts, and the hashing of each part) share the
+    workers.  The problems come in the order the plain function gives them.
     """
-    plan = verify_plan_task.submit(zip_path, state_dir).result()
     futures = [verify_chunk_task.submit(plan.job(i), i) for i in range(len(plan.chunks))]
     return finish_verify(plan, [future.result() for future in futures]).problems
 

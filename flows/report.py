@@ -121,6 +121,7 @@ class ReleaseInfo:
     quarantined: bool
     audit_records: int
     audit_head: str
+    parts: tuple[tuple[str, int, str, str], ...] = ()  # a release in parts: name, bytes, cases, sha256
 
 
 @dataclass
@@ -191,8 +192,8 @@ def _gather(config: Config) -> _State:
                        "still blanked", exc)
     registry = {e.StudyInstanceUID: e for e in Registry(state.registry).entries()} if state.registry.is_file() else {}
     released: dict[str, str] = {}
-    manifest = state.release_manifest(config.release.zip_name)
-    if manifest.is_file() and config.release.zip_path.is_file():
+    manifest = state.release_manifest(config.release.release_path.name)
+    if manifest.is_file() and config.release.release_path.exists():
         for entry in json.loads(manifest.read_text(encoding="utf-8")).get("cases", []):
             released[str(entry["study_key"])] = str(entry["case"])
     prepared: dict[str, PreparedCase | Rejection] = {}
@@ -413,11 +414,31 @@ def _cases(data: _State, out_dir: Path, indications: Mapping[tuple[str, str], st
 # the release
 
 
+def _published_parts(data: _State) -> tuple[str, tuple[tuple[str, int, str, str], ...]]:
+    """A published release in parts: its digest and its zips (name, bytes, case range, sha256), from its manifest."""
+    try:
+        manifest = json.loads(data.state.release_manifest(data.config.release.parts_name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "", ()
+    digest = manifest.get("published") if isinstance(manifest, dict) else None
+    if not isinstance(digest, str) or not isinstance(manifest.get("parts"), dict):
+        return "", ()
+    parts = []
+    for name, facts in manifest["parts"].items():
+        cases = facts.get("cases") or []
+        parts.append((name, int(facts.get("bytes", 0)), f"{cases[0]}-{cases[-1]} ({len(cases)})" if cases else "",
+                      str(facts.get("sha256", ""))))
+    return digest, tuple(parts)
+
+
 def _release(data: _State) -> ReleaseInfo:
-    zip_path = data.config.release.zip_path
+    zip_path = data.config.release.release_path
     sidecar = zip_path.with_name(zip_path.name + ".sha256")
     sha256 = ""
-    if sidecar.is_file():
+    parts: tuple[tuple[str, int, str, str], ...] = ()
+    if zip_path.is_dir():
+        sha256, parts = _published_parts(data)
+    elif sidecar.is_file():
         match = re.match(r"([0-9a-f]{64})\b", sidecar.read_text(encoding="ascii", errors="replace"))
         sha256 = match.group(1) if match else ""
     verify, verified_at = "not verified", ""
@@ -432,13 +453,14 @@ def _release(data: _State) -> ReleaseInfo:
     head = _audit_head(data.state.audit_log)
     return ReleaseInfo(
         zip_name=zip_path.name,
-        present=zip_path.is_file(),
+        present=zip_path.exists(),
         sha256=sha256,
         verify=verify,
         verified_at=verified_at,
-        quarantined=zip_path.with_name(zip_path.name + ".failed-verify").is_file(),
+        quarantined=zip_path.with_name(zip_path.name + ".failed-verify").exists(),
         audit_records=head[0] if head else len(data.audit),
         audit_head=head[1] if head else "",
+        parts=parts,
     )
 
 
@@ -550,14 +572,20 @@ def _release_html(info: ReleaseInfo) -> str:
         state = "not built"
     verify_class = "good" if info.verify == "ok" else "bad" if info.verify.startswith("failed") else "muted"
     rows = [
-        ("zip", f"<code>{_e(info.zip_name)}</code> ({state})"),
-        ("sha256", f"<code>{_e(info.sha256 or '-')}</code>"),
+        ("parts" if info.parts else "zip", f"<code>{_e(info.zip_name)}</code> ({state})"),
+        ("digest of every file" if info.parts else "sha256", f"<code>{_e(info.sha256 or '-')}</code>"),
         ("verify", f'<span class="{verify_class}">{_e(info.verify)}</span>'
                    + (f' <span class="muted">({_e(info.verified_at)})</span>' if info.verified_at else "")),
         ("audit log head", f"{info.audit_records} records, last line sha256 <code>{_e(info.audit_head or '-')}"
                            "</code>"),
     ]
-    return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    table = "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    if info.parts:
+        table += ("<table><tr><th>part</th><th>bytes</th><th>cases</th><th>sha256</th></tr>"
+                  + "".join(f"<tr><td><code>{_e(name)}</code></td><td>{size:,}</td><td>{_e(cases)}</td>"
+                            f"<td><code>{_e(digest)}</code></td></tr>" for name, size, cases, digest in info.parts)
+                  + "</table>")
+    return table
 
 
 def _rejections_html(rows: list[RejectionRow]) -> str:

@@ -78,8 +78,8 @@ def _registry_entries(state: StatePaths) -> list[Any]:
 
 
 def _manifest_cases(config: Config) -> list[dict[str, Any]]:
-    path = StatePaths(config.release.state_dir).release_manifest(config.release.zip_name)
-    if not path.is_file() or not config.release.zip_path.is_file():
+    path = StatePaths(config.release.state_dir).release_manifest(config.release.release_path.name)
+    if not path.is_file() or not config.release.release_path.exists():
         return []
     return list(json.loads(path.read_text(encoding="utf-8")).get("cases", []))
 

@@ -27,7 +27,24 @@ from curation.registry import NumberingCandidate, Registry
 from curation.stage import PERMANENT_OS_ERRORS, CaseStage, ChainError, StageResult, run_chain
 from curation.state import StatePaths
 from release.assemble import ReleaseEntry, ReleaseResult, assemble_release
-from release.verify import ChunkJob, ChunkResult, VerifyPlan, plan_verify, verify_chunk
+from release.parts import (
+    Layout,
+    PartJob,
+    PartsPlan,
+    PartsResult,
+    ReleaseFile,
+    finish_parts,
+    plan_parts,
+    write_part,
+)
+from release.verify import (
+    ChunkJob,
+    ChunkResult,
+    VerifyPlan,
+    plan_verify,
+    plan_verify_parts,
+    verify_chunk,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +120,34 @@ def package_task(
 ) -> ReleaseResult:
     """Spreadsheets, labels.json, dataset card, checksums and the zip (:func:`release.assemble.assemble_release`)."""
     return assemble_release(config, entries, labels, pipeline_version=pipeline_version, force=force)
+
+
+@task(name="plan-parts", **TASK_OPTIONS)
+def plan_parts_task(config: Config, entries: list[ReleaseEntry]) -> PartsPlan:
+    """Lay out a release in parts by fixed case ranges, one job per part (:func:`release.parts.plan_parts`)."""
+    return plan_parts(config, entries)
+
+
+@task(name="part", task_run_name="part-{name}", **TASK_OPTIONS)
+def part_task(job: PartJob, name: str) -> ReleaseFile:
+    """Write one part, or find it unchanged (:func:`release.parts.write_part`)."""
+    return write_part(job)
+
+
+@task(name="parts-metadata", **TASK_OPTIONS)
+def parts_finish_task(
+    config: Config, entries: list[ReleaseEntry], labels: ReleaseLabels, parts: list[ReleaseFile], layout: Layout,
+    force: bool, pipeline_version: str,
+) -> PartsResult:
+    """Card, SHA256SUMS, metadata.zip, the loose files and the manifest of a release in parts."""
+    return finish_parts(config, entries, labels, parts, layout, pipeline_version=pipeline_version, force=force)
+
+
+@task(name="verify-plan-parts", **TASK_OPTIONS)
+def verify_parts_plan_task(release: str, files: dict[str, str], state_dir: str | None) -> VerifyPlan:
+    """Plan the verification of a release in parts from where its files are now (:func:`release.verify.plan_verify_parts`)."""
+    return plan_verify_parts(release, {name: Path(path) for name, path in files.items()},
+                             state_dir=Path(state_dir) if state_dir else None)
 
 
 @task(name="verify-plan", **TASK_OPTIONS)
