@@ -45,7 +45,7 @@ import logging
 import re
 import shutil
 from bisect import insort
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -681,6 +681,35 @@ def finish_parts(
     return result
 
 
+def assemble_parts(
+    config: Config,
+    entries: Sequence[ReleaseEntry],
+    labels: ReleaseLabels,
+    *,
+    pipeline_version: str,
+    force: bool = False,
+    map_parts: Callable[[Callable[[PartJob], ReleaseFile], Sequence[PartJob]], Iterable[ReleaseFile]] = map,
+) -> PartsResult:
+    """Steps 1 to 3 in one call (the flow runs them as tasks): plan, write every part, finish.
+
+    Parameters
+    ----------
+    config, entries, labels, pipeline_version, force
+        As :func:`plan_parts` and :func:`finish_parts`.
+    map_parts
+        How the parts are written: ``map`` (one after the other, the default)
+        or a pool's ``map``.
+
+    Returns
+    -------
+    PartsResult
+        Staged and reused files, not yet published (:func:`publish_parts` after verify).
+    """
+    plan = plan_parts(config, entries)
+    parts = list(map_parts(write_part, plan.jobs))
+    return finish_parts(config, entries, labels, parts, plan.layout, pipeline_version=pipeline_version, force=force)
+
+
 # ---------------------------------------------------------------------------
 # 4. publication
 
@@ -805,6 +834,7 @@ __all__ = [
     "PartsPlan",
     "PartsResult",
     "ReleaseFile",
+    "assemble_parts",
     "finish_parts",
     "layout_parts",
     "parse_part_name",

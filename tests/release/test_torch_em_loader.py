@@ -24,8 +24,9 @@ import pytest
 
 from curation.model import CATEGORIES
 from release.assemble import assemble_release
+from release.parts import assemble_parts
 
-from .conftest import ReleaseInputs
+from .conftest import ReleaseInputs, make_inputs
 
 _MODULE = "torch_em/data/datasets/medical/enhance_pet.py"
 _OFFLINE_HINTS = ("Could not find a version", "NewConnectionError", "Temporary failure in name resolution",
@@ -106,8 +107,23 @@ def test_enhance_pet_loader_reads_our_release(
     out = tmp_path / "extracted"
     with zipfile.ZipFile(result.zip_path) as zf:
         zf.extractall(out)
-    release = out / inputs.config.release.name
+    _loader_reads(out / inputs.config.release.name, inputs, torch_em_dir, monkeypatch)
 
+
+def test_enhance_pet_loader_reads_the_tree_unzipped_from_parts(
+    tmp_path: Path, torch_em_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = make_inputs(tmp_path, packaging="parts", max_part_size="4KB")
+    result = assemble_parts(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0")
+    assert len(result.parts) > len(CATEGORIES) + 2  # the CT is split, and metadata.zip
+    out = tmp_path / "extracted"
+    for part in result.parts:  # every part into one folder
+        with zipfile.ZipFile(part.path) as zf:
+            zf.extractall(out)
+    _loader_reads(out / inputs.config.release.name, inputs, torch_em_dir, monkeypatch)
+
+
+def _loader_reads(release: Path, inputs: ReleaseInputs, torch_em_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fetched: list[str] = []
     enhance_pet = _load_enhance_pet(torch_em_dir, monkeypatch, fetched)
     ct_dir = release / "imaging-data" / "images" / "CT"
