@@ -9,6 +9,7 @@ and resume, Dask) compare their zip with this one.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -72,6 +73,25 @@ def write_demo_config(root: Path, **execution: object) -> Path:
             text += f"\n[execution]\n{lines}"
         config_path.write_text(text, encoding="utf-8")
     return config_path
+
+
+def use_parts(config_path: Path, max_part_size: str) -> None:
+    """Switch a demo config to ``packaging = "parts"`` with ``max_part_size``."""
+    text = config_path.read_text(encoding="utf-8")
+    old = 'packaging = "single"\nmax_part_size = "50GB"\n'
+    assert old in text, "the demo config writes the packaging keys at their defaults"
+    config_path.write_text(text.replace(old, f'packaging = "parts"\nmax_part_size = "{max_part_size}"\n'),
+                           encoding="utf-8")
+
+
+def copy_demo(demo: CuratedDemo, root: Path) -> Path:
+    """A private copy of the curated demo folder (state, drops, zip) under ``root``; returns its config path.
+
+    The copy's records name the prepared volumes of the original state folder,
+    which the copy reads and never writes (they are unchanged, so nothing is prepared again).
+    """
+    shutil.copytree(demo.root, root, symlinks=True)
+    return root / demo.config_path.relative_to(demo.root)
 
 
 def _toml(value: object) -> str:
