@@ -475,9 +475,14 @@ def write_part(job: PartJob) -> ReleaseFile:
                 return ReleaseFile(job.name, str(where), known, where.stat().st_size, is_staged, True, **facts)
     staged.parent.mkdir(parents=True, exist_ok=True)
     _remove_temporaries(staged)
-    write_zip(staged, job.members)
-    digest = sha256_file(staged)
-    atomic_write_json(Path(job.record), {"content": content, "sha256": digest, "part": job.name})
+    written: list[str] = []
+
+    def record_it(tmp: Path) -> None:  # before the rename: a part under its staged name is always recorded
+        written.append(sha256_file(tmp))
+        atomic_write_json(Path(job.record), {"content": content, "sha256": written[0], "part": job.name})
+
+    write_zip(staged, job.members, on_complete=record_it)
+    digest = written[0]
     if record is None and final.is_file() and sha256_file(final) == digest:  # published, its record lost
         staged.unlink()
         return ReleaseFile(job.name, str(final), digest, final.stat().st_size, False, True, **facts)

@@ -130,6 +130,7 @@ def write_zip(
     members: Sequence[ZipMember],
     *,
     progress: Callable[[str, int], None] | None = None,
+    on_complete: Callable[[Path], None] | None = None,
 ) -> dict[str, str]:
     """Write ``members`` into the zip ``dest``, deterministically and atomically.
 
@@ -141,6 +142,10 @@ def write_zip(
         The members, in any order (they are written sorted by name).
     progress
         Called after each member with its name and size.
+    on_complete
+        Called with the complete temporary file just before it is renamed to
+        ``dest`` (to record what it is first: a file under ``dest`` is then
+        always recorded); when it raises, nothing is renamed.
 
     Returns
     -------
@@ -160,11 +165,14 @@ def write_zip(
     if dupes:
         raise ValueError(f"{dest}: members listed twice: {', '.join(dupes)}")
     digests: dict[str, str] = {}
-    with atomic_output(dest) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
-        for member in ordered:
-            digests[member.arcname] = _write_member(zf, member)
-            if progress is not None:
-                progress(member.arcname, member.size())
+    with atomic_output(dest) as tmp:
+        with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+            for member in ordered:
+                digests[member.arcname] = _write_member(zf, member)
+                if progress is not None:
+                    progress(member.arcname, member.size())
+        if on_complete is not None:
+            on_complete(tmp)
     logger.info("%s: %d members written", dest, len(ordered))
     return digests
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from curation.config import load_config
 from curation.state import StatePaths
 from flows.audit import AuditLog, verify_chain
 from release.assemble import STAGING_DIR
-from tests.flows.conftest import REPO, CuratedDemo, write_demo_config
+from tests.flows.conftest import REPO, CuratedDemo, copy_demo, use_parts, write_demo_config
 
 _CURATE = "import sys\nfrom flows.flows import run_curate\nprint(run_curate(sys.argv[1]), flush=True)\n"
 
@@ -126,3 +127,49 @@ def test_killed_runs_resume_to_the_same_zip_without_redoing_finished_work(
     packaging = [r["event"] for r in records if r["event"] in ("release-packaged", "release-reused")]
     assert packaging == ["release-packaged", "release-reused"]  # the staged bytes were verified, not rewritten
     assert [r["event"] for r in records][-1] == "release-published"
+
+
+_BUILD = "import sys\nfrom flows.flows import run_build\nprint(run_build(sys.argv[1]), flush=True)\n"
+
+
+def test_a_build_in_parts_killed_while_packaging_resumes_to_the_same_parts(
+    tmp_path: Path, curated_demo: CuratedDemo, prefect_api_url: str
+) -> None:
+    from flows.flows import run_build
+    from release.parts import parse_part_name
+
+    # the parts of an uninterrupted build, for comparison
+    whole = copy_demo(curated_demo, tmp_path / "whole")
+    use_parts(whole, "800KB")
+    expected = Path(run_build(str(whole)).zip_path)
+    expected_hashes = {p.name: sha256_file(p) for p in expected.iterdir()}
+
+    config_path = copy_demo(curated_demo, tmp_path / "killed")
+    use_parts(config_path, "800KB")
+    config = load_config(config_path)
+    folder = config.release.release_path
+    staging = config.release.output_dir / STAGING_DIR / folder.name
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+
+    def finished_parts() -> list[Path]:
+        return [p for p in staging.glob("*.zip") if parse_part_name(p.name)] if staging.is_dir() else []
+
+    # kill -9 as soon as one part is complete (the others are being written or not started)
+    process = subprocess.Popen([sys.executable, "-c", _BUILD, str(config_path)], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _kill_when(process, lambda: bool(finished_parts()), "a finished part")
+    assert not folder.exists(), "an interrupted build published something"
+    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished_parts()}
+    assert finished
+    for name in finished:  # a part under its final name is complete
+        with zipfile.ZipFile(staging / name) as zf:
+            assert zf.testzip() is None
+    assert len(finished_parts()) < len(expected_hashes) - 6  # the kill came while packaging
+
+    summary = run_build(str(config_path))
+    assert summary.failed == 0 and summary.zip_path == str(folder)
+    assert {p.name: sha256_file(p) for p in folder.iterdir()} == expected_hashes
+    # the parts finished before the kill were moved into place, not written again
+    assert {name: ((folder / name).stat().st_ino, (folder / name).stat().st_mtime_ns) for name in finished} == finished
+    assert not staging.exists()
+    assert list(folder.parent.rglob(".*.tmp.zip")) == []
