@@ -8,8 +8,6 @@ import pytest
 
 from curation.config import (
     BUILTIN_LABELS,
-    Packaging,
-    parse_size,
     BUILTIN_MOOSE_TABLE,
     BUILTIN_RELEASE_TABLE,
     ConfigError,
@@ -19,10 +17,12 @@ from curation.config import (
     IdentityFlagPolicy,
     LossyPolicy,
     MissingHeadPolicy,
+    Packaging,
     Runner,
     ScheduleSettings,
     default_config_toml,
     load_config,
+    parse_size,
 )
 
 GOOD = """
