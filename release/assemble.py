@@ -214,7 +214,16 @@ class _Plan:
     blanked_values: int = 0
 
 
-def _check_entries(config: Config, entries: Sequence[ReleaseEntry]) -> list[ReleaseEntry]:
+def check_entries(config: Config, entries: Sequence[ReleaseEntry]) -> list[ReleaseEntry]:
+    """The entries in case order, after checking they can be released together.
+
+    Raises
+    ------
+    ValueError
+        A number given twice, records of different studies, an unknown site, a category missing.
+    FileNotFoundError
+        A prepared volume is missing.
+    """
     site_ids = [s.id for s in config.sites]
     ordered = sorted(entries, key=lambda e: e.number)
     seen: dict[int, str] = {}
@@ -293,16 +302,35 @@ def _details_sheet(
 
 
 @dataclass(frozen=True)
-class _SmallFiles:
+class SmallFiles:
+    """labels.json, the two spreadsheets and the card, and what writing the spreadsheets removed or blanked."""
+
     files: dict[str, bytes]  # path inside <name>/ -> content: labels.json, the spreadsheets, README.md
     removed_characters: int
     blanked_values: int
 
 
-def _small_files(
+def small_files(
     config: Config, entries: Sequence[ReleaseEntry], labels: ReleaseLabels, *, pipeline_version: str
-) -> _SmallFiles:
-    """labels.json, the two details spreadsheets and the dataset card (everything but the volumes and sums)."""
+) -> SmallFiles:
+    """labels.json, the two details spreadsheets and the dataset card (everything but the volumes and sums).
+
+    Parameters
+    ----------
+    config
+        The configuration (date policy, age cap, sites, defacing).
+    entries
+        The cases, in case order.
+    labels
+        The release label set.
+    pipeline_version
+        The petct-release version, written into the card.
+
+    Returns
+    -------
+    SmallFiles
+        Path inside ``<name>/`` -> content, and the spreadsheets' counts.
+    """
     offsets = _date_offsets(config, entries)
     sheets = [_details_sheet(config, entries, offsets, CT_FIELDS, "CT"),
               _details_sheet(config, entries, offsets, PT_FIELDS, "PT")]
@@ -332,7 +360,7 @@ def _small_files(
             age_cap=config.release.age_cap,
         ).encode("utf-8"),
     }
-    return _SmallFiles(small, sum(sheet.removed_characters for sheet in sheets),
+    return SmallFiles(small, sum(sheet.removed_characters for sheet in sheets),
                        sum(sheet.blanked_values for sheet in sheets))
 
 
@@ -355,7 +383,8 @@ def case_images(entry: ReleaseEntry) -> dict[str, ImageFile]:
     return files
 
 
-def _manifest_case(config: Config, entry: ReleaseEntry) -> dict[str, Any]:
+def manifest_case(config: Config, entry: ReleaseEntry) -> dict[str, Any]:
+    """A case's record in the build manifest: number, study key, site, defacing and its members' sha256."""
     files = case_images(entry)
     return {
         "number": entry.number,
@@ -374,7 +403,7 @@ def _plan(
     config: Config, entries: Sequence[ReleaseEntry], labels: ReleaseLabels, *, pipeline_version: str
 ) -> _Plan:
     name = config.release.name
-    small = _small_files(config, entries, labels, pipeline_version=pipeline_version)
+    small = small_files(config, entries, labels, pipeline_version=pipeline_version)
     digests = {path: hashlib.sha256(data).hexdigest() for path, data in small.files.items()}
     members = [ZipMember(f"{name}/{path}", data=data) for path, data in small.files.items()]
     for e in entries:
@@ -384,7 +413,7 @@ def _plan(
     sums = sha256sums_text(digests).encode("ascii")
     members.append(ZipMember(f"{name}/{SUMS_NAME}", data=sums))
     return _Plan(
-        tuple(members), digests, sums, tuple(_manifest_case(config, e) for e in entries),
+        tuple(members), digests, sums, tuple(manifest_case(config, e) for e in entries),
         removed_characters=small.removed_characters, blanked_values=small.blanked_values,
     )
 
@@ -411,7 +440,7 @@ def _existing_matches(zip_path: Path, plan: _Plan, name: str) -> tuple[bool, str
     return True, ""
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """The parsed JSON at ``path``, or None when it is missing or unreadable (it is then rewritten)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -490,7 +519,7 @@ def assemble_release(
     """
     if not entries:
         raise ValueError(f"{config.path}: no case to release")
-    ordered = _check_entries(config, entries)
+    ordered = check_entries(config, entries)
     name = config.release.name
     zip_path = config.release.zip_path
     plan = _plan(config, ordered, labels, pipeline_version=pipeline_version)
@@ -591,7 +620,7 @@ def write_manifest(
         The manifest as written.
     """
     path = StatePaths(config.release.state_dir).release_manifest(release_name)
-    old = _read_json(path)
+    old = read_json(path)
     # the record of a verification stands only for the bytes it verified
     verified = (old if isinstance(old, dict) else {}).get("verified")
     if not (isinstance(verified, dict) and verified.get("zip_sha256") == digest):
@@ -648,7 +677,7 @@ def record_verification(state_dir: Path, zip_name: str, sha256: str, *, audit_se
         When the manifest is missing or is of other bytes.
     """
     path = StatePaths(state_dir).release_manifest(zip_name)
-    manifest = _read_json(path)
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("zip_sha256") != sha256:
         raise ValueError(f"{path}: no build manifest of {zip_name} with sha256 {sha256}")
     manifest["verified"] = {"zip_sha256": sha256, "audit_seq": audit_seq, "audit_hash": audit_hash}
@@ -658,7 +687,7 @@ def record_verification(state_dir: Path, zip_name: str, sha256: str, *, audit_se
 
 def verification_record(state_dir: Path, zip_name: str, sha256: str) -> dict[str, Any] | None:
     """The manifest's record of the verification of these bytes (``audit_seq``, ``audit_hash``), if any."""
-    manifest = _read_json(StatePaths(state_dir).release_manifest(zip_name))
+    manifest = read_json(StatePaths(state_dir).release_manifest(zip_name))
     verified = manifest.get("verified") if isinstance(manifest, dict) else None
     if isinstance(verified, dict) and verified.get("zip_sha256") == sha256:
         return verified

@@ -66,13 +66,13 @@ from release.assemble import (
     SUMS_NAME,
     ReleaseEntry,
     ReleaseExistsError,
-    _check_entries,
-    _manifest_case,
-    _read_json,
-    _small_files,
     case_images,
+    check_entries,
     image_member,
     label_member,
+    manifest_case,
+    read_json,
+    small_files,
     write_manifest,
 )
 from release.card import CardPart, parts_section
@@ -252,7 +252,7 @@ def read_layout(state_dir: Path, name: str) -> Layout:
         Folder -> ranges; an unreadable record counts as none (the parts are laid out afresh).
     """
     path = StatePaths(state_dir).parts_layout(name)
-    data = _read_json(path)
+    data = read_json(path)
     if data is None:
         return {}
     try:
@@ -268,7 +268,7 @@ def _save_layout(state_dir: Path, name: str, layout: Layout) -> None:
     path = StatePaths(state_dir).parts_layout(name)
     data = {"format": LAYOUT_FORMAT, "name": name,
             "folders": {folder: [list(r) for r in ranges] for folder, ranges in layout.items()}}
-    if _read_json(path) != data:
+    if read_json(path) != data:
         atomic_write_json(path, data)
 
 
@@ -366,7 +366,7 @@ def plan_parts(config: Config, entries: Sequence[ReleaseEntry]) -> PartsPlan:
     """
     if not entries:
         raise ValueError(f"{config.path}: no case to release")
-    ordered = _check_entries(config, entries)
+    ordered = check_entries(config, entries)
     name, limit = config.release.name, config.release.max_part_size
     members: dict[str, dict[int, ZipMember]] = {folder: {} for folder in FOLDERS}
     for entry in ordered:
@@ -465,7 +465,7 @@ def write_part(job: PartJob) -> ReleaseFile:
     """
     final, staged, content = Path(job.final), Path(job.staged), job.content
     facts = {"folder": job.folder, "first": job.first, "last": job.last, "cases": job.cases}
-    record = _read_json(Path(job.record))
+    record = read_json(Path(job.record))
     known = record.get("sha256") if isinstance(record, dict) and record.get("content") == content else None
     if known:
         for where, is_staged in ((final, False), (staged, True)):
@@ -619,11 +619,11 @@ def finish_parts(
         When the release is published with other content and ``force`` is False
         (the new parts stay staged for a build with ``--force``).
     """
-    ordered = _check_entries(config, entries)
+    ordered = check_entries(config, entries)
     name, release = config.release.name, config.release.parts_name
     final_dir, staging = _places(config)
     data_parts = sorted(parts, key=lambda f: (FOLDERS.index(f.folder), f.first))
-    small = _small_files(config, ordered, labels, pipeline_version=pipeline_version)
+    small = small_files(config, ordered, labels, pipeline_version=pipeline_version)
     files = dict(small.files)
     files["README.md"] += parts_section(
         name=name, version=config.release.version, max_part_size=config.release.max_part_size,
@@ -651,7 +651,7 @@ def finish_parts(
 
     changed = bool(obsolete) or any(f.staged for f in everything)
     manifest_path = StatePaths(config.release.state_dir).release_manifest(release)
-    old = _read_json(manifest_path)
+    old = read_json(manifest_path)
     old = old if isinstance(old, dict) else {}
     verified = old.get("verified")
     # a build killed while publishing these very bytes (verified, partly moved) is finished, not refused
@@ -667,7 +667,7 @@ def finish_parts(
                        "(force)", final_dir)
     published = not changed and old.get("published") == digest
     write_manifest(
-        config, release, digest, digests, [_manifest_case(config, e) for e in ordered],
+        config, release, digest, digests, [manifest_case(config, e) for e in ordered],
         pipeline_version=pipeline_version,
         extra={"packaging": "parts", "published": digest if published else None,
                "parts": {f.name: {"sha256": f.sha256, "bytes": f.bytes, "folder": f.folder, "first": f.first,
@@ -770,7 +770,7 @@ def publish_parts(result: PartsResult, config: Config) -> PartsResult:
         if path.name.removesuffix(".json") not in names:
             path.unlink(missing_ok=True)
     manifest_path = state.release_manifest(config.release.parts_name)
-    manifest = _read_json(manifest_path)
+    manifest = read_json(manifest_path)
     if not isinstance(manifest, dict) or manifest.get("zip_sha256") != result.digest:
         raise ValueError(f"{manifest_path}: no build manifest of {config.release.parts_name} with digest {result.digest}")
     manifest["published"] = result.digest
@@ -807,7 +807,7 @@ def quarantine_parts(result: PartsResult, config: Config) -> Path:
     source = staging if any(f.staged for f in result.files) else final_dir
     durable_replace(source, target)
     manifest_path = StatePaths(config.release.state_dir).release_manifest(config.release.parts_name)
-    manifest = _read_json(manifest_path)
+    manifest = read_json(manifest_path)
     if isinstance(manifest, dict) and manifest.get("published") is not None and source == final_dir:
         manifest["published"] = None
         atomic_write_json(manifest_path, manifest)
