@@ -42,6 +42,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 from bisect import insort
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curation.atomic import (
+    atomic_output,
     atomic_write_bytes,
     atomic_write_json,
     durable_replace,
@@ -439,14 +441,32 @@ def _remove_temporaries(target: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def _earlier_version(job: PartJob, content: str) -> tuple[Path, str] | None:
+    """A published part of another version of the release with this content, and its sha256, if any."""
+    record_dir = Path(job.record).parent  # state_dir/parts/<name>-<version>
+    name = Path(job.final).name
+    output_dir = Path(job.final).parent.parent
+    for other in sorted(record_dir.parent.glob(f"*/{name}.json")):
+        record = read_json(other)
+        if other.parent == record_dir or not (isinstance(record, dict) and record.get("content") == content):
+            continue
+        published = output_dir / other.parent.name / name
+        if published.is_file() and sha256_file(published) == record.get("sha256"):
+            return published, str(record["sha256"])
+    return None
+
+
 def write_part(job: PartJob) -> ReleaseFile:
     """Write one part into the staging folder, or find it written already (published or staged).
 
     A part is reused, not rewritten, when its record says the same content was
     written with a sha256 that the published (else the staged) file still
-    has.  Otherwise it is written (deterministically: the same members give the
-    same bytes) to the staging folder and recorded; a published part with
-    exactly those bytes is kept and the staged copy dropped.
+    has.  A part that another version of the release published with the same
+    content (same name, same members) is linked into the staging folder (a hard
+    link, else a copy), not written again.  Otherwise it is written
+    (deterministically: the same members give the same bytes) to the staging
+    folder and recorded; a published part with exactly those bytes is kept and
+    the staged copy dropped.
 
     Parameters
     ----------
@@ -475,6 +495,18 @@ def write_part(job: PartJob) -> ReleaseFile:
                 return ReleaseFile(job.name, str(where), known, where.stat().st_size, is_staged, True, **facts)
     staged.parent.mkdir(parents=True, exist_ok=True)
     _remove_temporaries(staged)
+    earlier = _earlier_version(job, content)
+    if earlier is not None:
+        source, digest = earlier
+        atomic_write_json(Path(job.record), {"content": content, "sha256": digest, "part": job.name})
+        staged.unlink(missing_ok=True)
+        try:
+            os.link(source, staged)  # atomic: the part appears whole under its staged name
+        except OSError:  # another file system, or no hard links there
+            with atomic_output(staged) as tmp:
+                shutil.copyfile(source, tmp)
+        logger.info("%s: the same part as %s (another version); linked, not written again", staged, source)
+        return ReleaseFile(job.name, str(staged), digest, staged.stat().st_size, True, True, **facts)
     written: list[str] = []
 
     def record_it(tmp: Path) -> None:  # before the rename: a part under its staged name is always recorded

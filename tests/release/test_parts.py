@@ -160,6 +160,25 @@ def test_added_cases_join_the_last_part_while_it_fits_then_a_new_one(tmp_path: P
     assert not (Path(result.folder) / "CT_0003-0003.zip").exists()  # the grown part's old name is gone
 
 
+def test_a_new_version_links_the_unchanged_parts_of_the_last_one(tmp_path: Path) -> None:
+    inputs = _parts_inputs(tmp_path)
+    first = _parts(inputs)
+    release = dataclasses.replace(inputs.config.release, version="1.1.0")
+    newer = dataclasses.replace(inputs, config=dataclasses.replace(inputs.config, release=release),
+                                entries=[e for e in inputs.entries if e.number != 3])  # 0003 withdrawn
+    second = _parts(newer)  # another version: no --force
+    old, new = Path(first.folder), Path(second.folder)
+    assert new.name == "enhance-pet-test-1.1.0" and old.is_dir()
+    held = {p.name for p in first.parts if "0003" in p.cases}
+    same = {p.name for p in first.parts if p.name not in held and p.name != METADATA_ZIP}
+    assert same and {p.name for p in second.parts} == {p.name for p in first.parts}
+    for name in same:  # byte-identical, and the very same file: nothing to upload again
+        assert (new / name).stat().st_ino == (old / name).stat().st_ino
+    for name in held:
+        assert (new / name).read_bytes() != (old / name).read_bytes()
+    assert verify_release(new, state_dir=_state(newer)).ok
+
+
 def _broken(result: PartsResult, tmp_path: Path, how: str) -> Path:
     folder = tmp_path / "copy" / Path(result.folder).name
     shutil.copytree(result.folder, folder)
@@ -174,6 +193,8 @@ def _broken(result: PartsResult, tmp_path: Path, how: str) -> Path:
         rewrite_zip(part, tmp_path / "organs.zip", replace={"imaging-data/ground-truth/Organs/0002.nii.gz": None},
                     fix_sums=False)
         shutil.move(tmp_path / "organs.zip", part)
+    elif how == "member in two parts":
+        shutil.copy(folder / "Organs_0001-0006.zip", folder / "Organs_0007-0007.zip")
     return folder
 
 
@@ -185,6 +206,8 @@ def _broken(result: PartsResult, tmp_path: Path, how: str) -> Path:
         ("swapped parts", ["imaging-data/ground-truth/Ribs/0001.nii.gz: in Organs_0001-0006.zip, which holds Organs",
                            "Organs_0001-0006.zip: sha256", "Ribs_0001-0006.zip: sha256"]),
         ("case missing from a category", ["case 0002: missing Organs", "Organs_0001-0006.zip: sha256"]),
+        ("member in two parts", ["Organs/0001.nii.gz: appears in both Organs_0001-0006.zip and Organs_0007-0007.zip",
+                                 "Organs_0007-0007.zip: a part not listed in SHA256SUMS"]),
     ],
 )
 def test_verify_of_a_folder_catches_what_only_the_whole_shows(
