@@ -222,3 +222,30 @@ def test_verify_of_a_folder_catches_what_only_the_whole_shows(
         assert any(text in problem for problem in report.problems), (text, report.problems)
     if how == "missing part":
         assert not any("appears" in p for p in report.problems)
+
+
+def test_parts_that_fail_verify_are_moved_aside_and_the_published_release_stays(tmp_path: Path) -> None:
+    from release.parts import quarantine_parts
+    from release.verify import plan_verify_parts
+    from release.verify import verify_release as verify
+
+    inputs = _parts_inputs(tmp_path)
+    first = _parts(inputs)
+    before = _stamps(Path(first.folder))
+    inputs.entries = [e for e in inputs.entries if e.number != 5]
+    result = assemble_parts(inputs.config, inputs.entries, inputs.labels, pipeline_version="0.1.0", force=True)
+    staged = next(Path(f.path) for f in result.files if f.name == "CT_0005-0006.zip")
+    data = bytearray(staged.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # damaged after it was written
+    staged.write_bytes(bytes(data))
+    plan = plan_verify_parts(inputs.config.release.parts_name,
+                             {n: Path(p) for n, p in result.locations().items()})
+    assert plan.parts and not verify(Path(first.folder)).problems  # the published release is still sound
+    from release.verify import finish_verify, verify_chunk
+
+    problems = finish_verify(plan, [verify_chunk(plan.job(i)) for i in range(len(plan.chunks))]).problems
+    assert any(p.startswith("CT_0005-0006.zip: sha256") for p in problems)
+    aside = quarantine_parts(result, inputs.config)
+    assert aside == Path(first.folder).with_name("enhance-pet-test-1.0.0.failed-verify")
+    assert (aside / "CT_0005-0006.zip").is_file() and not staged.parent.exists()
+    assert _stamps(Path(first.folder)) == before  # the last good release stays published, untouched
