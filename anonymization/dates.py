@@ -52,7 +52,7 @@ from pydicom.multival import MultiValue
 
 from curation.config import DatePolicy
 from curation.dicomtime import parse_date, parse_datetime, parse_time
-from curation.uids import element_vr
+from curation.uids import element_vr, elements_in_tag_order
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ def iter_dates(ds: Dataset) -> Iterator[dt.date]:
         Each DA value and the date part of each DT value (:func:`dates_in_value`),
         possibly repeated.
     """
-    for raw in ds.elements():
-        vr = element_vr(ds, raw.tag)
+    for tag, raw in elements_in_tag_order(ds):
+        vr = element_vr(ds, tag, raw)
         if vr in ("DA", "DT"):
             value = raw.value
             if value is None:
@@ -168,7 +168,7 @@ def iter_dates(ds: Dataset) -> Iterator[dt.date]:
                 text = str(value)
             yield from dates_in_value(vr, text)
         elif vr == "SQ":
-            for item in ds[raw.tag].value or ():
+            for item in ds[tag].value or ():
                 yield from iter_dates(item)
 
 

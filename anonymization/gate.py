@@ -690,11 +690,13 @@ class _Collector:
         rule = self.profile.public.get(tag_int)
         if rule is None and group & 0xFF00 in (0x5000, 0x6000) and group < 0x6100:
             rule = self._repeating_rule(tag_int)
-        vr = element_vr(ds, tag)  # UI values are collected by iter_uids in check_datasets
+        # looked up once and handed on: nothing below changes it until _apply converts it
+        element = ds.get_item(tag)
+        vr = element_vr(ds, tag, element)  # UI values are collected by iter_uids in check_datasets
         if vr in TEMPORAL_VRS:
-            self._check_temporal(ds, tag, vr, rule)
+            self._check_temporal(ds, tag, vr, rule, element=element)
         if rule is not None:
-            if not self._settled_from_raw(ds, tag, rule):
+            if not self._settled_from_raw(element, vr, rule):
                 self._apply(ds[tag], rule)
             return
         if vr == "SQ":
@@ -703,16 +705,17 @@ class _Collector:
         elif vr is None:
             self.review.add(f"{_tag_text(tag_int)} public element not in the DICOM dictionary")
 
-    def _settled_from_raw(self, ds: pydicom.Dataset, tag: BaseTag, rule: GateRule) -> bool:
+    @staticmethod
+    def _settled_from_raw(raw: DataElement | RawDataElement | None, vr: str | None, rule: GateRule) -> bool:
         """Decide from the undecoded bytes when that is enough (most elements of a clean header).
 
         Converting an element (charset, VR parsing) is the gate's main cost, so
         retained elements, empty must-be-empty/pseudonym elements and plain UIDs
         (collected by :func:`curation.uids.iter_uids`) are settled without it;
-        everything else goes through :meth:`_apply`.
+        everything else goes through :meth:`_apply`.  ``raw`` is the element as
+        ``Dataset.get_item`` gives it and ``vr`` its :func:`curation.uids.element_vr`.
         """
-        raw = ds.get_item(tag)
-        if not isinstance(raw, RawDataElement) or element_vr(ds, tag) == "SQ":
+        if not isinstance(raw, RawDataElement) or vr == "SQ":
             return False
         action = rule.action
         if action in (GateAction.RETAIN, GateAction.DESCRIPTOR, GateAction.UID):
@@ -722,16 +725,19 @@ class _Collector:
         return empty and action in (GateAction.MUST_BE_EMPTY, GateAction.PSEUDONYM)
 
     def _check_temporal(
-        self, ds: pydicom.Dataset, tag: BaseTag, vr: str, rule: GateRule | None, *, label: str = ""
+        self, ds: pydicom.Dataset, tag: BaseTag, vr: str, rule: GateRule | None, *, label: str = "",
+        element: DataElement | RawDataElement | None = None,
     ) -> None:
         """A DA/DT/TM value the gate lets through must look like a date or time, not text.
 
         Rows that refuse or check the value anyway (``must-be-empty``,
-        ``pseudonym``) are left to their rule.
+        ``pseudonym``) are left to their rule.  ``element`` is ``ds.get_item(tag)``
+        when the caller has it already.
         """
         if rule is not None and rule.action in (GateAction.MUST_BE_EMPTY, GateAction.PSEUDONYM):
             return
-        element = ds.get_item(tag)
+        if element is None:
+            element = ds.get_item(tag)
         value = element.value if element is not None else None
         if value is None:
             return

@@ -61,6 +61,8 @@ NATIVE_SYNTAXES = frozenset(
     {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
 )
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+#: What a Deflated file's TransferSyntaxUID value holds (not found: the file is not Deflated).
+_DEFLATED_UID_BYTES = DeflatedExplicitVRLittleEndian.encode("ascii")
 
 #: What pydicom (and struct/zlib under it) raise for files that are not readable DICOM.
 READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -211,7 +213,9 @@ def read_dicom_bytes(
             "not DICOM (no preamble/DICM marker and no dataset at the start)"
         )
     transfer_syntax = None
-    if data[128:132] == b"DICM" or data[:2] == b"\x02\x00":
+    # pydicom inflates when the file meta's TransferSyntaxUID is Deflated, and that value is
+    # bytes of the file: without them anywhere, the file meta need not be parsed here first
+    if _DEFLATED_UID_BYTES in data and (data[128:132] == b"DICM" or data[:2] == b"\x02\x00"):
         try:
             meta, preamble, start = _file_meta(data)
             transfer_syntax = meta.get("TransferSyntaxUID")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
@@ -81,7 +82,7 @@ def uid_strings(value: Any) -> Iterator[str]:
             yield uid
 
 
-def element_vr(ds: Dataset, tag: BaseTag) -> str | None:
+def element_vr(ds: Dataset, tag: BaseTag, element: DataElement | RawDataElement | None = None) -> str | None:
     """Return the VR of an element without decoding its value when possible.
 
     Parameters
@@ -90,6 +91,8 @@ def element_vr(ds: Dataset, tag: BaseTag) -> str | None:
         The dataset holding the element.
     tag
         The element's tag.
+    element
+        ``ds.get_item(tag)`` when the caller has it already (it is looked up otherwise).
 
     Returns
     -------
@@ -99,7 +102,7 @@ def element_vr(ds: Dataset, tag: BaseTag) -> str | None:
         (its private dictionary, by creator, ``UN`` when unknown); None for a
         public tag missing from the dictionary.
     """
-    raw = ds.get_item(tag)
+    raw = ds.get_item(tag) if element is None else element
     vr = getattr(raw, "VR", None)
     if vr and vr != "UN":
         return str(vr)
@@ -109,6 +112,27 @@ def element_vr(ds: Dataset, tag: BaseTag) -> str | None:
         return str(dictionary_VR(tag))
     except KeyError:
         return None
+
+
+def elements_in_tag_order(ds: Dataset) -> Iterator[tuple[BaseTag, DataElement | RawDataElement]]:
+    """Yield ``(tag, ds.get_item(tag))`` in increasing tag order, what ``Dataset.elements()`` yields.
+
+    ``Dataset.elements()`` sorts with ``BaseTag``'s Python-level comparison; the
+    tags are sorted as the integers they are instead (the same order).
+
+    Parameters
+    ----------
+    ds
+        A dataset (or sequence item); nothing is converted except what
+        ``get_item`` converts (a deferred element).
+
+    Yields
+    ------
+    tuple
+        The tag and its element, raw while it has not been converted.
+    """
+    for tag in sorted(ds.keys(), key=int):
+        yield tag, ds.get_item(tag)
 
 
 def iter_uids(ds: Dataset) -> Iterator[str]:
@@ -129,12 +153,12 @@ def iter_uids(ds: Dataset) -> Iterator[str]:
         Each UID outside :data:`DICOM_UID_ROOT`, in tag order, possibly
         repeated.
     """
-    for raw in ds.elements():
-        vr = element_vr(ds, raw.tag)
+    for tag, raw in elements_in_tag_order(ds):
+        vr = element_vr(ds, tag, raw)
         if vr == "UI":
             yield from uid_strings(raw.value)
         elif vr == "SQ":
-            for item in ds[raw.tag].value or ():
+            for item in ds[tag].value or ():
                 yield from iter_uids(item)
 
 
