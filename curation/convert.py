@@ -40,8 +40,8 @@ import numpy as np
 from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 from pydicom.dataset import Dataset
 
-from curation.dicomfile import pixel_data_problem
-from curation.errors import ConversionFailedError, CurationError
+from curation.dicomfile import PixelDataLocation, pixel_data_problem, plain_pixel_format
+from curation.errors import ConversionFailedError, CurationError, UnreadableError
 from curation.frames import expand_frames
 from curation.geometry import SliceStack, check_series_geometry
 from curation.model import ImageFile, Modality
@@ -108,10 +108,6 @@ def _rescale(ds: Dataset, label: str, index: int) -> tuple[float, float]:
     return slope, intercept
 
 
-#: Uncompressed little-endian transfer syntaxes: their PixelData is the pixel array's bytes.
-_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
-
-
 def native_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray | None:
     """The pixels of a plain 16-bit single-frame slice, read straight from PixelData; else None.
 
@@ -133,28 +129,21 @@ def native_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray | None:
     numpy.ndarray or None
         ``uint16`` or ``int16`` of ``shape``, a new array.
     """
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    try:
-        plain = (
-            syntax in _NATIVE_SYNTAXES
-            and ds.get("BitsAllocated") == 16
-            and ds.get("SamplesPerPixel", 1) == 1
-            and int(ds.get("NumberOfFrames") or 1) == 1
-            and ds.get("PixelRepresentation") in (0, 1)
-        )
-        stored = int(ds.get("BitsStored") or 16)
-    except (TypeError, ValueError):
-        return None
-    data = ds.get("PixelData") if plain else None
+    plain = plain_pixel_format(ds)
+    data = ds.get("PixelData") if plain is not None else None
     count = shape[0] * shape[1]
-    if not isinstance(data, bytes) or len(data) not in (2 * count, 2 * count + 1) or not 1 <= stored <= 16:
+    if plain is None or not isinstance(data, bytes) or len(data) not in (2 * count, 2 * count + 1):
         return None
-    signed = ds.PixelRepresentation == 1
+    signed, stored = plain
     arr = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=count).reshape(shape).astype(
         np.int16 if signed else np.uint16
     )
-    if stored < 16:  # pydicom's handling of the bits above BitsStored
+    return _stored_bits(arr, signed, stored)
+
+
+def _stored_bits(arr: np.ndarray, signed: bool, stored: int) -> np.ndarray:
+    """Apply pydicom's handling of the bits above BitsStored to ``arr`` in place (and return it)."""
+    if stored < 16:
         if signed:
             shift = np.int16(16 - stored)
             arr <<= shift
@@ -162,6 +151,24 @@ def native_pixels(ds: Dataset, shape: tuple[int, int]) -> np.ndarray | None:
         else:
             arr &= np.uint16((1 << stored) - 1)
     return arr
+
+
+def _located_pixels(
+    location: PixelDataLocation, into: np.ndarray, label: str, index: int, ds: Dataset
+) -> np.ndarray:
+    """Read a located slice's stored values into ``into`` (int16 memory of its shape); the values as ``native_pixels``.
+
+    Returns ``into`` viewed as uint16 or int16 (PixelRepresentation), the
+    bits above BitsStored handled.
+    """
+    raw = into.view(np.int16 if location.signed else np.uint16)
+    try:
+        location.read_into(memoryview(raw.reshape(-1)))  # type: ignore[arg-type]
+    except OSError as exc:
+        raise UnreadableError(
+            f"{label}: slice {index} (InstanceNumber {ds.get('InstanceNumber')}): pixel data cannot be read: {exc}"
+        ) from exc
+    return _stored_bits(raw, location.signed, location.bits_stored)
 
 
 def _pixels(ds: Dataset, label: str, index: int, shape: tuple[int, int]) -> np.ndarray:
@@ -199,14 +206,16 @@ def _check_volume(stack: SliceStack, label: str, itemsize: int) -> None:
         )
 
 
-def _ct_block(stack: SliceStack, label: str) -> np.ndarray:
+def _ct_block(stack: SliceStack, label: str, located: dict[int, PixelDataLocation]) -> np.ndarray:
     n, shape = len(stack.datasets), (stack.rows, stack.columns)
     _check_volume(stack, label, 2)
     out = np.empty((n, *shape), dtype=np.int16)
     work = np.empty(shape, dtype=np.float64)
     for k, ds in enumerate(stack.datasets):
         slope, intercept = _rescale(ds, label, k)
-        raw = _pixels(ds, label, k, shape)
+        location = located.get(id(ds))
+        # a located slice is read straight into its place in the block and rescaled there
+        raw = _pixels(ds, label, k, shape) if location is None else _located_pixels(location, out[k], label, k, ds)
         whole = slope == 1.0 and intercept.is_integer()
         if whole:  # the usual CT slice: the range from the stored values, then one pass into the block
             lo, hi = int(raw.min()) + int(intercept), int(raw.max()) + int(intercept)
@@ -220,27 +229,38 @@ def _ct_block(stack: SliceStack, label: str) -> np.ndarray:
                 f"{label}: slice {k}: HU range [{lo}, {hi}] does not fit int16 "
                 f"(RescaleSlope {slope}, RescaleIntercept {intercept})"
             )
-        if whole:
+        if whole and location is not None:
+            # in place, modulo 2**16: the sum is in int16's range, so its 16 bits are the HU value
+            np.add(raw.view(np.uint16), np.uint16(int(intercept) % 65536), out=raw.view(np.uint16))
+        elif whole:
             np.add(raw, int(intercept), out=out[k], dtype=np.int32, casting="unsafe")  # in range: exact
         else:
             out[k] = work
     return out
 
 
-def _pet_block(stack: SliceStack, label: str) -> np.ndarray:
+def _pet_block(stack: SliceStack, label: str, located: dict[int, PixelDataLocation]) -> np.ndarray:
     n, shape = len(stack.datasets), (stack.rows, stack.columns)
     _check_volume(stack, label, 4)
     out = np.empty((n, *shape), dtype=np.float32)
     work = np.empty(shape, dtype=np.float64)
+    stored = np.empty(shape, dtype=np.int16)
     for k, ds in enumerate(stack.datasets):
         slope, intercept = _rescale(ds, label, k)  # this slice's own scale, never slice 0's
-        np.multiply(_pixels(ds, label, k, shape), slope, out=work)
+        location = located.get(id(ds))
+        raw = _pixels(ds, label, k, shape) if location is None else _located_pixels(location, stored, label, k, ds)
+        np.multiply(raw, slope, out=work)
         work += intercept
         out[k] = work
     return out
 
 
-def encode_series(datasets: Sequence[Dataset], *, modality: Modality) -> CompressedNifti:
+def encode_series(
+    datasets: Sequence[Dataset],
+    *,
+    modality: Modality,
+    pixel_data: Sequence[PixelDataLocation | None] | None = None,
+) -> CompressedNifti:
     """Convert one series (datasets read with pixel data) to NIfTI bytes, in memory.
 
     Parameters
@@ -252,6 +272,11 @@ def encode_series(datasets: Sequence[Dataset], *, modality: Modality) -> Compres
         transfer syntax pydicom's installed plugins decode.
     modality
         ``Modality.CT`` (int16 HU) or ``Modality.PT`` (float32 Bq/mL).
+    pixel_data
+        For each dataset, where its pixel data lies when it was read without
+        it (:func:`curation.dicomfile.read_dicom_header`), else None; the
+        located pixel data is read straight into the volume.  The voxels are
+        the same as from the datasets read whole.
 
     Returns
     -------
@@ -268,6 +293,10 @@ def encode_series(datasets: Sequence[Dataset], *, modality: Modality) -> Compres
     """
     if not datasets:
         raise ConversionFailedError(f"{modality.value}: no datasets to convert")
+    if pixel_data is not None and len(pixel_data) != len(datasets):
+        raise ValueError(f"{len(pixel_data)} pixel data locations for {len(datasets)} datasets")
+    # by identity: the stack holds the same dataset objects, sorted
+    located = {id(ds): where for ds, where in zip(datasets, pixel_data or (), strict=False) if where is not None}
     label = series_label(datasets)
     stack = check_series_geometry(expand_frames(datasets, series_label=label), series_label=label)
     configure_dicom2nifti()
@@ -278,9 +307,9 @@ def encode_series(datasets: Sequence[Dataset], *, modality: Modality) -> Compres
     affine = np.asarray(affine, dtype=np.float64)
     try:
         if modality is Modality.CT:
-            block = _ct_block(stack, label)
+            block = _ct_block(stack, label, located)
         elif modality is Modality.PT:
-            block = _pet_block(stack, label)
+            block = _pet_block(stack, label, located)
         else:  # pragma: no cover - Modality has two members
             raise ValueError(f"unknown modality {modality!r}")
     except CurationError:

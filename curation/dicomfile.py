@@ -21,6 +21,13 @@ is allocated, inflated or decoded:
   Explicit VR Little Endian and the file meta keeps the Deflated transfer
   syntax, so a valid Deflated CT converts.
 
+Ingest reads a selected file with :func:`read_dicom_header`: the first
+:data:`HEADER_READ_BYTES` are parsed, and when the file is a plain single-frame
+16-bit image whose PixelData is its last element (the usual CT and PET slice),
+the pixel data is not read but located (:class:`PixelDataLocation`), to be read
+by the conversion straight into its volume; every element of the header is in
+the dataset, as with a whole read.  Any other file is read whole.
+
 A file that breaks a bound raises :class:`DicomBoundError` (a ``ValueError``)
 whose message names the bound; the index skips the file, ingest rejects the
 study naming it.  This module owns pydicom's reading quirks for the index and
@@ -30,8 +37,10 @@ ingest; the gate and the conversion take the datasets it returns.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -61,6 +70,13 @@ NATIVE_SYNTAXES = frozenset(
     {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
 )
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+#: How much of a file :func:`read_dicom_header` reads first (a single-frame header is a few KB).
+HEADER_READ_BYTES = 64 << 10
+#: (7FE0,0010) PixelData's tag as a little-endian file writes it.
+_PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
+#: The syntaxes whose PixelData :func:`read_dicom_header` locates, and their (implicit VR, little endian).
+_LOCATED_SYNTAXES = {ExplicitVRLittleEndian: (False, True), ImplicitVRLittleEndian: (True, True)}
+_MULTI_FRAME_TAGS = (0x52009229, 0x52009230)  # Shared / PerFrameFunctionalGroupsSequence
 #: What a Deflated file's TransferSyntaxUID value holds (not found: the file is not Deflated).
 _DEFLATED_UID_BYTES = DeflatedExplicitVRLittleEndian.encode("ascii")
 
@@ -337,12 +353,14 @@ def check_image_bound(ds: Dataset) -> None:
         )
 
 
-def pixel_data_problem(ds: Dataset) -> str | None:
+def pixel_data_problem(ds: Dataset, *, length: int | None = None) -> str | None:
     """Why the pixel data of ``ds`` (read with pixels) does not fit its header, or None.
 
     For the native syntaxes, PixelData must hold exactly
     :func:`declared_image_bytes` (plus one padding byte when that is odd);
-    every syntax must declare at most :data:`MAX_IMAGE_BYTES`.
+    every syntax must declare at most :data:`MAX_IMAGE_BYTES`.  ``length`` is
+    PixelData's length when ``ds`` was read without it (its value located in
+    the file); by default the length of ``ds.PixelData``.
     """
     try:
         check_image_bound(ds)
@@ -351,12 +369,194 @@ def pixel_data_problem(ds: Dataset) -> str | None:
         return str(exc)
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if expected is None or "PixelData" not in ds or (syntax is not None and syntax not in NATIVE_SYNTAXES):
+    if expected is None or (syntax is not None and syntax not in NATIVE_SYNTAXES):
         return None
-    length = len(ds.PixelData or b"")
+    if length is None:
+        if "PixelData" not in ds:
+            return None
+        length = len(ds.PixelData or b"")
     if length not in (expected, expected + (expected % 2)):
         return (
             f"PixelData holds {length} bytes; Rows x Columns x NumberOfFrames x BitsAllocated/8 x "
             f"SamplesPerPixel needs {expected}"
         )
     return None
+
+
+def plain_pixel_format(ds: Dataset) -> tuple[bool, int] | None:
+    """Whether ``ds`` is a plain 16-bit single-frame slice, and then (signed, BitsStored).
+
+    Plain: an uncompressed little-endian transfer syntax (Implicit or Explicit
+    VR), BitsAllocated 16, one sample per pixel, one frame, PixelRepresentation
+    0 or 1 and BitsStored 1-16: PixelData is then the pixel array's bytes, the
+    bits above BitsStored masked off (unsigned) or sign-extended (signed), as
+    pydicom's ``pixel_array`` gives them.
+
+    Parameters
+    ----------
+    ds
+        A header (with or without pixel data).
+
+    Returns
+    -------
+    tuple[bool, int] or None
+        ``(PixelRepresentation == 1, BitsStored)``; None for anything else.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    try:
+        plain = (
+            syntax in _LOCATED_SYNTAXES
+            and ds.get("BitsAllocated") == 16
+            and ds.get("SamplesPerPixel", 1) == 1
+            and int(ds.get("NumberOfFrames") or 1) == 1
+            and ds.get("PixelRepresentation") in (0, 1)
+        )
+        stored = int(ds.get("BitsStored") or 16)
+    except (TypeError, ValueError):
+        return None
+    if not plain or not 1 <= stored <= 16:
+        return None
+    return ds.PixelRepresentation == 1, stored
+
+
+def _file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class PixelDataLocation:
+    """Where the pixel data of a plain single-frame slice lies in its file (:func:`read_dicom_header`).
+
+    Attributes
+    ----------
+    path
+        The file.
+    offset
+        Where PixelData's value starts.
+    length
+        Its length in bytes: Rows x Columns x 2, up to the end of the file.
+    signed, bits_stored
+        What :func:`plain_pixel_format` says of the header.
+    identity
+        The file's device, inode, size and mtime (ns) when its header was
+        read: the pixel data is read only from that same file.
+    """
+
+    path: Path
+    offset: int
+    length: int
+    signed: bool
+    bits_stored: int
+    identity: tuple[int, int, int, int]
+
+    def read_into(self, buffer: memoryview) -> None:
+        """Fill ``buffer`` (exactly :attr:`length` bytes) with the pixel data, as stored.
+
+        Raises
+        ------
+        OSError
+            The file cannot be read, or it changed since its header was read
+            (named in the message).
+        ValueError
+            ``buffer`` does not hold :attr:`length` bytes.
+        """
+        view = memoryview(buffer).cast("B")
+        if view.nbytes != self.length:
+            raise ValueError(f"{self.path}: a buffer of {view.nbytes} bytes for {self.length} bytes of pixel data")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if _file_identity(os.fstat(fd)) != self.identity:
+                raise OSError(f"{self.path}: the file changed after its header was read")
+            done = 0
+            while done < self.length:  # a regular file gives it all at once, unless interrupted
+                n = os.preadv(fd, [view[done:]], self.offset + done)
+                if n <= 0:
+                    raise OSError(f"{self.path}: the file ends inside its pixel data")
+                done += n
+        finally:
+            os.close(fd)
+
+
+def _locate_pixel_data(head: bytes, path: Path, st: os.stat_result) -> tuple[Dataset, PixelDataLocation] | None:
+    """The header parsed from ``head`` and where its pixel data lies, for a plain slice; None otherwise.
+
+    Only when PixelData is the file's last element (nothing after it that the
+    header would miss), of a defined length that is exactly the declared image
+    of a :func:`plain_pixel_format` slice.
+    """
+    if _DEFLATED_UID_BYTES in head or not looks_like_dicom(head[:132]):
+        return None
+    fp = io.BytesIO(head)
+    try:
+        ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+    except READ_ERRORS:
+        return None  # the whole read says what is wrong
+    start = fp.tell()  # pydicom stops in front of the pixel data element
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    encoding = _LOCATED_SYNTAXES.get(syntax) if isinstance(syntax, str) else None
+    if encoding is None or ds.original_encoding != encoding or head[start : start + 4] != _PIXEL_DATA_TAG_LE:
+        return None
+    implicit = encoding[0]
+    header_end = start + (8 if implicit else 12)  # tag, length / tag, VR, 2 reserved bytes, length
+    if header_end > len(head) or not (implicit or head[start + 4 : start + 8] in (b"OW\0\0", b"OB\0\0")):
+        return None
+    (length,) = struct.unpack("<L", head[header_end - 4 : header_end])
+    if header_end + length != st.st_size or any(tag in ds for tag in _MULTI_FRAME_TAGS):
+        return None
+    plain = plain_pixel_format(ds)
+    try:
+        expected = declared_image_bytes(ds)
+    except ValueError:
+        return None
+    if plain is None or expected is None or length != expected or pixel_data_problem(ds, length=length) is not None:
+        return None
+    return ds, PixelDataLocation(
+        path=path, offset=header_end, length=length, signed=plain[0], bits_stored=plain[1],
+        identity=_file_identity(st),
+    )
+
+
+def read_dicom_header(path: str | Path) -> tuple[Dataset, PixelDataLocation | None]:
+    """Read one file within the bounds of this module, locating a plain slice's pixel data instead of reading it.
+
+    The first :data:`HEADER_READ_BYTES` are parsed; when they hold the whole
+    header of a plain single-frame 16-bit slice whose PixelData is the file's
+    last element, the dataset is that header and the pixel data's place is
+    returned.  Otherwise the whole file is read, as :func:`read_dicom_file`
+    with pixels does.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    tuple
+        The dataset (without PixelData when located) and the
+        :class:`PixelDataLocation`, or None when the dataset holds its pixel data.
+
+    Raises
+    ------
+    DicomBoundError
+        As :func:`read_dicom_file`.
+    Exception
+        One of :data:`READ_ERRORS` for anything pydicom cannot read.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size > MAX_FILE_BYTES:
+            raise DicomBoundError(
+                f"the file has {_mib(st.st_size)}, more than the {_mib(MAX_FILE_BYTES)} a file may have"
+            )
+        data = f.read(HEADER_READ_BYTES)
+        if len(data) < st.st_size:
+            located = _locate_pixel_data(data, path, st)
+            if located is not None:
+                return located
+            data += f.read()
+    ds, _ = read_dicom_bytes(data, stop_before_pixels=False)
+    return ds, None

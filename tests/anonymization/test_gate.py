@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import functools
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -868,3 +871,49 @@ def test_an_element_that_cannot_be_decoded_stops_the_study_naming_the_element(cl
         check_datasets([clean_ds], pseudonym_pattern=SITE_PATTERN)
     assert err.value.reason is RejectReason.UNREADABLE
     assert "MUELLER" not in err.value.message
+
+
+def _gate_outcome(read) -> tuple:
+    """What reading one file and gating its header gives: the report, or the exception's type and message."""
+    try:
+        ds = read()
+    except Exception as exc:  # compared between the two readers
+        return ("unreadable", type(exc).__name__)
+    try:
+        report = check_datasets([ds], pseudonym_pattern=r"FUZ-\d{4}")
+    except Exception as exc:
+        return ("error", type(exc).__name__, str(exc))
+    return ("report", report.findings, report.private_review, report.sensitive_values)
+
+
+def test_headers_read_once_with_pixels_located_gate_as_whole_files_do(tmp_path: Path, monkeypatch) -> None:
+    """Ingest's reader (header whole, pixel data located) gives the gate exactly what a whole read gives.
+
+    On mutated files (bit flips, truncation, hostile values, wrong VRs, deflate
+    bombs, Implicit VR and Deflated re-encodings) of a phantom study and of
+    pydicom's test files: the same findings, review notes and sensitive
+    values, or the same error.
+    """
+    import numpy as np
+
+    import curation.dicomfile as dicomfile
+    from tests.fuzzing import mutate, pydicom_sources, tiny_phantom_study
+
+    monkeypatch.setattr(dicomfile, "HEADER_READ_BYTES", 4096)  # small files are not read at once
+    phantom, others = tiny_phantom_study(tmp_path / "phantom"), pydicom_sources(256 << 10)[::4]
+    rng = np.random.default_rng(1109)
+    located = 0
+    for n in range(240):
+        source = phantom[n % len(phantom)] if n % 3 else others[n % len(others)]  # plain slices two times in three
+        name, data = mutate(source.read_bytes(), rng) if n >= 30 else ("none", source.read_bytes())
+        path = tmp_path / "mutated" / f"{n}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            whole = _gate_outcome(functools.partial(dicomfile.read_dicom_file, path, stop_before_pixels=False))
+            header = _gate_outcome(lambda p=path: dicomfile.read_dicom_header(p)[0])
+            with contextlib.suppress(Exception):  # counted only
+                located += dicomfile.read_dicom_header(path)[1] is not None
+        assert header == whole, f"{source.name} ({name})"
+    assert located > 40  # the located path was taken, not only the whole read

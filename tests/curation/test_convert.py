@@ -210,3 +210,55 @@ def test_native_pixels_leave_other_encodings_to_pydicom(converted):
     ds = pydicom.dcmread(study.files["ct"][3])
     ds.file_meta.TransferSyntaxUID = pydicom.uid.RLELossless
     assert native_pixels(ds, shape) is None
+
+
+@pytest.mark.parametrize(
+    ("modality", "signed", "bits_stored", "slope"),
+    [(Modality.CT, False, 12, 1.0), (Modality.CT, True, 16, 1.0), (Modality.CT, True, 12, 1.0),
+     (Modality.CT, False, 16, 0.5), (Modality.PT, False, 16, None), (Modality.PT, True, 10, None)],
+)
+def test_located_pixel_data_gives_the_bytes_of_the_whole_read(
+    tmp_path, converted, monkeypatch, modality, signed, bits_stored, slope
+):
+    """Pixel data read straight into the volume (read_dicom_header) gives the same .nii.gz as datasets read whole."""
+    import curation.dicomfile as dicomfile
+    from curation.convert import encode_series
+
+    monkeypatch.setattr(dicomfile, "HEADER_READ_BYTES", 4096)  # the small phantom's slices are not read at once
+    study = converted[("siemens", False)]["study"]
+    role = "ct" if modality is Modality.CT else "pt"
+    rng = np.random.default_rng(bits_stored + 2 * signed)
+    paths = []
+    for n, source in enumerate(study.files[role]):
+        ds = pydicom.dcmread(source)
+        ds.PixelData = rng.integers(0, 1 << 16, ds.Rows * ds.Columns, dtype=np.uint16).tobytes()  # high bits too
+        ds.PixelRepresentation, ds.BitsStored, ds.HighBit = int(signed), bits_stored, bits_stored - 1
+        if modality is Modality.CT:
+            # every stored value lands in int16's range
+            ds.RescaleSlope, ds.RescaleIntercept = slope, (-1024 if bits_stored < 16 else 0) if signed else -4096
+        paths.append(tmp_path / f"{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    read = [dicomfile.read_dicom_header(p) for p in paths]
+    assert all(location is not None for _, location in read)
+    located = encode_series([ds for ds, _ in read], modality=modality, pixel_data=[loc for _, loc in read])
+    whole = encode_series([pydicom.dcmread(p) for p in paths], modality=modality)
+    assert located.sha256 == whole.sha256 and located.affine == whole.affine
+
+
+def test_a_ct_slice_out_of_int16_is_refused_when_located(tmp_path, converted, monkeypatch):
+    import curation.dicomfile as dicomfile
+    from curation.convert import encode_series
+
+    monkeypatch.setattr(dicomfile, "HEADER_READ_BYTES", 4096)
+    study = converted[("siemens", False)]["study"]
+    paths = []
+    for n, source in enumerate(study.files["ct"]):
+        ds = pydicom.dcmread(source)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.RescaleIntercept = 16, 15, 0, 0
+        if n == 3:
+            ds.PixelData = np.full(ds.Rows * ds.Columns, 40000, dtype=np.uint16).tobytes()
+        paths.append(tmp_path / f"{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    read = [dicomfile.read_dicom_header(p) for p in paths]
+    with pytest.raises(ConversionFailedError, match=r"HU range \[.*40000\] does not fit int16"):
+        encode_series([ds for ds, _ in read], modality=Modality.CT, pixel_data=[loc for _, loc in read])

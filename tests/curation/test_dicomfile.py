@@ -239,3 +239,112 @@ def test_a_deflated_image_larger_than_the_header_allowance_is_read_when_its_head
     index = index_site("leipzig", tmp_path / "drop")
     assert index.skipped == ()
     assert [s.SeriesInstanceUID for st in index.studies for s in st.series] == ["2.25.9103"]
+
+
+# ---------------------------------------------------------------------------
+# read_dicom_header: the header whole, a plain slice's pixel data located
+
+
+@pytest.fixture
+def small_first_read(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A first read of 4 KiB, so that the small phantom's slices (32 KiB of pixels) are not read whole at once."""
+    import curation.dicomfile as dicomfile
+
+    monkeypatch.setattr(dicomfile, "HEADER_READ_BYTES", 4096)
+    return 4096
+
+
+def _elements(ds: Dataset) -> list[tuple[int, str, object]]:
+    return [(int(e.tag), str(e.VR), e.value) for e in ds if e.tag != Tag(0x7FE0, 0x0010)]
+
+
+@pytest.mark.parametrize("role", ["ct", "pt"])
+@pytest.mark.parametrize("implicit", [False, True])
+def test_a_plain_slice_has_its_whole_header_and_its_pixel_data_located(
+    tmp_path: Path, small_study, small_first_read: int, role: str, implicit: bool
+) -> None:
+    from curation.dicomfile import read_dicom_file, read_dicom_header
+
+    path = small_study.files[role][2]
+    if implicit:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        path = tmp_path / "implicit.dcm"
+        ds.save_as(path, implicit_vr=True, little_endian=True)
+    header, location = read_dicom_header(path)
+    whole = read_dicom_file(path, stop_before_pixels=False)
+    assert "PixelData" not in header and location is not None
+    assert _elements(header) == _elements(whole)
+    assert header.file_meta == whole.file_meta
+    buffer = bytearray(location.length)
+    location.read_into(memoryview(buffer))
+    assert bytes(buffer) == whole.PixelData and location.length == whole.Rows * whole.Columns * 2
+    assert (location.signed, location.bits_stored) == (whole.PixelRepresentation == 1, whole.BitsStored)
+
+
+def _variant(tmp_path: Path, source: Path, name: str, change) -> Path:
+    ds = pydicom.dcmread(source)
+    change(ds)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_anything_after_pixel_data_makes_the_file_read_whole_and_gated(
+    tmp_path: Path, small_study, small_first_read: int
+) -> None:
+    """An element after PixelData (a private name here) is never left out of the header the gate checks."""
+    from anonymization.gate import check_datasets
+    from curation.dicomfile import read_dicom_header
+
+    def trailing_name(ds: Dataset) -> None:
+        block = ds.private_block(0x7FE1, "HOSTILE", create=True)  # group 7FE1 sorts after PixelData
+        block.add_new(0x01, "PN", "Mueller^Hans")
+
+    path = _variant(tmp_path, small_study.files["ct"][0], "trailing", trailing_name)
+    header, location = read_dicom_header(path)
+    assert location is None and "PixelData" in header
+    findings = check_datasets([header]).findings
+    assert [f.rule for f in findings] == ["private-person-name"]
+
+
+@pytest.mark.parametrize("kind", ["8-bit", "rle", "deflated", "padding", "large-header"])
+def test_other_files_are_read_whole(tmp_path: Path, small_study, small_first_read: int, kind: str) -> None:
+    from curation.dicomfile import read_dicom_file, read_dicom_header
+
+    source = small_study.files["ct"][0]
+
+    def change(ds: Dataset) -> None:
+        if kind == "8-bit":
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+            ds.PixelData = bytes(ds.Rows * ds.Columns)
+        elif kind == "rle":
+            ds.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
+        elif kind == "deflated":
+            ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        elif kind == "padding":
+            ds.DataSetTrailingPadding = b"\0" * 8
+        else:
+            ds.ImageComments = "x" * small_first_read  # the header does not fit the first read
+
+    path = _variant(tmp_path, source, kind, change)
+    header, location = read_dicom_header(path)
+    whole = read_dicom_file(path, stop_before_pixels=False)
+    assert location is None
+    assert _elements(header) == _elements(whole) and header.PixelData == whole.PixelData
+
+
+def test_pixel_data_of_a_file_changed_since_its_header_was_read_is_refused(
+    tmp_path: Path, small_study, small_first_read: int
+) -> None:
+    from curation.dicomfile import read_dicom_header
+
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(small_study.files["ct"][0].read_bytes())
+    _, location = read_dicom_header(path)
+    assert location is not None
+    replacement = tmp_path / "other.dcm"
+    replacement.write_bytes(path.read_bytes())
+    replacement.replace(path)  # another inode under the same name
+    with pytest.raises(OSError, match="changed after its header was read"):
+        location.read_into(memoryview(bytearray(location.length)))
