@@ -667,9 +667,11 @@ class _Collector:
         if top_level:
             self._check_identity_removed(ds)
         creators: list[dict[tuple[int, int], str]] = []  # filled on the first private element
-        for tag in list(ds.keys()):  # keys only: elements are converted when a rule needs them
+        # the elements as they are (raw until a rule needs their value); a public element is not
+        # converted by the walk before its own turn, so the snapshot is current when it comes
+        for tag, element in list(ds.items()):
             try:
-                self._walk_element(ds, tag, creators)
+                self._walk_element(ds, tag, creators, element)
             except _DECODE_ERRORS as exc:
                 # an element pydicom cannot decode cannot be checked: the study is not cleared
                 raise UnreadableError(
@@ -677,7 +679,10 @@ class _Collector:
                     f"({type(exc).__name__}), so the header cannot be checked"
                 ) from None
 
-    def _walk_element(self, ds: pydicom.Dataset, tag: BaseTag, creators: list[dict[tuple[int, int], str]]) -> None:
+    def _walk_element(
+        self, ds: pydicom.Dataset, tag: BaseTag, creators: list[dict[tuple[int, int], str]],
+        element: DataElement | RawDataElement,
+    ) -> None:
         tag_int = int(tag)
         group = tag_int >> 16
         if group % 2 == 1:
@@ -690,8 +695,8 @@ class _Collector:
         rule = self.profile.public.get(tag_int)
         if rule is None and group & 0xFF00 in (0x5000, 0x6000) and group < 0x6100:
             rule = self._repeating_rule(tag_int)
-        # looked up once and handed on: nothing below changes it until _apply converts it
-        element = ds.get_item(tag)
+        if isinstance(element, RawDataElement) and element.value is None:
+            element = ds.get_item(tag)  # deferred: read (what get_item does); handed on from here
         vr = element_vr(ds, tag, element)  # UI values are collected by iter_uids in check_datasets
         if vr in TEMPORAL_VRS:
             self._check_temporal(ds, tag, vr, rule, element=element)

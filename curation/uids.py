@@ -114,11 +114,18 @@ def element_vr(ds: Dataset, tag: BaseTag, element: DataElement | RawDataElement 
         return None
 
 
+def _tag_number(item: tuple[BaseTag, Any]) -> int:
+    return int(item[0])
+
+
 def elements_in_tag_order(ds: Dataset) -> Iterator[tuple[BaseTag, DataElement | RawDataElement]]:
     """Yield ``(tag, ds.get_item(tag))`` in increasing tag order, what ``Dataset.elements()`` yields.
 
-    ``Dataset.elements()`` sorts with ``BaseTag``'s Python-level comparison; the
-    tags are sorted as the integers they are instead (the same order).
+    ``Dataset.elements()`` sorts with ``BaseTag``'s Python-level comparison and
+    looks every tag up again; here the ``(tag, element)`` pairs of
+    ``Dataset.items()`` are sorted as the integers the tags are (the same
+    order), and only a deferred element (a raw one without its value) is
+    looked up with ``get_item``, which reads it.
 
     Parameters
     ----------
@@ -131,8 +138,10 @@ def elements_in_tag_order(ds: Dataset) -> Iterator[tuple[BaseTag, DataElement | 
     tuple
         The tag and its element, raw while it has not been converted.
     """
-    for tag in sorted(ds.keys(), key=int):
-        yield tag, ds.get_item(tag)
+    for tag, element in sorted(ds.items(), key=_tag_number):
+        if isinstance(element, RawDataElement) and element.value is None:
+            element = ds.get_item(tag)
+        yield tag, element
 
 
 def iter_uids(ds: Dataset) -> Iterator[str]:
