@@ -39,12 +39,6 @@ T = TypeVar("T")
 _LENGTH = struct.Struct("<Q")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _outcome_file() -> int:
     """A file descriptor of an anonymous file in memory (a temporary file where there is no memfd)."""
     if hasattr(os, "memfd_create"):
@@ -58,11 +52,14 @@ def _read_outcome(fd: int) -> tuple[str, Any] | None:
     size = os.fstat(fd).st_size
     if size < _LENGTH.size:
         return None
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as data:
+    # mapped with its pages in place (MAP_POPULATE: one call instead of a fault per page)
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    with mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ) as data:
         (length,) = _LENGTH.unpack(data[: _LENGTH.size])
         if length != size - _LENGTH.size:
             return None
-        outcome: tuple[str, Any] = pickle.loads(memoryview(data)[_LENGTH.size :])
+        with memoryview(data) as view:
+            outcome: tuple[str, Any] = pickle.loads(view[_LENGTH.size :])
         return outcome
 
 
@@ -72,14 +69,20 @@ def _run_child(out_fd: int, fn: Callable[..., Any], args: tuple[Any, ...], kwarg
         gc.disable()
         logging.disable(logging.CRITICAL)
         try:
-            payload = pickle.dumps(("return", fn(*args, **kwargs)), protocol=pickle.HIGHEST_PROTOCOL)
+            outcome: tuple[str, Any] = ("return", fn(*args, **kwargs))
         except BaseException as exc:
+            outcome = ("raise", exc)
+        with open(out_fd, "wb", closefd=False) as out:
+            out.write(_LENGTH.pack(0))  # the length, written last: an incomplete file is told by it
             try:
-                payload = pickle.dumps(("raise", exc), protocol=pickle.HIGHEST_PROTOCOL)
+                # pickled straight into the file: a large bytes value is written without a copy
+                pickle.dump(outcome, out, protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException:
-                payload = pickle.dumps(("raise", ChildProcessError(f"{type(exc).__name__}: {exc}")))
-        _write_all(out_fd, _LENGTH.pack(len(payload)))
-        _write_all(out_fd, payload)
+                out.seek(_LENGTH.size)
+                out.truncate()
+                pickle.dump(("raise", ChildProcessError(f"{outcome[0]}: {outcome[1]!r} cannot be pickled")), out)
+            out.flush()
+            os.pwrite(out_fd, _LENGTH.pack(out.tell() - _LENGTH.size), 0)
     finally:
         os._exit(0)
 
