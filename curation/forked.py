@@ -16,8 +16,17 @@ processes, each hand-over a wait for a core on a busy machine);
 :meth:`ForkedCall.result` waits for the child to end, then returns or raises it.  The child runs nothing else: logging and the garbage collector are
 off in it (the parent's log handlers may belong to threads the child does not
 have), and it ends with ``os._exit`` (no atexit handlers, no flushing of the
-parent's buffers).  Where ``os.fork`` does not exist, the function runs in a
-thread instead.
+parent's buffers).
+
+A fork is not free: the parent's pages are shared copy-on-write, and every page
+either process writes afterwards (Python writes reference counts on every
+object it touches) is copied; on the bench study about 70,000 page copies, 0.3-0.5 s
+of CPU.  That buys time only when a core is idle: on a machine whose cores are
+busy (other jobs, or one worker per core as a release build runs) the copies
+are pure cost, and the call had better run in a thread, beside the GIL.
+:func:`spare_core` tells the two apart from the load average; :func:`submit`
+forks only when asked to (and where ``os.fork`` exists), else it runs the
+function in a thread.
 """
 
 from __future__ import annotations
@@ -98,19 +107,21 @@ class ForkedCall(Generic[T]):
         How messages name the call.
     """
 
-    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, name: str) -> None:
+    def __init__(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, name: str, fork: bool = True
+    ) -> None:
         self.name = name
         self._pid: int | None = None
         self._fd: int | None = None
         self._thread: threading.Thread | None = None
         self._outcome: tuple[str, Any] | None = None
-        if hasattr(os, "fork"):
+        if fork and hasattr(os, "fork"):
             fd = _outcome_file()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child (coverage does not follow os._exit)
                 _run_child(fd, fn, args, kwargs)
             self._pid, self._fd = pid, fd
-        else:  # pragma: no cover - every platform this project runs on has fork
+        else:
             self._thread = threading.Thread(target=self._run_in_thread, args=(fn, args, kwargs), name=name)
             self._thread.start()
 
@@ -178,8 +189,23 @@ class ForkedCall(Generic[T]):
             self._thread.join()  # a thread cannot be stopped; its outcome is dropped
 
 
-def submit(fn: Callable[..., T], /, *args: Any, name: str, **kwargs: Any) -> ForkedCall[T]:
-    """Start ``fn(*args, **kwargs)`` in a forked child process.
+def spare_core() -> bool:
+    """Whether a core is idle enough for a forked child to pay: the 1-minute load average below cores - 0.5.
+
+    Returns
+    -------
+    bool
+        False where the load average cannot be read.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return os.getloadavg()[0] < cores - 0.5
+    except OSError:
+        return False
+
+
+def submit(fn: Callable[..., T], /, *args: Any, name: str, fork: bool = True, **kwargs: Any) -> ForkedCall[T]:
+    """Start ``fn(*args, **kwargs)`` in a forked child process (or a thread).
 
     Parameters
     ----------
@@ -189,6 +215,8 @@ def submit(fn: Callable[..., T], /, *args: Any, name: str, **kwargs: Any) -> For
         Its arguments (not pickled); its return value or exception must pickle.
     name
         How messages name the call.
+    fork
+        False: run it in a thread of this process instead (see :func:`spare_core`).
 
     Returns
     -------
@@ -197,4 +225,4 @@ def submit(fn: Callable[..., T], /, *args: Any, name: str, **kwargs: Any) -> For
         :meth:`ForkedCall.cancel`; one of the two must be called (the child is
         reaped there).
     """
-    return ForkedCall(fn, args, kwargs, name=name)
+    return ForkedCall(fn, args, kwargs, name=name, fork=fork)

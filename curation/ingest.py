@@ -13,11 +13,11 @@ study whose recorded outcome has the same fingerprint (content digest of every
 file of the study, the gate's rule table and the site's pseudonym pattern) is
 not worked on again, and a study whose files or gate settings changed is redone.
 
-Each series is converted and compressed in memory in a forked child process
-(:mod:`curation.forked`) while the next series is read and the gate runs, so the
-header work and the pixel work use two cores; nothing is written before every
-check passed, and a problem is reported in the same order as if the steps ran
-one after the other.
+Each series is converted and compressed in memory while the next series is read
+and the gate runs: in a forked child process when a core is idle, so the header
+work and the pixel work use two cores, else in a thread (:mod:`curation.forked`);
+nothing is written before every check passed, and a problem is reported in the
+same order as if the steps ran one after the other.
 """
 
 from __future__ import annotations
@@ -306,18 +306,20 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
     selection = select_series(study)
     check_study_uids(study, (selection.ct, selection.pt))
     case_dir = state.case_dir(study.key)
-    # Each series is converted and compressed in memory in a forked child process as soon as
-    # its headers are read (curation.forked: a thread would wait for the GIL while the gate runs
-    # Python), while the next is read and the gate runs; it is written only once every check
+    # Each series is converted and compressed in memory as soon as its headers are read, while
+    # the next is read and the gate runs: in a forked child process when a core is idle
+    # (curation.forked: a thread waits for the GIL while the gate runs Python), else in a thread
+    # (on busy cores a fork's copied pages are pure cost). It is written only once every check
     # passed, and its errors come after the gate's and the geometry's.
+    fork = forked.spare_core()
     jobs: list[ForkedCall[CompressedNifti]] = []
     try:
         ct_datasets, ct_pixels = _read_series_for_conversion(selection.ct)
         jobs.append(forked.submit(encode_series, ct_datasets, modality=Modality.CT, pixel_data=ct_pixels,
-                                  name=f"conversion of {series_label(ct_datasets)}"))
+                                  name=f"conversion of {series_label(ct_datasets)}", fork=fork))
         pt_datasets, pt_pixels = _read_series_for_conversion(selection.pt)
         jobs.append(forked.submit(encode_series, pt_datasets, modality=Modality.PT, pixel_data=pt_pixels,
-                                  name=f"conversion of {series_label(pt_datasets)}"))
+                                  name=f"conversion of {series_label(pt_datasets)}", fork=fork))
         ct_job, pt_job = jobs
         others = [
             ds

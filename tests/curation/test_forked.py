@@ -55,3 +55,20 @@ def test_cancel_stops_a_running_child() -> None:
     assert time.perf_counter() - started < 10
     with pytest.raises(ChildProcessError, match="cancelled"):
         call.result()
+
+
+def test_in_a_thread_the_value_and_the_exception_come_back_too() -> None:
+    parent = os.getpid()
+    pid, block = forked.submit(lambda n: (os.getpid(), _block(n)), 1000, name="block", fork=False).result()
+    assert pid == parent
+    np.testing.assert_array_equal(block, _block(1000))
+    with pytest.raises(PHIDetectedError, match="identifying attributes present"):
+        forked.submit(_refuse, name="gate", fork=False).result()
+
+
+def test_a_spare_core_is_read_from_the_load_average(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert forked.spare_core()
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 0.0, 0.0))
+    assert not forked.spare_core()
