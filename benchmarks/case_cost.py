@@ -92,6 +92,7 @@ def run_stage(stage: str, work: Path, workers: int) -> dict[str, float]:
     pool = ProcessPoolExecutor(workers) if stage == "verify" else None
     if pool is not None:  # workers started and warm before the clock, as a run's are
         list(pool.map(_warm, range(workers)))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall, cpu = time.perf_counter(), time.process_time()
     if stage == "index":
         (record,) = index_site(site.id, site.dicom_dir, cache=state.stat_cache(site.id)).studies
@@ -117,8 +118,9 @@ def run_stage(stage: str, work: Path, workers: int) -> dict[str, float]:
     seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if pool is not None:
         pool.shutdown()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"seconds": seconds, "cpu": cpu + (children.ru_utime + children.ru_stime if pool else 0.0),
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # verify's pool, ingest's forked conversions
+    children_cpu = children.ru_utime + children.ru_stime - before.ru_utime - before.ru_stime
+    return {"seconds": seconds, "cpu": cpu + children_cpu,
             "maxrss_mb": max(_maxrss_mb(resource.RUSAGE_SELF), _maxrss_mb(resource.RUSAGE_CHILDREN))}
 
 
