@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import gc
 import logging
 import threading
@@ -315,9 +316,15 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
     jobs: list[ForkedCall[CompressedNifti]] = []
     try:
         ct_datasets, ct_pixels = _read_series_for_conversion(selection.ct)
-        jobs.append(forked.submit(encode_series, ct_datasets, modality=Modality.CT, pixel_data=ct_pixels,
-                                  name=f"conversion of {series_label(ct_datasets)}", fork=fork))
+        ct_conversion = functools.partial(
+            forked.submit, encode_series, ct_datasets, modality=Modality.CT, pixel_data=ct_pixels,
+            name=f"conversion of {series_label(ct_datasets)}", fork=fork,
+        )
+        if fork:
+            jobs.append(ct_conversion())
         pt_datasets, pt_pixels = _read_series_for_conversion(selection.pt)
+        if not fork:  # a thread beside the reading would take the GIL at every file the reader opens
+            jobs.append(ct_conversion())
         jobs.append(forked.submit(encode_series, pt_datasets, modality=Modality.PT, pixel_data=pt_pixels,
                                   name=f"conversion of {series_label(pt_datasets)}", fork=fork))
         ct_job, pt_job = jobs
