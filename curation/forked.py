@@ -20,8 +20,8 @@ parent's buffers).
 
 A fork is not free: the parent's pages are shared copy-on-write, and every page
 either process writes afterwards (Python writes reference counts on every
-object it touches) is copied; on the bench study about 70,000 page copies, 0.3-0.5 s
-of CPU.  That buys time only when a core is idle: on a machine whose cores are
+object it touches) is copied: on the bench study, forked conversions took 0.3-0.5 s
+more CPU than the same work in one process.  That buys time only when a core is idle: on a machine whose cores are
 busy (other jobs, or one worker per core as a release build runs) the copies
 are pure cost, and the call had better run in a thread, beside the GIL.
 :func:`spare_core` tells the two apart from the load average; :func:`submit`
