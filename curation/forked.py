@@ -117,7 +117,11 @@ class ForkedCall(Generic[T]):
         self._outcome: tuple[str, Any] | None = None
         if fork and hasattr(os, "fork"):
             fd = _outcome_file()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except BaseException:
+                os.close(fd)
+                raise
             if pid == 0:  # pragma: no cover - the child (coverage does not follow os._exit)
                 _run_child(fd, fn, args, kwargs)
             self._pid, self._fd = pid, fd
