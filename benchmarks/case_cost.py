@@ -118,7 +118,7 @@ def run_stage(stage: str, work: Path, workers: int) -> dict[str, float]:
     seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if pool is not None:
         pool.shutdown()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # verify's pool, ingest's forked conversions
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # verify's pool
     children_cpu = children.ru_utime + children.ru_stime - before.ru_utime - before.ru_stime
     return {"seconds": seconds, "cpu": cpu + children_cpu,
             "maxrss_mb": max(_maxrss_mb(resource.RUSAGE_SELF), _maxrss_mb(resource.RUSAGE_CHILDREN))}

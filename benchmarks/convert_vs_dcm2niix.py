@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_bytes = 0
         for rep in range(args.repeats):
             state = StatePaths(work / f"state-{rep}")
-            # CPU of every thread of ours and of the conversion's forked children (reaped by then)
+            # CPU of every thread of ours (and of any child process, reaped by then)
             cpu, started = time.process_time() + _children_cpu(), time.perf_counter()
             outcome = ingest_study(study, site, state)
             ours.append(time.perf_counter() - started)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"median wall-time ratio (index + ours)/(dcm2niix -z y -1): {med(ours_indexed) / med(theirs):.2f}")
         print(f"median CPU-time ratio ours/(dcm2niix -z y -1): {med(ours_cpu) / med(theirs_cpu):.2f} "
               f"({med(ours_cpu):.2f} s vs {med(theirs_cpu):.2f} s; ours on two cores: the conversions run in "
-              "forked children beside the header reading and the gate)")
+              "threads beside the header reading and the gate)")
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores)")
         print(f"ours/dcm2niix: time {med(ours) / med(theirs):.2f} vs -z y -1 (target <= 1.0), "
               f"size {ours_bytes / default_bytes:.3f} vs -z y (target <= 1.15)")

@@ -13,10 +13,8 @@ study whose recorded outcome has the same fingerprint (content digest of every
 file of the study, the gate's rule table and the site's pseudonym pattern) is
 not worked on again, and a study whose files or gate settings changed is redone.
 
-Each series is converted and compressed in memory while the next series is read
-and the gate runs: in a forked child process when a core is idle, so the header
-work and the pixel work use two cores, else in a thread (:mod:`curation.forked`);
-nothing is written before every check passed, and a problem is reported in the
+Both series are converted and compressed in memory, in threads, while the other
+series are read and the gate runs; nothing is written before every check passed, and a problem is reported in the
 same order as if the steps ran one after the other.
 """
 
@@ -24,11 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import gc
 import logging
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,7 +36,6 @@ from pydicom.multival import MultiValue
 
 from anonymization.dates import date_strings, dates_in_value, iter_dates
 from anonymization.gate import check_datasets, profile_digest, raise_for_findings
-from curation import forked
 from curation.atomic import atomic_write_json
 from curation.compression import lossy_compression
 from curation.config import IdentityFlagPolicy, LossyPolicy, SiteConfig
@@ -58,7 +55,6 @@ from curation.errors import (
     LossyCompressionError,
     UnreadableError,
 )
-from curation.forked import ForkedCall
 from curation.frames import expand_frames, is_multi_frame
 from curation.geometry import check_series_geometry
 from curation.metadata import ct_metadata, pet_metadata
@@ -307,26 +303,17 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
     selection = select_series(study)
     check_study_uids(study, (selection.ct, selection.pt))
     case_dir = state.case_dir(study.key)
-    # Each series is converted and compressed in memory as soon as its headers are read, while
-    # the next is read and the gate runs: in a forked child process when a core is idle
-    # (curation.forked: a thread waits for the GIL while the gate runs Python), else in a thread
-    # (on busy cores a fork's copied pages are pure cost). It is written only once every check
-    # passed, and its errors come after the gate's and the geometry's.
-    fork = forked.spare_core()
-    jobs: list[ForkedCall[CompressedNifti]] = []
+    # Both series are converted and compressed in memory, in threads started once both series'
+    # headers are read (a conversion thread beside the reading would take the GIL at every file
+    # the reader opens), while the other series are read and the gate runs. A conversion is
+    # written only once every check passed, and its errors come after the gate's and the geometry's.
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conversion")
+    jobs: list[Future[CompressedNifti]] = []
     try:
         ct_datasets, ct_pixels = _read_series_for_conversion(selection.ct)
-        ct_conversion = functools.partial(
-            forked.submit, encode_series, ct_datasets, modality=Modality.CT, pixel_data=ct_pixels,
-            name=f"conversion of {series_label(ct_datasets)}", fork=fork,
-        )
-        if fork:
-            jobs.append(ct_conversion())
         pt_datasets, pt_pixels = _read_series_for_conversion(selection.pt)
-        if not fork:  # a thread beside the reading would take the GIL at every file the reader opens
-            jobs.append(ct_conversion())
-        jobs.append(forked.submit(encode_series, pt_datasets, modality=Modality.PT, pixel_data=pt_pixels,
-                                  name=f"conversion of {series_label(pt_datasets)}", fork=fork))
+        jobs.append(pool.submit(encode_series, ct_datasets, modality=Modality.CT, pixel_data=ct_pixels))
+        jobs.append(pool.submit(encode_series, pt_datasets, modality=Modality.PT, pixel_data=pt_pixels))
         ct_job, pt_job = jobs
         others = [
             ds
@@ -371,8 +358,7 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
         if isinstance(metadata, BaseException):
             raise metadata
     finally:
-        for job in jobs:
-            job.cancel()  # a rejected study: no need to finish what would not be written
+        pool.shutdown(wait=True, cancel_futures=True)  # a rejected study: what has not started never runs
     case = ConvertedCase(
         site=site.id,
         StudyInstanceUID=study.StudyInstanceUID,

@@ -379,24 +379,3 @@ def test_optional_identity_flag_releases_a_study_without_it_and_is_audited(tmp_p
     named = ingest_study(study, optional, state)
     assert isinstance(named, Rejection) and named.reason is RejectReason.PHI_DETECTED
     assert "PatientName" in named.message and "PatientIdentityRemoved" not in named.message
-
-
-def test_a_study_converts_to_the_same_case_in_a_forked_child_and_in_a_thread(
-    tmp_path: Path, small_study, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Whether a core is idle (a forked child) or not (a thread), ingest records the same case and files."""
-    import curation.dicomfile as dicomfile
-    from curation import forked
-
-    monkeypatch.setattr(dicomfile, "HEADER_READ_BYTES", 4096)  # the small phantom's pixel data located too
-    record = next(s for s in index_site("leipzig", small_study.root).studies
-                  if s.StudyInstanceUID == small_study.StudyInstanceUID)
-    outcomes = {}
-    for fork in (True, False):
-        monkeypatch.setattr(forked, "spare_core", lambda fork=fork: fork)
-        state = StatePaths(tmp_path / f"state-{fork}")
-        case = ingest_study(record, _site(small_study.root), state)
-        assert isinstance(case, ConvertedCase), case
-        sensitive = (state.sensitive_dir("leipzig") / f"{record.key}.json").read_bytes()
-        outcomes[fork] = (case.ct.sha256, case.pt.sha256, case.ct_metadata, case.pt_metadata, sensitive)
-    assert outcomes[True] == outcomes[False]
