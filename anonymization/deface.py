@@ -47,7 +47,6 @@ from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
-from skimage import measure
 
 from curation.errors import HeadNotFoundError
 from curation.model import DefaceCylinder, Landmarks
@@ -499,6 +498,8 @@ def ct_fallback_landmarks(ct: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
     upper = np.ascontiguousarray(hu_z[s0:s1])  # slices first, one memory order from here on
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
 
+    from skimage import measure
+
     bone_labels = measure.label(upper >= FALLBACK_BONE_HU, connectivity=3)
     # region sizes from their bounding boxes (a bincount over the whole block costs seconds)
     regions = sorted(measure.regionprops(bone_labels), key=lambda r: r.area, reverse=True)
@@ -709,6 +710,9 @@ def _label_per_slice(mask: np.ndarray, *, connectivity: int) -> np.ndarray:
     n, rows, cols = mask.shape
     stacked = np.zeros((n, rows + 1, cols), dtype=bool)
     stacked[:, :rows] = mask
+    # scikit-image is imported where it is used, not at the top: starting a flow does not need it
+    from skimage import measure
+
     labels = measure.label(stacked.reshape(n * (rows + 1), cols), connectivity=connectivity)
     return labels.reshape(n, rows + 1, cols)[:, :rows]
 
@@ -723,6 +727,8 @@ def _holes_per_slice(solid: np.ndarray) -> np.ndarray:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
+    from skimage import measure
+
     labels = measure.label(mask, connectivity=1)
     if labels.max() == 0:
         return mask.copy()

@@ -19,8 +19,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import openpyxl
-
 from curation.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -126,6 +124,8 @@ def _csv_rows(path: Path) -> list[list[Any]]:
 
 
 def _xlsx_rows(path: Path) -> list[list[Any]]:
+    import openpyxl  # here, not at the top: only an .xlsx sheet needs it (about 0.2 s)
+
     try:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:

@@ -34,10 +34,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import dicom2nifti.common as d2n_common
-import dicom2nifti.settings as d2n_settings
 import numpy as np
-from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 from pydicom.dataset import Dataset
 
 from curation.dicomfile import PixelDataLocation, pixel_data_problem, plain_pixel_format
@@ -57,7 +54,13 @@ MAX_VOLUME_BYTES = 8 << 30
 
 
 def configure_dicom2nifti() -> None:
-    """Set every process-global dicom2nifti setting this module relies on."""
+    """Set every process-global dicom2nifti setting this module relies on.
+
+    dicom2nifti (and the SciPy it imports: about 0.3 s) is imported here, when a
+    series is converted, not when a flow starts.
+    """
+    import dicom2nifti.settings as d2n_settings
+
     d2n_settings.disable_validate_slice_increment()
     d2n_settings.disable_validate_orientation()
     d2n_settings.disable_validate_orthogonal()
@@ -300,6 +303,9 @@ def encode_series(
     label = series_label(datasets)
     stack = check_series_geometry(expand_frames(datasets, series_label=label), series_label=label)
     configure_dicom2nifti()
+    import dicom2nifti.common as d2n_common
+    from dicom2nifti.exceptions import ConversionError, ConversionValidationError
+
     try:
         affine, _ = d2n_common.create_affine(list(stack.datasets))
     except (ConversionError, ConversionValidationError) as exc:

@@ -35,10 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import openpyxl
-from openpyxl.styles import Font
-from openpyxl.utils import get_column_letter
-
 from anonymization.gate import GateAction, iter_rules
 from curation.dicomtime import parse_date, parse_datetime, parse_time
 
@@ -277,6 +273,10 @@ def build_details_xlsx(
     check_column_names(names)
     if len(set(names)) != len(names):
         raise ValueError(f"column names repeat: {names}")
+    import openpyxl  # here, not at the top: a flow's start does not need it (about 0.2 s)
+    from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
+
     wb = openpyxl.Workbook()
     ws = wb.active
     ws.title = title
@@ -376,6 +376,8 @@ def read_details_xlsx(source: Path | IO[bytes]) -> tuple[list[str], list[list[An
     tuple[list[str], list[list[Any]]]
         The header's names and the rows that hold a value, as openpyxl reads them.
     """
+    import openpyxl
+
     wb = openpyxl.load_workbook(source, read_only=True, data_only=True)
     try:
         ws = wb.worksheets[0]
