@@ -17,7 +17,11 @@ Each stage is a small class that declares
 1. compute the fingerprint;
 2. reuse the recorded outcome only while it carries the same fingerprint *and*
    every output file still hashes to the sha256 recorded for it (a damaged or
-   edited file is redone);
+   edited file is redone).  What hashing an output gave is kept beside the
+   record (``.<record>.output-stats.json``, a :class:`~curation.statcache.StatCache`)
+   and trusted while the file's size, mtime, ctime and inode are unchanged, as
+   the index does for DICOM files: writing a file always moves its ctime, so a
+   changed output is always hashed again, and a no-op run reads no volume;
 3. otherwise remove the stale record, do the work, and write the record last,
    atomically: the record is the commit point, so a run killed half-way leaves
    no record and the next run redoes the case;
@@ -42,6 +46,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import stat
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -52,6 +58,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from curation.atomic import atomic_write_json, sha256_file
 from curation.errors import CurationError, RejectReason
 from curation.model import Phase, Rejection, from_jsonable, to_jsonable
+from curation.statcache import FileStat, StatCache, now_ns
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +123,32 @@ def write_record(path: Path, outcome: Any, *, status: str) -> None:
         The stage's :attr:`CaseStage.done` word, or :data:`REJECTED`.
     """
     atomic_write_json(path, {"status": status, "record": to_jsonable(outcome)})
+
+
+def output_stats_path(record: Path) -> Path:
+    """Where the hashes of a record's outputs are kept with their stat: ``.<record name>.output-stats.json`` beside it.
+
+    The leading dot keeps it out of every listing of records (as atomic-write temporaries).
+    """
+    return record.with_name(f".{record.stem}.output-stats.json")
+
+
+def _intact(file: HashedFile, hashes: StatCache) -> bool:
+    """Whether ``file`` still has its recorded sha256: hashed only when its stat changed since it was last hashed."""
+    try:
+        st = os.stat(file.path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    now = FileStat.of(st)
+    known = hashes.get(file.path, now)
+    if known is not None:
+        return bool(known[0] == file.sha256)
+    read_ns = now_ns()  # before reading: a write during the read shows as another stat next time
+    digest = sha256_file(file.path)
+    hashes.put(file.path, now, digest, read_ns=read_ns)
+    return digest == file.sha256
 
 
 def read_record(path: Path, record_type: type[R]) -> R | Rejection:
@@ -233,11 +266,16 @@ class CaseStage(ABC, Generic[R]):
             return None
         if isinstance(outcome, Rejection):
             return outcome
-        for name, file in self.outputs(outcome).items():
-            if not Path(file.path).is_file() or sha256_file(file.path) != file.sha256:
+        outputs = self.outputs(outcome)
+        if not outputs:
+            return outcome
+        hashes = StatCache(output_stats_path(path), context={"stage": self.name})
+        for name, file in outputs.items():
+            if not _intact(file, hashes):
                 logger.warning("site %s study %s: %s (%s) differs from its %s record; doing it again",
                                subject.site, subject.key, name, file.path, self.name)
                 return None
+        hashes.save()
         return outcome
 
     def run(self, upstream: tuple[Any, ...]) -> StageResult[R]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +15,9 @@ import pytest
 from curation.atomic import atomic_write_text, sha256_file
 from curation.errors import AttributeFinding, PHIDetectedError, RejectReason
 from curation.model import Phase, Rejection, study_key
-from curation.stage import REJECTED, CaseStage, ChainError, StudySubject, read_record, run_chain
+from curation import stage as stage_module
+from curation import statcache
+from curation.stage import REJECTED, CaseStage, ChainError, StudySubject, output_stats_path, read_record, run_chain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +123,48 @@ def test_a_declared_stage_records_its_outcome_and_reuses_it_while_inputs_and_out
     louder = ShoutStage(tmp_path / "state", exclaim=True).run((study,))
     assert louder.fresh and Path(louder.outcome.out.path).read_text() == "HELLO AGAIN!"
     assert len(stage.calls) == 3
+
+
+def test_reuse_hashes_an_output_again_only_when_its_stat_changed(
+    tmp_path: Path, study: Study, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # files written a moment ago are "racy" (hashed every time); this test is about the stat check itself
+    monkeypatch.setattr(statcache, "RACY_SECONDS", 0.0)
+    hashed: list[str] = []
+    real_sha256 = stage_module.sha256_file
+    monkeypatch.setattr(stage_module, "sha256_file", lambda path: hashed.append(str(path)) or real_sha256(path))
+    stage = ShoutStage(tmp_path / "state")
+    out = Path(stage.run((study,)).outcome.out.path)
+
+    assert not stage.run((study,)).fresh
+    assert hashed == [str(out)]  # the first reuse hashes the output and keeps its stat
+    kept = output_stats_path(stage.record_path(study))
+    assert kept.name == ".shout.output-stats.json" and kept.is_file()
+    hashed.clear()
+    assert not stage.run((study,)).fresh
+    assert hashed == []  # same size, mtime, ctime and inode: not read
+
+    # the same size and mtime with other bytes: the write moved its ctime, so it is hashed and redone
+    time.sleep(0.05)
+    before = out.stat()
+    out.write_text("HELLX")
+    os.utime(out, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert out.stat().st_size == before.st_size and out.stat().st_mtime_ns == before.st_mtime_ns
+    redo = stage.run((study,))
+    assert redo.fresh and hashed == [str(out)]
+    assert out.read_text() == "HELLO"
+
+    # a file put in its place (another inode), even with the old size and times, is hashed again too
+    hashed.clear()
+    assert not stage.run((study,)).fresh and hashed == [str(out)]
+    hashed.clear()
+    time.sleep(0.05)
+    stamp = out.stat()
+    replacement = out.with_name("new.txt")
+    replacement.write_text("HELLY")
+    os.utime(replacement, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    os.replace(replacement, out)
+    assert stage.run((study,)).fresh and hashed == [str(out)]
 
 
 def test_a_data_problem_becomes_a_recorded_rejection_with_its_findings(tmp_path: Path, study: Study) -> None:
