@@ -236,6 +236,13 @@ def _state(config: Config) -> StatePaths:
     return StatePaths(config.release.state_dir)
 
 
+def _start_api(config: Config) -> None:
+    """Start the temporary Prefect server now, when the flow will need one, so that it starts while Prefect is imported."""
+    from flows.localserver import launch_early
+
+    launch_early(config.release.state_dir)
+
+
 def _print_summary(summary: Any, out: Any) -> None:
     """Print a :class:`flows.flows.RunSummary`; raise CheckFailed when a task failed."""
     progress.close()
@@ -283,6 +290,7 @@ def cmd_demo(args: argparse.Namespace, out: Any) -> None:
     except DemoFolderError as exc:
         raise UsageError(str(exc)) from None
     config = _config(config_path)
+    _start_api(config)
     from flows.flows import run_curate
 
     summary = run_curate(str(config_path))
@@ -298,6 +306,7 @@ def cmd_ingest(args: argparse.Namespace, out: Any) -> None:
     config = _config(args.config)
     if args.site is not None:
         config.site(args.site)  # ConfigError naming the known sites
+    _start_api(config)
     from flows.flows import run_ingest
 
     summary = run_ingest(str(config.path), args.site, rehash=args.rehash)
@@ -307,6 +316,7 @@ def cmd_ingest(args: argparse.Namespace, out: Any) -> None:
 def cmd_build(args: argparse.Namespace, out: Any) -> None:
     """Build the release from the ingested cases; print the summary and the zip."""
     config = _config(args.config)  # before importing Prefect: a config error is quick
+    _start_api(config)
     from flows.flows import run_build
 
     summary = run_build(str(config.path), force=args.force)
@@ -317,6 +327,7 @@ def cmd_build(args: argparse.Namespace, out: Any) -> None:
 def cmd_run(args: argparse.Namespace, out: Any) -> None:
     """Ingest every site, then build; print the summary and the zip."""
     config = _config(args.config)
+    _start_api(config)
     from flows.flows import run_curate
 
     summary = run_curate(str(config.path), force=args.force, rehash=args.rehash)

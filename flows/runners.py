@@ -6,9 +6,11 @@ Which API a command's flow runs report to, in order (:func:`prefect_api`):
 2. the server of ``petct-release serve`` for the same state folder, when it runs
    and answers: ``serve`` records its URL in ``state_dir/prefect/served.json``,
    so runs started by hand show in the same UI and pay no server start-up;
-3. else Prefect's temporary server, started once in the flow's own process with
-   its database in ``state_dir/prefect`` (the database ``serve`` uses too), so a
-   second command starts on a warm database and its runs are there for the UI.
+3. else a temporary server (:mod:`flows.localserver`), started once by the
+   flow's own process (the CLI starts it before it imports Prefect, so the two
+   start-ups overlap) with its database in ``state_dir/prefect`` (the database
+   ``serve`` uses too), so a second command starts on a warm database and its
+   runs are there for the UI.
 
 With no ``PREFECT_API_URL``, Prefect would start a temporary server lazily in
 whatever process first calls the API; process-pool and Dask workers are other
@@ -21,7 +23,6 @@ the Dask workers' environment).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from prefect.settings import (
     PREFECT_API_URL,
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
@@ -39,6 +39,9 @@ from prefect.settings import (
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from curation.config import ExecutionSettings, Runner
+from flows.localserver import discard_early, served_api_url, served_record, temporary_server
+
+__all__ = ["configured_api_url", "make_task_runner", "prefect_api", "served_api_url", "served_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,45 +63,6 @@ def _is_loopback(host: str) -> bool:
 def configured_api_url() -> str:
     """The Prefect API URL in force (settings or environment), ``""`` when none."""
     return str(PREFECT_API_URL.value() or "")
-
-
-def served_record(state_dir: Path) -> Path:
-    """Where ``serve`` records the URL of the server it serves against: ``state_dir/prefect/served.json``."""
-    return Path(state_dir) / "prefect" / "served.json"
-
-
-def served_api_url(state_dir: Path, *, timeout: float = 1.0) -> str:
-    """The API URL ``serve`` recorded for ``state_dir``, if its process lives and the server answers.
-
-    Parameters
-    ----------
-    state_dir
-        The release's state folder.
-    timeout
-        Seconds to wait for the server's ``/health``.
-
-    Returns
-    -------
-    str
-        The URL, or ``""`` when there is no record, its ``serve`` is gone or
-        the server does not answer (a stale record is left for ``serve`` to replace).
-    """
-    try:
-        record = json.loads(served_record(state_dir).read_text(encoding="utf-8"))
-        url, pid = str(record["api_url"]), int(record["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return ""
-    except PermissionError:  # alive, another user's
-        pass
-    try:
-        healthy = httpx.get(f"{url}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        healthy = False
-    return url if healthy else ""
 
 
 @contextlib.contextmanager
@@ -124,22 +88,17 @@ def prefect_api(state_dir: Path | None = None) -> Iterator[str]:
     quiet: dict[Any, Any] = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     url = configured_api_url() or (served_api_url(state_dir) if state_dir is not None else "")
     if url:
+        discard_early()  # a server started before Prefect's settings were read (a profile's URL)
         logger.debug("using the Prefect API at %s", url)
         with temporary_settings(updates={**quiet, PREFECT_API_URL: url}):
             yield url
         return
-    # Imported here: the server module is heavy and only needed without a URL.
-    from prefect.server.api.server import SubprocessASGIServer
-
     home = {PREFECT_HOME: Path(state_dir) / "prefect"} if state_dir is not None else {}
-    if home:
-        home[PREFECT_HOME].mkdir(parents=True, exist_ok=True)
-    with temporary_settings(updates={**quiet, **home}):
-        server = SubprocessASGIServer()  # the process-wide singleton ephemeral mode uses
-        server.start()  # its subprocess inherits the settings in force: the database under PREFECT_HOME
-        logger.debug("using the temporary Prefect API at %s", server.api_url)
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+    # one per process and home, stopped at exit; launched early by the CLI, before its imports
+    server = temporary_server(Path(state_dir) / "prefect" if state_dir is not None else Path(PREFECT_HOME.value()))
+    logger.debug("using the temporary Prefect API at %s", server.api_url)
+    with temporary_settings(updates={**quiet, **home, PREFECT_API_URL: server.api_url}):
+        yield server.api_url
 
 
 def make_task_runner(execution: ExecutionSettings, *, api_url: str) -> TaskRunner[Any]:

@@ -20,18 +20,12 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from curation.atomic import atomic_write_json
 from curation.config import Config, load_config
+from flows.localserver import local_prefect_server, served_record
 
 logger = logging.getLogger(__name__)
 
@@ -42,86 +36,6 @@ BUILD_DEPLOYMENT = "build-release"
 def ingest_deployment_name(site_id: str) -> str:
     """The deployment that ingests one site: ``ingest-<site>``."""
     return f"ingest-{site_id}"
-
-
-@dataclass(frozen=True)
-class LocalServer:
-    """A ``prefect server start`` process on loopback."""
-
-    api_url: str
-    ui_url: str
-    home: Path
-    process: subprocess.Popen[bytes]
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def local_prefect_server(home: Path, *, timeout: float = 180.0) -> Iterator[LocalServer]:
-    """Run ``prefect server start`` on a free loopback port until the block ends.
-
-    Parameters
-    ----------
-    home
-        ``PREFECT_HOME`` of the server: its SQLite database lives there.
-    timeout
-        Seconds to wait for ``/api/health`` (about 12 s on a fresh database).
-
-    Raises
-    ------
-    RuntimeError
-        When the server exits or is not healthy within ``timeout``; the message
-        holds the end of its output.
-    """
-    home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log_path = home / "server.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    server = LocalServer(f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}", home, process)
-    try:
-        _wait_healthy(server, timeout, log_path)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_healthy(server: LocalServer, timeout: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(
-                f"prefect server start exited with code {server.process.returncode}; "
-                f"its log {log_path} ends with:\n{tail}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"the Prefect server at {server.api_url} was not healthy after {timeout:.0f} s (log: {log_path})")
 
 
 def serve(config_path: str) -> None:
@@ -164,8 +78,6 @@ def serve(config_path: str) -> None:
 @contextlib.contextmanager
 def _recorded(state_dir: Path, api_url: str) -> Iterator[None]:
     """Record the served API in ``state_dir`` for other commands while the block runs."""
-    from flows.runners import served_record
-
     path = served_record(state_dir)
     atomic_write_json(path, {"api_url": api_url, "pid": os.getpid()})
     logger.info("commands for this state folder report to %s while this serves (%s)", api_url, path)

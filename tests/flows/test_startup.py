@@ -1,0 +1,156 @@
+"""What a command costs before its work: the modules it imports and the Prefect server it starts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import CuratedDemo, run_python
+
+#: Heavy packages and what should import them: Prefect for flows only, Dask for
+#: the dask runner, scikit-image for defacing, dicom2nifti for conversion,
+#: openpyxl for spreadsheets; Prefect's server only in the server's own process.
+HEAVY = ("prefect", "prefect.server.api.server", "dask", "distributed", "skimage", "dicom2nifti", "openpyxl")
+
+# Runs the CLI's main() on argv and prints which of HEAVY it imported (and its exit code).
+_MAIN = (
+    "import json, sys\n"
+    "from flows.cli import main\n"
+    "heavy = json.loads(sys.argv[1])\n"
+    "before = [m for m in heavy if m in sys.modules]\n"
+    "code = main(sys.argv[2:])\n"
+    "print(json.dumps({'code': code, 'on_import': before, 'after': [m for m in heavy if m in sys.modules]}))\n"
+)
+
+_EMPTY_SITE = """\
+[release]
+name = "startup-test"
+version = "1.0.0"
+
+[[site]]
+id = "empty"
+dicom_dir = "drop"
+segmentations_dir = "seg"
+license = "CC-BY-4.0"
+deface = false
+indication = "none"
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PETCT_RELEASE_CACHE")}
+    env.update(extra)
+    return env
+
+
+def _imported(*argv: str, env: dict[str, str]) -> dict[str, object]:
+    run = run_python(_MAIN, json.dumps(HEAVY), *argv, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_commands_that_only_read_import_no_prefect_and_no_heavy_package(curated_demo: CuratedDemo) -> None:
+    env = _env()
+    help_run = _imported("--help", env=env)
+    assert help_run["on_import"] == [] and help_run["after"] == [] and help_run["code"] == 0
+
+    status = _imported("status", str(curated_demo.config_path), env=env)
+    assert status["code"] == 0 and status["after"] == []
+
+    verify = _imported("verify", str(curated_demo.zip_path), env=env)
+    assert verify["code"] == 0
+    # verify reads the release's spreadsheets (openpyxl); nothing else heavy
+    assert set(verify["after"]) <= {"openpyxl"}, verify
+
+
+def test_the_flows_import_prefect_but_not_its_server_nor_what_only_workers_use() -> None:
+    code = (
+        "import json, sys\n"
+        "import flows.flows\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    run = run_python(code, env=_env())
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == ["prefect"]
+
+
+def _flow_runs(database: Path) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return db.execute(
+            "SELECT flow.name, flow_run.state_type FROM flow_run JOIN flow ON flow.id = flow_run.flow_id"
+        ).fetchall()
+
+
+_INGEST = (
+    "import json, sys\n"
+    "from flows import localserver\n"
+    "from flows.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "servers = [s.process.pid for s in localserver._temporary.values()]\n"
+    "print(json.dumps({'code': code, 'servers': servers,\n"
+    "                  'server_module': 'prefect.server.api.server' in sys.modules}))\n"
+)
+
+
+def _ingest(root: Path, cache: Path) -> dict[str, object]:
+    (root / "drop").mkdir(parents=True)
+    (root / "seg").mkdir()
+    config = root / "release.toml"
+    config.write_text(_EMPTY_SITE, encoding="utf-8")
+    run = run_python(_INGEST, "ingest", str(config), env=_env(PETCT_RELEASE_CACHE=str(cache)))
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_a_command_starts_one_temporary_server_before_its_imports_and_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.localserver import schema_template
+
+    cache = tmp_path / "cache"
+    first = _ingest(tmp_path / "one", cache)
+    assert first["code"] == 0 and len(first["servers"]) == 1  # type: ignore[arg-type]
+    assert first["server_module"] is False  # the command's process never imports Prefect's server
+    with pytest.raises(ProcessLookupError):
+        os.kill(first["servers"][0], 0)  # type: ignore[index]  # stopped when the command ended
+    # the run is in the state folder's database
+    state = tmp_path / "one" / ".petct" / "prefect"
+    assert _flow_runs(state / "prefect.db") == [("ingest_site", "COMPLETED")]
+
+    # the first migration left the empty schema for the next new state folder
+    monkeypatch.setenv("PETCT_RELEASE_CACHE", str(cache))
+    template = schema_template()
+    assert template.is_file() and template.parent == cache
+    assert _flow_runs(template) == []
+    with contextlib.closing(sqlite3.connect(template)) as db:
+        (revision,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    with contextlib.closing(sqlite3.connect(state / "prefect.db")) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (revision,)
+
+    second = _ingest(tmp_path / "two", cache)
+    assert second["code"] == 0
+    assert _flow_runs(tmp_path / "two" / ".petct" / "prefect" / "prefect.db") == [("ingest_site", "COMPLETED")]
+    assert _flow_runs(template) == []  # the template is copied, never used
+
+
+def test_seeding_never_replaces_an_existing_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.localserver import DATABASE_NAME, schema_template, seed_database
+
+    monkeypatch.setenv("PETCT_RELEASE_CACHE", str(tmp_path / "cache"))
+    home = tmp_path / "prefect"
+    assert seed_database(home) is False  # no template yet
+    schema_template().parent.mkdir(parents=True)
+    schema_template().write_bytes(b"template")
+    (home).mkdir()
+    (home / DATABASE_NAME).write_bytes(b"runs of this release")
+    assert seed_database(home) is False
+    assert (home / DATABASE_NAME).read_bytes() == b"runs of this release"
+    other = tmp_path / "other"
+    assert seed_database(other) is True
+    assert (other / DATABASE_NAME).read_bytes() == b"template"
+    assert [p.name for p in other.iterdir()] == [DATABASE_NAME]  # no temporary file left
