@@ -4,7 +4,8 @@ Builds the same phantom release three times, each in a fresh folder (same
 seed, so the same DICOM and the same zip):
 
 1. the plain stage functions called one after the other, no Prefect
-   (index, ingest, prepare, number, package, verify): the work itself;
+   (index, ingest, prepare, QC pictures, number, package, verify, the QC
+   report): the work itself, the same work the flow does;
 2. the ``curate`` flow with ``workers = 1``;
 3. the ``curate`` flow with ``workers = 2``.
 
@@ -72,6 +73,7 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
     from curation.labels import load_release_labels, load_site_tables
     from curation.model import ConvertedCase, PreparedCase
     from curation.prepare import prepare_case
+    from curation.qc import render_case_qc
     from curation.registry import Registry
     from curation.state import StatePaths
     from flows.flows import PIPELINE_VERSION, indications
@@ -95,6 +97,8 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
         result = prepare_case(case, sites[case.site], state, defacing=config.defacing,
                               release_labels=labels, source_table=source_tables[case.site])
         if isinstance(result, PreparedCase):
+            render_case_qc(case, result, state.qc_dir(case.key), source_table=source_tables[case.site],
+                           release_labels=labels)
             prepared.append((result, case))
     prepared_cases = [p for p, _ in prepared]
     by_key = {c.key: c for _, c in prepared}
@@ -105,6 +109,9 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
     if not report.ok:
         raise RuntimeError(f"plain pipeline release fails verify: {report.problems}")
     result = publish_release(result, config)
+    from flows.report import write_report
+
+    write_report(config)
     return time.perf_counter() - start, len(entries), result.sha256
 
 
@@ -132,7 +139,12 @@ def runner_startup(runner: str, workers: int) -> float:
     @task
     def nothing(i: int) -> int:
         # what every worker pays once before its first real task: our packages and
-        # their dependencies (pydicom, nibabel, scikit-image, openpyxl) imported
+        # their dependencies imported (pydicom, nibabel; dicom2nifti, scikit-image and
+        # openpyxl are imported by the stages where they are used, once per worker)
+        import dicom2nifti.common  # noqa: F401
+        import openpyxl  # noqa: F401
+        import skimage.measure  # noqa: F401
+
         import flows.flows  # noqa: F401
 
         return i
