@@ -257,6 +257,8 @@ def served_api_url(state_dir: Path, *, timeout: float = 1.0) -> str:
 # the temporary server: one per process and PREFECT_HOME, stopped at exit
 
 _temporary: dict[Path, LocalServer] = {}
+#: Homes whose server :func:`launch_early` started and no flow has used yet.
+_unclaimed: set[Path] = set()
 #: Homes whose database this process created by migrating (no template to copy).
 _migrating: set[Path] = set()
 
@@ -271,7 +273,7 @@ def launch_early(state_dir: Path) -> None:
     """
     if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules or served_api_url(state_dir):
         return
-    _launch(Path(state_dir) / "prefect")
+    _unclaimed.add(_launch(Path(state_dir) / "prefect").home)
 
 
 def _launch(home: Path) -> LocalServer:
@@ -298,6 +300,7 @@ def temporary_server(home: Path, *, timeout: float | None = None) -> LocalServer
         default 120 s) or exits three times before answering.
     """
     home = Path(home).resolve()
+    _unclaimed.discard(home)
     if timeout is None:
         timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or _DEFAULT_TIMEOUT)
     for attempt in range(3):
@@ -318,10 +321,16 @@ def temporary_server(home: Path, *, timeout: float | None = None) -> LocalServer
 
 
 def discard_early() -> None:
-    """Stop temporary servers launched early that turned out not to be needed (``PREFECT_API_URL`` set in a profile)."""
-    for home, server in list(_temporary.items()):
-        server.stop()
-        del _temporary[home]
+    """Stop the servers :func:`launch_early` started that no flow used, once another API turned out to be in force.
+
+    (``PREFECT_API_URL`` set in a Prefect profile rather than the environment,
+    or ``serve`` started meanwhile.)
+    """
+    for home in list(_unclaimed):
+        _unclaimed.discard(home)
+        server = _temporary.pop(home, None)
+        if server is not None:
+            server.stop()
 
 
 # ---------------------------------------------------------------------------

@@ -154,3 +154,40 @@ def test_seeding_never_replaces_an_existing_database(tmp_path: Path, monkeypatch
     assert seed_database(other) is True
     assert (other / DATABASE_NAME).read_bytes() == b"template"
     assert [p.name for p in other.iterdir()] == [DATABASE_NAME]  # no temporary file left
+
+
+_NESTED = (
+    "import json, sys\n"
+    "from pathlib import Path\n"
+    "import httpx\n"
+    "from flows import localserver\n"
+    "one, two, three = (Path(p) for p in sys.argv[1:4])\n"
+    "localserver.launch_early(one)\n"
+    "from flows.runners import prefect_api\n"
+    "from prefect.settings import PREFECT_API_URL, temporary_settings\n"
+    "out = {}\n"
+    "with prefect_api(one) as url:\n"
+    "    out['claimed'] = url == localserver._temporary[(one / 'prefect').resolve()].api_url\n"
+    "    with prefect_api(two) as inner:  # a run inside a run reports where the outer one does\n"
+    "        out['inner'] = inner == url\n"
+    "    out['outer_alive'] = httpx.get(url + '/health').status_code == 200\n"
+    "    localserver._unclaimed.add(localserver._launch(three / 'prefect').home)  # as launch_early does\n"
+    "    early = localserver._temporary[(three / 'prefect').resolve()]\n"
+    "    with temporary_settings(updates={PREFECT_API_URL: url}), prefect_api(three) as configured:\n"
+    "        out['configured'] = configured == url\n"
+    "    out['early_stopped'] = early.process.poll() is not None\n"
+    "    out['outer_alive_after'] = httpx.get(url + '/health').status_code == 200\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def test_runs_inside_runs_share_one_server_and_an_unneeded_early_server_is_stopped(tmp_path: Path) -> None:
+    states = [tmp_path / name for name in ("one", "two", "three")]
+    run = run_python(_NESTED, *map(str, states), env=_env(PETCT_RELEASE_CACHE=str(tmp_path / "cache"),
+                                                          PREFECT_HOME=str(tmp_path / "home")))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {
+        "claimed": True, "inner": True, "outer_alive": True, "configured": True,
+        "early_stopped": True, "outer_alive_after": True,
+    }
+    assert not (tmp_path / "two" / "prefect").exists()  # the inner run started no server of its own
