@@ -11,7 +11,9 @@ seed, so the same DICOM and the same zip):
 
 It prints the speed-up (2) / (3) (target at least 1.7 on 2 cores) and the
 orchestration overhead ((2) - (1)) per case and as a fraction of (1)
-(target under 10 %).  The Prefect API is started and warmed up before any
+(target under 10 %), in wall time and in CPU time (this process, its worker
+processes and the Prefect server together): on a machine other jobs share,
+the CPU figure is the steadier one.  The Prefect API is started and warmed up before any
 timing, as it is once per process in real use.  The runner's one-off start-up
 (worker processes spawned, imports) is measured on its own and both figures
 are also printed without it, since a release pays it once however many cases
@@ -53,6 +55,21 @@ from curation.config import Config, load_config  # noqa: E402
 logger = logging.getLogger("benchmarks.scaling")
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process, its ended children (pool workers) and its live ones (the Prefect server)."""
+    import psutil
+
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in psutil.Process().children(recursive=True):
+        try:
+            c = child.cpu_times()
+        except psutil.Error:  # ended meanwhile
+            continue
+        total += c.user + c.system
+    return total
+
+
 def write_sites(root: Path, *, cases_per_site: int, size: str, runner: str, workers: int) -> Path:
     """Phantom sites in ``root`` with ``[execution]`` set; returns the config path."""
     from curation.phantom import write_demo_sites
@@ -66,8 +83,8 @@ def write_sites(root: Path, *, cases_per_site: int, size: str, runner: str, work
     return config_path
 
 
-def plain_pipeline(config: Config) -> tuple[float, int, str]:
-    """Every stage function serially on ``config``; (seconds, cases, zip sha256)."""
+def plain_pipeline(config: Config) -> tuple[float, float, int, str]:
+    """Every stage function serially on ``config``; (seconds, CPU seconds, cases, zip sha256)."""
     from curation.dicomindex import index_site
     from curation.ingest import ingest_study
     from curation.labels import load_release_labels, load_site_tables
@@ -81,7 +98,7 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
     from release.entries import numbering_candidates, release_entries
     from release.verify import verify_release
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     state = StatePaths(config.release.state_dir)
     labels = load_release_labels(config.release.labels)
     source_tables = load_site_tables(config.sites, labels)
@@ -112,25 +129,25 @@ def plain_pipeline(config: Config) -> tuple[float, int, str]:
     from flows.report import write_report
 
     write_report(config)
-    return time.perf_counter() - start, len(entries), result.sha256
+    return time.perf_counter() - start, cpu_seconds() - cpu, len(entries), result.sha256
 
 
-def flow_pipeline(config_path: Path) -> tuple[float, int, str]:
-    """The curate flow; (seconds, cases, zip sha256)."""
+def flow_pipeline(config_path: Path) -> tuple[float, float, int, str]:
+    """The curate flow; (seconds, CPU seconds, cases, zip sha256)."""
     from flows.flows import run_curate
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     summary = run_curate(str(config_path))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if summary.failed or not summary.zip_path:
         raise RuntimeError(f"curate failed: {summary}")
-    return seconds, summary.released, sha256_file(summary.zip_path)
+    return seconds, cpu, summary.released, sha256_file(summary.zip_path)
 
 
-def runner_startup(runner: str, workers: int) -> float:
+def runner_startup(runner: str, workers: int) -> tuple[float, float]:
     """Seconds for a flow on this runner to run ``workers`` trivial tasks that import our
     packages: the one-off start-up (worker processes spawned, Prefect and our packages
-    imported in each) that a release pays once, however many cases it holds."""
+    imported in each) that a release pays once, however many cases it holds; (seconds, CPU seconds)."""
     from prefect import flow, task
 
     from curation.config import ExecutionSettings, Runner
@@ -155,9 +172,9 @@ def runner_startup(runner: str, workers: int) -> float:
             future.result()
 
     task_runner = make_task_runner(ExecutionSettings(Runner(runner), workers), api_url=configured_api_url())
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     start_up.with_options(task_runner=task_runner)()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,11 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                           runner=args.runner, workers=1)
         two = write_sites(root / "w2", cases_per_site=args.cases_per_site, size=args.size,
                           runner=args.runner, workers=2)
-        fixed_one = runner_startup(args.runner, 1)
-        fixed_two = runner_startup(args.runner, 2)
-        t_plain, cases, sha_plain = plain_pipeline(plain_cfg)
-        t_one, cases_one, sha_one = flow_pipeline(one)
-        t_two, cases_two, sha_two = flow_pipeline(two)
+        fixed_one, fixed_cpu = runner_startup(args.runner, 1)
+        fixed_two, _ = runner_startup(args.runner, 2)
+        t_plain, cpu_plain, cases, sha_plain = plain_pipeline(plain_cfg)
+        t_one, cpu_one, cases_one, sha_one = flow_pipeline(one)
+        t_two, cpu_two, cases_two, sha_two = flow_pipeline(two)
 
     if not (sha_plain == sha_one == sha_two and cases == cases_one == cases_two):
         print(f"releases differ: plain {sha_plain} ({cases}), 1 worker {sha_one} ({cases_one}), "
@@ -205,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"orchestration overhead:     {overhead / cases:8.3f} s per case, "
           f"{overhead / t_plain:6.1%} of the work   (target < 10%)")
     print(f"  without the one-off start-up: {per_case:.3f} s per case, {per_case * cases / t_plain:.1%} of the work")
+    cpu_case = (cpu_one - cpu_plain - fixed_cpu) / cases
+    print(f"CPU seconds:                plain {cpu_plain:.2f}, flow 1 worker {cpu_one:.2f}, 2 workers {cpu_two:.2f}, "
+          f"start-up {fixed_cpu:.2f}")
+    print(f"orchestration CPU, 1 worker, without the start-up: {cpu_case:.3f} s per case, "
+          f"{cpu_case * cases / cpu_plain:.1%} of the work's CPU")
     return 0
 
 
