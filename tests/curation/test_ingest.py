@@ -197,8 +197,9 @@ def test_rerun_converts_only_what_is_new_or_changed(tmp_path, small_phantom):
     assert first[c.StudyInstanceUID].reason is RejectReason.NO_AC_PET
 
     def stamps() -> dict[str, int]:
+        # volumes and outcomes; the dot-named files beside them are the reuse checks' stat caches
         files = [*state.root.glob("cases/*/*"), *state.root.glob("sites/*/studies/*.json")]
-        return {str(p): p.stat().st_mtime_ns for p in files}
+        return {str(p): p.stat().st_mtime_ns for p in files if not p.name.startswith(".")}
 
     before = stamps()
     second = {o.StudyInstanceUID: o for o in _ingest_site(site, state)}
