@@ -8,6 +8,7 @@ test module imports ``flows``.
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -15,6 +16,8 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)  # tests always use the embedded engine
+# the schema template of a temporary server's database goes to a folder of this session, not ~/.cache
+os.environ.setdefault("PETCT_RELEASE_CACHE", tempfile.mkdtemp(prefix="petct-test-cache-"))
 
 # ---------------------------------------------------------------------------
 # shared fixtures (phantom sites) below

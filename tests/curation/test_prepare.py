@@ -148,7 +148,8 @@ def test_flipped_maps_give_the_native_bytes(small_phantom, ingested: ConvertedCa
 
 
 def mtimes(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+    """The record and the outputs (not the reuse check's stat cache beside them)."""
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir()) if p.name != ".prepared.output-stats.json"}
 
 
 def test_idempotent_and_redone_when_a_segmentation_changes(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:
@@ -165,6 +166,7 @@ def test_idempotent_and_redone_when_a_segmentation_changes(small_phantom, ingest
     second = prepare(ingested, site, tmp_path)
     assert second == first
     assert mtimes(out_dir) == before  # no file was written again
+    assert sorted(p.name for p in out_dir.iterdir() if p.name.startswith(".")) == [".prepared.output-stats.json"]
 
     # a damaged output is not trusted: prepared again, to the same bytes
     ribs = out_dir / "Ribs.nii.gz"
