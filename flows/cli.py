@@ -502,7 +502,21 @@ def _error(text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``petct-release`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    """Run ``petct-release`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    Run as the program (``argv`` None), the process ends right after: the heap is
+    frozen first (:func:`gc.freeze`), which spares the interpreter's last garbage
+    collections over everything Prefect and the flows built (about 0.3 s at exit).
+    """
+    code = _main(argv)
+    if argv is None:
+        import gc
+
+        gc.freeze()
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
