@@ -12,12 +12,20 @@ from typing import Any, ClassVar
 
 import pytest
 
+from curation import stage as stage_module
+from curation import statcache
 from curation.atomic import atomic_write_text, sha256_file
 from curation.errors import AttributeFinding, PHIDetectedError, RejectReason
 from curation.model import Phase, Rejection, study_key
-from curation import stage as stage_module
-from curation import statcache
-from curation.stage import REJECTED, CaseStage, ChainError, StudySubject, output_stats_path, read_record, run_chain
+from curation.stage import (
+    REJECTED,
+    CaseStage,
+    ChainError,
+    StudySubject,
+    output_stats_path,
+    read_record,
+    run_chain,
+)
 
 
 @dataclasses.dataclass(frozen=True)
