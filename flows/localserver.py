@@ -42,6 +42,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,6 +157,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Run by the server's interpreter before it becomes ``python -m prefect server start``: Linux's
+#: parent-death signal (``PR_SET_PDEATHSIG``, kept across ``execv``) makes a killed command or
+#: ``serve`` take its server with it instead of leaving it running on the state folder.  Linux
+#: sends it when the starting *thread* ends, so only servers started by a main thread use it.
+_TIED_TO_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"  # 1: PR_SET_PDEATHSIG
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('the process that started this Prefect server has ended')\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+
+
 def start_server(home: Path, *, temporary: bool) -> LocalServer:
     """Start ``prefect server start`` on a free loopback port (without waiting for it).
 
@@ -174,9 +188,13 @@ def start_server(home: Path, *, temporary: bool) -> LocalServer:
     if temporary:
         env.update(TEMPORARY_SERVER_SETTINGS)
     log_path = home / "server.log"
+    command = ["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
+        # the server ends with the process that started it, even when that one is killed
+        command = ["-c", _TIED_TO_PARENT, str(os.getpid()), *command]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, *command],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

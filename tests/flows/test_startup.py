@@ -191,3 +191,48 @@ def test_runs_inside_runs_share_one_server_and_an_unneeded_early_server_is_stopp
         "early_stopped": True, "outer_alive_after": True,
     }
     assert not (tmp_path / "two" / "prefect").exists()  # the inner run started no server of its own
+
+
+_HOLD_A_SERVER = """
+import sys, time
+from pathlib import Path
+from flows.localserver import start_server
+server = start_server(Path(sys.argv[1]), temporary=True)
+server.wait_healthy(180)
+print(server.api_url, server.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_command_takes_its_server_with_it(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_A_SERVER, str(tmp_path / "prefect")],
+                              env=_env(PETCT_RELEASE_CACHE=str(tmp_path / "cache")), stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        api_url, pid = holder.stdout.readline().split()
+        assert httpx.get(f"{api_url}/health", timeout=10).status_code == 200
+        holder.send_signal(signal.SIGKILL)  # no finally, no atexit: only the parent-death signal is left
+        holder.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(int(pid), signal.SIGKILL)
+            pytest.fail(f"the server {pid} outlived the killed process that started it")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{api_url}/health", timeout=2)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
