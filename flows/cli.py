@@ -30,6 +30,7 @@ environment below is set (Prefect reads its settings when first imported).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -466,10 +467,9 @@ def cmd_serve(args: argparse.Namespace, out: Any) -> None:
     from flows.serve import serve
 
     config = _config(args.config)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve(str(config.path))
-    except KeyboardInterrupt:
-        print("stopped serving", file=out)
+    print("stopped serving", file=out)
 
 
 def cmd_report(args: argparse.Namespace, out: Any) -> None:
