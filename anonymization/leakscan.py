@@ -51,7 +51,7 @@ Decisions
   public constants, not identifiers).
 * **Dates** are among the values when they identify: a refused date (a birth
   date), and with the ``shift`` or ``year`` date policy every original header
-  date in its three forms (``load_sensitive_values(..., include_dates=True)``).
+  date in its three forms (``curation.state.load_sensitive_values(..., include_dates=True)``).
 
 Algorithm: streaming, in chunks of :data:`CHUNK_SIZE` bytes with an overlap
 long enough for the longest match and its context, so memory stays bounded
@@ -86,7 +86,6 @@ from xml.sax.saxutils import escape as xml_escape
 import numpy as np
 from isal import igzip, isal_zlib
 
-from curation.state import StatePaths
 from curation.uids import is_dicom_defined
 
 logger = logging.getLogger(__name__)
@@ -569,7 +568,7 @@ def scan_zip(zip_path: Path, values: Iterable[str]) -> list[Leak]:
     zip_path
         The zip (e.g. the release); leaks are named ``<zip name>!<member>``.
     values
-        Sensitive values (e.g. from :func:`load_sensitive_values`), searched
+        Sensitive values (e.g. from :func:`curation.state.load_sensitive_values`), searched
         as the module notes say; values shorter than :data:`MIN_VALUE_LENGTH`
         and DICOM-defined UIDs are ignored (:func:`usable_values`).
 
@@ -595,57 +594,6 @@ def scan_zip(zip_path: Path, values: Iterable[str]) -> list[Leak]:
     leaks = _scan_source(_file_opener(zip_path), matcher, zip_path.name, 0)
     logger.info("leak scan of %s: %d leak(s)", zip_path, len(leaks))
     return leaks
-
-
-def load_sensitive_values(state_dir: Path, *, include_dates: bool = False) -> frozenset[str]:
-    """Every sensitive value ingest recorded under ``state_dir``.
-
-    Reads every study's file (:meth:`curation.state.StatePaths.sensitive_files`).
-    A file holds either a JSON list of strings or an object whose ``values``
-    is such a list (its other string fields, e.g. ``StudyInstanceUID``, count
-    as values too).  An object's ``dates`` list holds every date of the
-    study's headers in each form a release can carry it (``YYYYMMDD``,
-    ``YYYY-MM-DD``, spreadsheet serial).
-
-    Parameters
-    ----------
-    state_dir
-        The pipeline's state folder.
-    include_dates
-        Add the ``dates`` lists too: for a release that does not publish its
-        dates as delivered (``[release] dates`` ``shift`` or ``year``).
-
-    Returns
-    -------
-    frozenset[str]
-        The values, stripped, empty ones left out.
-
-    Raises
-    ------
-    ValueError
-        A file of another shape (naming the file).
-    """
-    values: set[str] = set()
-    for path in StatePaths(Path(state_dir)).sensitive_files():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        dates: object = []
-        if isinstance(data, dict):
-            extra = [v for k, v in data.items() if k != "values" and isinstance(v, str)]
-            dates = data.get("dates", [])
-            data = data.get("values")
-            if isinstance(data, list):
-                data = data + extra
-        if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
-            raise ValueError(f'{path}: expected a JSON list of strings or {{"values": [...]}}')
-        if not isinstance(dates, list) or not all(isinstance(v, str) for v in dates):
-            raise ValueError(f'{path}: "dates" must be a JSON list of strings')
-        values.update(v.strip() for v in data if v.strip())
-        if include_dates:
-            values.update(v.strip() for v in dates if v.strip())
-    return frozenset(values)
 
 
 # ---------------------------------------------------------------------------

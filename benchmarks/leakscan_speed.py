@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from anonymization.leakscan import Matcher, load_sensitive_values, scan_zip, value_digest
+    from anonymization.leakscan import Matcher, scan_zip, value_digest
+    from curation.state import load_sensitive_values
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     zip_path, state_dir = build(args.workdir, cases_per_site=args.cases_per_site, size=args.size)

@@ -66,6 +66,7 @@ from curation.model import (
     Rejection,
     SeriesRecord,
     StudyRecord,
+    index_identifiers,
     to_jsonable,
 )
 from curation.nifti import CompressedNifti, write_compressed
@@ -214,17 +215,6 @@ def _clear_case(state: StatePaths, key: str) -> None:
     folder = state.case_dir(key)
     for name in ("CT.nii.gz", "PT.nii.gz", "case.json"):
         (folder / name).unlink(missing_ok=True)
-
-
-def index_identifiers(study: StudyRecord) -> set[str]:
-    """The identifying values the index already knows of a study: its UIDs and PatientID.
-
-    Recorded even when the study is rejected early; the flows blank them in artifacts.
-    """
-    values = {study.StudyInstanceUID, study.PatientID}
-    for series in study.series:
-        values.update((series.SeriesInstanceUID, series.FrameOfReferenceUID))
-    return {v.strip() for v in values if v and v.strip()}
 
 
 def _write_sensitive(

@@ -118,6 +118,17 @@ class StudyRecord:
         return study_key(self.StudyInstanceUID)
 
 
+def index_identifiers(study: StudyRecord) -> set[str]:
+    """The identifying values the index already knows of a study: its UIDs and PatientID.
+
+    Recorded even when the study is rejected early; the flows blank them in artifacts.
+    """
+    values = {study.StudyInstanceUID, study.PatientID}
+    for series in study.series:
+        values.update((series.SeriesInstanceUID, series.FrameOfReferenceUID))
+    return {v.strip() for v in values if v and v.strip()}
+
+
 @dataclasses.dataclass(frozen=True)
 class SiteIndex:
     """The result of walking one site's ``dicom_dir`` once."""

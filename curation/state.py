@@ -26,6 +26,7 @@ The report folder holds no UID: the QC records, which do, stay outside it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +150,53 @@ def site_outcomes(state: StatePaths, site: str) -> list[ConvertedCase | Rejectio
     # names starting with "." are atomic_output temporaries (a run killed mid-write leaves one)
     return [read_record(p, ConvertedCase) for p in sorted(folder.glob("*.json")) if not p.name.startswith(".")]
 
+
+def load_sensitive_values(state_dir: Path, *, include_dates: bool = False) -> frozenset[str]:
+    """Every sensitive value ingest recorded under ``state_dir``.
+
+    Reads every study's file (:meth:`curation.state.StatePaths.sensitive_files`).
+    A file holds either a JSON list of strings or an object whose ``values``
+    is such a list (its other string fields, e.g. ``StudyInstanceUID``, count
+    as values too).  An object's ``dates`` list holds every date of the
+    study's headers in each form a release can carry it (``YYYYMMDD``,
+    ``YYYY-MM-DD``, spreadsheet serial).
+
+    Parameters
+    ----------
+    state_dir
+        The pipeline's state folder.
+    include_dates
+        Add the ``dates`` lists too: for a release that does not publish its
+        dates as delivered (``[release] dates`` ``shift`` or ``year``).
+
+    Returns
+    -------
+    frozenset[str]
+        The values, stripped, empty ones left out.
+
+    Raises
+    ------
+    ValueError
+        A file of another shape (naming the file).
+    """
+    values: set[str] = set()
+    for path in StatePaths(Path(state_dir)).sensitive_files():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        dates: object = []
+        if isinstance(data, dict):
+            extra = [v for k, v in data.items() if k != "values" and isinstance(v, str)]
+            dates = data.get("dates", [])
+            data = data.get("values")
+            if isinstance(data, list):
+                data = data + extra
+        if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
+            raise ValueError(f'{path}: expected a JSON list of strings or {{"values": [...]}}')
+        if not isinstance(dates, list) or not all(isinstance(v, str) for v in dates):
+            raise ValueError(f'{path}: "dates" must be a JSON list of strings')
+        values.update(v.strip() for v in data if v.strip())
+        if include_dates:
+            values.update(v.strip() for v in dates if v.strip())
+    return frozenset(values)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from anonymization.leakscan import load_sensitive_values
 from anonymization.redact import public_sentence
 from curation.config import Config
+from curation.state import load_sensitive_values
 from flows.decisions import RunSummary, Tally
 from release.card import markdown_table
 

@@ -26,20 +26,17 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefect import flow
+from prefect import Flow, flow
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Failed, State
 
 from curation.clinical import read_clinical_sheet
 from curation.config import Config, Packaging, SiteConfig, load_config
-from curation.ingest import IngestStage, index_identifiers
 from curation.labels import ReleaseLabels, SourceLabelTable, load_release_labels, load_site_tables
-from curation.model import ConvertedCase, PreparedCase, SiteIndex
-from curation.prepare import PrepareStage
-from curation.qc import QCStage
+from curation.model import ConvertedCase, PreparedCase, SiteIndex, index_identifiers
 from curation.registry import Registry, format_case_number
 from curation.stage import CaseStage, ChainError, StageResult
 from curation.state import StatePaths, site_outcomes
@@ -68,17 +65,11 @@ from flows.tasks import (
     verify_parts_plan_task,
     verify_plan_task,
 )
-from release.assemble import (
-    ReleaseEntry,
-    ReleaseResult,
-    publish_release,
-    quarantine_release,
-    record_verification,
-    verification_record,
-)
-from release.entries import numbering_candidates, release_entries
-from release.parts import PartsResult, publish_parts, quarantine_parts
-from release.verify import VerifyPlan, finish_verify
+
+if TYPE_CHECKING:
+    from release.assemble import ReleaseEntry, ReleaseResult
+    from release.parts import PartsResult
+    from release.verify import VerifyPlan
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +82,9 @@ def _pipeline_version() -> str:
 
 
 PIPELINE_VERSION = _pipeline_version()
+#: The stage whose finished cases a run counts as converted: ``curation.ingest.IngestStage.name``
+#: (that module, with pydicom and the converter, is imported only when there is a study to ingest).
+CONVERTED_BY = "ingest"
 
 
 def _flow_run_id() -> str:
@@ -133,6 +127,9 @@ class BuildInputs:
 
 def build_stages(config: Config, site: SiteConfig, state: StatePaths, inputs: BuildInputs) -> tuple[CaseStage[Any], ...]:
     """The per-case stages of a build, in order; a case is released when it finishes all of them."""
+    from curation.prepare import PrepareStage
+    from curation.qc import QCStage
+
     return (
         PrepareStage(site=site, state=state, defacing=config.defacing,
                      release_labels=inputs.release_labels, source_table=inputs.source_tables[site.id]),
@@ -249,8 +246,8 @@ def _ingest(
     indexes = _index(sites, state, pipeline.tally, pipeline.audit, rehash=rehash)
     progress.start(sum(len(i.studies) for i in indexes.values()), "ingest " + ", ".join(indexes))
     for site in sites:
-        if site.id in indexes:
-            ingest, later = IngestStage(site=site, state=state), then(site)
+        if site.id in indexes and indexes[site.id].studies:
+            ingest, later = _ingest_stage(site, state), then(site)
             for study in indexes[site.id].studies:
                 stages = (ingest,) if study.StudyInstanceUID in withdrawn else (ingest, *later)
                 pipeline.submit(stages, (study,))
@@ -258,10 +255,22 @@ def _ingest(
     progress.finish()
 
 
+def _ingest_stage(site: SiteConfig, state: StatePaths) -> CaseStage[ConvertedCase]:
+    """The ingest stage of ``site``: its module (pydicom, the converter) is imported only when a site has studies."""
+    from curation.ingest import IngestStage
+
+    return IngestStage(site=site, state=state)
+
+
 def _build(
     config: Config, state: StatePaths, pipeline: _Pipeline, inputs: BuildInputs, *, force: bool
 ) -> None:
     """Run the build stages on every converted case not yet built in this run, number, package, verify."""
+    from curation.prepare import PrepareStage
+    from release.assemble import publish_release, quarantine_release, record_verification
+    from release.entries import numbering_candidates, release_entries
+    from release.parts import PartsResult, publish_parts, quarantine_parts
+
     tally, audit = pipeline.tally, pipeline.audit
     sites = {site.id: site for site in config.sites}
     converted: dict[str, ConvertedCase] = {}
@@ -386,6 +395,8 @@ def _verify(plan: VerifyPlan) -> tuple[str, ...]:
     every part, for a release in parts, and the hashing of each part) share the
     workers.  The problems come in the order the plain function gives them.
     """
+    from release.verify import finish_verify
+
     futures = [verify_chunk_task.submit(plan.job(i), i) for i in range(len(plan.chunks))]
     return finish_verify(plan, [future.result() for future in futures]).problems
 
@@ -397,6 +408,8 @@ def _verified_before(state: StatePaths, audit: AuditLog, zip_name: str, sha256: 
     ``release-verified`` record; a cut or rewritten log tail breaks the binding
     and the zip is verified again.
     """
+    from release.assemble import verification_record
+
     record = verification_record(state.root, zip_name, sha256)
     if record is None:
         return False
@@ -421,12 +434,12 @@ def _context(config_path: str) -> tuple[Config, StatePaths, AuditLog, Tally]:
 
 
 def _finish(flow_name: str, config: Config, tally: Tally, *, report: bool = False) -> RunSummary | State[Any]:
-    summary = tally.summary(flow_run_id=_flow_run_id(), converted_by=IngestStage.name)
+    summary = tally.summary(flow_run_id=_flow_run_id(), converted_by=CONVERTED_BY)
     report_path = None
     if report:
         progress.step("QC report")
         report_path = report_task.submit(config).result()
-    publish(flow_name, config, tally, summary, converted_by=IngestStage.name, report=report_path)
+    publish(flow_name, config, tally, summary, converted_by=CONVERTED_BY, report=report_path)
     if summary.failed:
         # The run went on with the other cases; its final state says how many failed.
         return Failed(message=f"{summary.failed} task(s) failed: see the audit log "
@@ -475,13 +488,32 @@ def _run(flow_obj: Any, config_path: str, **parameters: Any) -> RunSummary:
     indications(config)  # and so does an unreadable clinical sheet
     with prefect_api(config.release.state_dir) as api_url:
         runner = make_task_runner(config.execution, api_url=api_url)
-        state = flow_obj.with_options(task_runner=runner)(str(config.path), **parameters, return_state=True)
+        run_flow = _json_parameters(flow_obj.with_options(task_runner=runner))
+        state = run_flow(str(config.path), **parameters, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunSummary):
         return result
     if isinstance(result, BaseException):
         raise result
     raise RuntimeError(f"flow {flow_obj.name} ended {state.type.value}: {state.message}")
+
+
+def _json_parameters(flow_obj: Flow[..., Any]) -> Flow[..., Any]:
+    """``flow_obj``, sending parameters that are JSON values already (our flows' str, bool, None) as they are.
+
+    Prefect encodes a flow run's parameters with FastAPI's ``jsonable_encoder``,
+    and importing FastAPI for it costs a command 0.1-0.15 s of CPU (its process
+    imports nothing else of FastAPI); any other value still goes through Prefect's encoder.
+    """
+    encode = flow_obj.serialize_parameters
+
+    def serialize_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+        if all(value is None or type(value) in (str, bool, int, float) for value in parameters.values()):
+            return dict(parameters)
+        return encode(parameters)
+
+    flow_obj.serialize_parameters = serialize_parameters  # type: ignore[method-assign]
+    return flow_obj
 
 
 def run_curate(config_path: str, *, force: bool = False, rehash: bool = False) -> RunSummary:

@@ -37,20 +37,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anonymization.leakscan import load_sensitive_values
 from anonymization.redact import public_sentence
 from curation.advice import STEWARD_ADVICE
 from curation.atomic import atomic_write_text, sha256_file
 from curation.clinical import read_clinical_sheet
 from curation.config import Config
 from curation.errors import RejectReason
-from curation.ingest import index_identifiers
 from curation.labels import load_release_labels, load_site_tables
-from curation.model import CaseQC, ConvertedCase, PreparedCase, Rejection, SiteIndex, from_jsonable
+from curation.model import (
+    CaseQC,
+    ConvertedCase,
+    PreparedCase,
+    Rejection,
+    SiteIndex,
+    from_jsonable,
+    index_identifiers,
+)
 from curation.qc import qc_fingerprint
 from curation.registry import Registry, RegistryEntry, format_case_number
 from curation.stage import read_record
-from curation.state import StatePaths, site_outcomes
+from curation.state import StatePaths, load_sensitive_values, site_outcomes
 from flows.audit import AuditError, AuditEvent, AuditLog, read_head
 
 logger = logging.getLogger(__name__)

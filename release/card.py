@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from anonymization.dates import SHIFT_MAX_DAYS, SHIFT_MIN_DAYS
 from curation.config import DatePolicy, DefacingSettings
 from curation.labels import ReleaseLabels
 from curation.model import CATEGORIES
@@ -119,6 +118,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> l
 
 def _dates_text(dates: DatePolicy, age_cap: int) -> list[str]:
     """What the card says about the dates and ages in the spreadsheets."""
+    # imported here: anonymization.dates brings pydicom, which the run's artifacts (markdown_table) do without
+    from anonymization.dates import SHIFT_MAX_DAYS, SHIFT_MIN_DAYS
+
     if dates is DatePolicy.SHIFT:
         text = (
             "Dates are shifted. Every date of a patient's studies was moved by the same whole number of "

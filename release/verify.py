@@ -51,7 +51,6 @@ from anonymization.leakscan import (
     Matcher,
     UnscannableError,
     context_bytes,
-    load_sensitive_values,
     scan_member,
     scan_region,
     scan_zip,
@@ -61,7 +60,7 @@ from curation.config import DatePolicy
 from curation.labels import LabelTableError, ReleaseLabels, release_labels_from_dict
 from curation.model import CATEGORIES, DefaceCylinder, from_jsonable
 from curation.registry import format_case_number
-from curation.state import StatePaths
+from curation.state import StatePaths, load_sensitive_values
 from release.assemble import MANIFEST_FORMAT, SUMS_NAME
 from release.checksums import parse_sha256sums
 from release.parts import (

@@ -17,7 +17,6 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from anonymization.dates import date_forms
-from anonymization.leakscan import load_sensitive_values
 from curation.config import IdentityFlagPolicy, MissingHeadPolicy, SiteConfig
 from curation.dicomindex import index_site
 from curation.errors import RejectReason
@@ -26,7 +25,7 @@ from curation.metadata import CT_FIELDS, PT_FIELDS
 from curation.model import ConvertedCase, Rejection, from_jsonable
 from curation.phantom import write_study
 from curation.stage import read_record
-from curation.state import StatePaths
+from curation.state import StatePaths, load_sensitive_values
 from tests.phantom_helpers import add_ingest_defect
 
 #: defect -> (reason code, regex the message must match)

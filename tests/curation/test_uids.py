@@ -16,7 +16,6 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from anonymization.leakscan import load_sensitive_values
 from curation.config import DefacingSettings, MissingHeadPolicy, SiteConfig
 from curation.dicomindex import index_site
 from curation.errors import InvalidUIDError, RejectReason
@@ -25,7 +24,7 @@ from curation.labels import load_release_labels, load_source_table
 from curation.model import ConvertedCase, PreparedCase, Rejection, study_key
 from curation.phantom import write_lesion, write_segmentations, write_study
 from curation.prepare import prepare_case
-from curation.state import StatePaths
+from curation.state import StatePaths, load_sensitive_values
 from curation.uids import (
     DICOM_UID_ROOT,
     check_uid,

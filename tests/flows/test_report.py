@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from anonymization.leakscan import load_sensitive_values
 from anonymization.redact import public_sentence
 from curation.atomic import sha256_file
 from curation.config import Config, load_config
@@ -28,7 +27,7 @@ from curation.model import CaseQC, ConvertedCase, Phase, PreparedCase, Rejection
 from curation.qc import QCStage
 from curation.registry import Registry, format_case_number
 from curation.stage import REJECTED, read_record, write_record
-from curation.state import StatePaths, site_outcomes
+from curation.state import StatePaths, load_sensitive_values, site_outcomes
 from flows.audit import AuditLog, read_head
 from flows.report import site_summary, write_report
 from tests.flows.conftest import CuratedDemo
