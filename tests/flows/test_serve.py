@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import warnings
+from typing import Any
 
 import httpx
 import pytest
@@ -55,6 +56,27 @@ class _Lines:
                 if left <= 0:
                     raise AssertionError(f"no line matching {pattern!r} in {timeout} s:\n{''.join(self.lines)[-4000:]}")
                 self._cond.wait(left)
+
+
+def _task_runs_and_logs(api_url: str, flow_run_id: object, *, timeout: float) -> tuple[list[Any], list[str]]:
+    """A flow run's task runs and log messages, once the server has recorded a task run (it does so from events)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        while True:
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            if (task_runs and logs) or time.monotonic() > deadline:
+                return task_runs, [log.message for log in logs]
+            time.sleep(0.5)
 
 
 def test_serve_starts_a_server_registers_deployments_and_runs_the_build(curated_demo: CuratedDemo) -> None:
@@ -118,6 +140,12 @@ def test_serve_starts_a_server_registers_deployments_and_runs_the_build(curated_
             runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["ingest_site"])))
         assert [(r.parameters.get("site_id"), r.deployment_id) for r in runs] == [(site, None)]
         assert runs[0].state is not None and runs[0].state.is_completed()
+        # with its task runs (recorded from its events) and its logs, sent before the command exited
+        task_runs, logs = _task_runs_and_logs(api_url, runs[0].id, timeout=60)
+        names = sorted(t.name for t in task_runs)
+        assert names.count(f"index-{site}") == 1 and names.count(f"case-{site}") == len(names) - 1, names
+        assert all(t.state_type is not None and t.state_type.value == "COMPLETED" for t in task_runs)
+        assert any("Finished in state Completed" in line for line in logs), logs
     finally:
         serve.send_signal(signal.SIGINT)
         killed = False

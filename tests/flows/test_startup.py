@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,11 +70,17 @@ def test_commands_that_only_read_import_no_prefect_and_no_heavy_package(curated_
     assert set(verify["after"]) <= {"openpyxl"}, verify
 
 
+#: What only a build, or a task that reads images, needs: never imported by ``import flows.flows``
+#: nor by an ``ingest`` on a site with no study (the served start-up, issue 14).
+BUILD_ONLY = ("nibabel", "PIL", "release.assemble", "release.verify", "curation.prepare", "curation.qc",
+              "curation.ingest", "fastapi")
+
+
 def test_the_flows_import_prefect_but_not_its_server_nor_what_only_workers_use() -> None:
     code = (
         "import json, sys\n"
         "import flows.flows\n"
-        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+        f"print(json.dumps([m for m in {HEAVY + BUILD_ONLY!r} if m in sys.modules]))\n"
     )
     run = run_python(code, env=_env())
     assert run.returncode == 0, run.stderr[-3000:]
@@ -93,7 +101,8 @@ _INGEST = (
     "code = main(sys.argv[1:])\n"
     "servers = [s.process.pid for s in localserver._temporary.values()]\n"
     "print(json.dumps({'code': code, 'servers': servers,\n"
-    "                  'server_module': 'prefect.server.api.server' in sys.modules}))\n"
+    "                  'server_module': 'prefect.server.api.server' in sys.modules,\n"
+    f"                  'build_only': [m for m in {BUILD_ONLY!r} if m in sys.modules]}}))\n"
 )
 
 
@@ -116,6 +125,7 @@ def test_a_command_starts_one_temporary_server_before_its_imports_and_stops_it(
     first = _ingest(tmp_path / "one", cache)
     assert first["code"] == 0 and len(first["servers"]) == 1  # type: ignore[arg-type]
     assert first["server_module"] is False  # the command's process never imports Prefect's server
+    assert first["build_only"] == []  # nor, for a site with no study, what a build or a conversion needs
     with pytest.raises(ProcessLookupError):
         os.kill(first["servers"][0], 0)  # type: ignore[index]  # stopped when the command ended
     # the run is in the state folder's database
@@ -236,3 +246,35 @@ def test_a_killed_command_takes_its_server_with_it(tmp_path: Path) -> None:
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/api/health" else 404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_served_record_is_trusted_only_while_its_server_answers_and_never_through_a_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.localserver import served_api_url, served_record
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    served_record(tmp_path).parent.mkdir(parents=True)
+    served_record(tmp_path).write_text(json.dumps({"api_url": url, "pid": os.getpid()}), encoding="utf-8")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # a proxy that does not answer
+    monkeypatch.setenv("no_proxy", "")
+    try:
+        assert served_api_url(tmp_path) == url
+        served_record(tmp_path).write_text(json.dumps({"api_url": url + "/nowhere", "pid": os.getpid()}))
+        assert served_api_url(tmp_path) == ""  # answers, but not 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    served_record(tmp_path).write_text(json.dumps({"api_url": url, "pid": os.getpid()}), encoding="utf-8")
+    assert served_api_url(tmp_path, timeout=0.5) == ""  # nothing answers any more
