@@ -70,9 +70,9 @@ def test_commands_that_only_read_import_no_prefect_and_no_heavy_package(curated_
     assert set(verify["after"]) <= {"openpyxl"}, verify
 
 
-#: What only a build, or a task that reads images, needs: never imported by ``import flows.flows``
-#: nor by an ``ingest`` on a site with no study (the served start-up, issue 14).
-BUILD_ONLY = ("nibabel", "PIL", "release.assemble", "release.verify", "curation.prepare", "curation.qc",
+#: What only a build or a conversion needs: never imported by ``import flows.flows`` nor by an
+#: ``ingest`` on a site with no study (the served start-up, issue 14; the index brings pydicom).
+BUILD_ONLY = ("nibabel", "release.assemble", "release.verify", "curation.prepare", "curation.qc",
               "curation.ingest", "fastapi")
 
 
