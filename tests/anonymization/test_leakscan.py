@@ -19,10 +19,10 @@ from anonymization import leakscan
 from anonymization.leakscan import (
     Leak,
     UnscannableError,
-    load_sensitive_values,
     scan_zip,
     value_digest,
 )
+from curation.state import load_sensitive_values
 
 UID = "2.25.301847562190384756102938475610"
 NAME = "Mustermann^Erika"
