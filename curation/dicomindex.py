@@ -20,25 +20,19 @@ import dataclasses
 import hashlib
 import logging
 import os
-import struct
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.dataset import Dataset
-
-from curation.dicomfile import (
-    MAX_FILE_BYTES,
-    READ_ERRORS,
-    DicomBoundError,
-    check_image_bound,
-    header_int,
-    looks_like_dicom,
-    read_dicom_bytes,
+from curation.dicomlimits import MAX_FILE_BYTES
+from curation.model import (
+    ENHANCED_PET_CORRECTIONS,
+    SeriesRecord,
+    SiteIndex,
+    SkippedFile,
+    StudyRecord,
 )
-from curation.frames import ENHANCED_PET_CORRECTIONS, first_frame_attributes
-from curation.model import SeriesRecord, SiteIndex, SkippedFile, StudyRecord
 from curation.statcache import FileStat, StatCache, now_ns
 
 logger = logging.getLogger(__name__)
@@ -73,8 +67,6 @@ INDEX_TAGS: tuple[str, ...] = (
 #: changes, and the stat caches made before are not used (every file is read again once).
 READER_VERSION = 1
 
-_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 
 
 @dataclass(frozen=True)
@@ -107,60 +99,9 @@ class IndexTiming:
 LAST_TIMING: IndexTiming | None = None
 
 
-def _has_preamble(head: bytes) -> bool:
-    return len(head) >= 132 and head[128:132] == b"DICM"
-
-
-def _looks_like_bare_dataset(head: bytes) -> bool:
-    return not _has_preamble(head) and looks_like_dicom(head)
-
-
-def _pixel_data_element(data: bytes, at: int) -> tuple[int, int] | None:
-    """(start of the value, declared length) of a PixelData element header at ``at``, or None."""
-    vr = data[at + 4 : at + 6]
-    if vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
-        if len(data) < at + 12:
-            return None
-        return at + 12, struct.unpack("<I", data[at + 8 : at + 12])[0]
-    if len(data) < at + 8:  # implicit VR little endian
-        return None
-    return at + 8, struct.unpack("<I", data[at + 4 : at + 8])[0]
-
-
-def _pixel_data_complete(data: bytes, ds: Dataset) -> str | None:
-    """Why the pixel data of an in-memory file is incomplete, or None if it is whole.
-
-    The PixelData tag's bytes can also occur inside pixel values (PET uint16
-    0x7FE0 followed by 0x0010), so every occurrence is tried from the last one
-    back: the file is whole when one of them is an element whose value fits.
-    """
-    if "Rows" not in ds or "Columns" not in ds:
-        return None  # not an image (e.g. a structured report): nothing to check
-    at = data.rfind(_PIXEL_DATA_TAG)
-    if at < 0:
-        return "has Rows/Columns but no PixelData element (truncated before the pixel data)"
-    why = ""
-    while at >= 0:
-        element = _pixel_data_element(data, at)
-        if element is None:
-            why = why or "ends inside the PixelData element header (truncated)"
-        else:
-            start, length = element
-            if length == 0xFFFFFFFF:  # encapsulated: must end with the sequence delimiter
-                if b"\xfe\xff\xdd\xe0" in data[-16:]:
-                    return None
-                why = why or "encapsulated PixelData has no sequence delimiter (truncated)"
-            elif start + length <= len(data):
-                return None
-            else:
-                why = why or f"PixelData declares {length} bytes but only {len(data) - start} are present (truncated)"
-        at = data.rfind(_PIXEL_DATA_TAG, 0, at)
-    return why
-
-
 @dataclass(frozen=True)
-class _Header:
-    """What the index keeps of one file's header: plain values, read once, checked."""
+class IndexHeader:
+    """What the index keeps of one file's header: plain values, read once, checked (:mod:`curation.indexheader`)."""
 
     study_uid: str
     series_uid: str
@@ -169,95 +110,30 @@ class _Header:
     series: dict[str, object]  # the SeriesRecord fields taken from the series' first file
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    return str(ds.get(keyword, "") or "")
+def _read_header(path: Path) -> tuple[str, IndexHeader | None, str]:
+    """Read one file: (sha256 hex, header or None, reason when None).
+
+    The reader (:func:`curation.indexheader.read_index_header`) and pydicom are
+    imported the first time a file has to be read: a run whose every file comes
+    from the stat cache imports neither.
+    """
+    from curation.indexheader import read_index_header
+
+    return read_index_header(path)
 
 
-def _series_number(ds: Dataset, path: Path) -> int | None:
-    """SeriesNumber, or None (with a warning) when the file's value is not a whole number."""
-    try:
-        return header_int(ds, "SeriesNumber")
-    except ValueError as exc:
-        logger.warning("%s: %s; the series number is recorded as unknown", path, exc)
-        return None
-
-
-def _header_fields(ds: Dataset, path: Path) -> _Header:
-    """Every value the index needs, converted here (a malformed value raises here, for this file only)."""
-    frame = first_frame_attributes(ds)  # an enhanced object's first frame, else ds itself
-    return _Header(
-        study_uid=str(ds.StudyInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
-        patient_id=_text(ds, "PatientID"),
-        study_date=_text(ds, "StudyDate"),
-        series={
-            "Modality": _text(ds, "Modality"),
-            "SOPClassUID": _text(ds, "SOPClassUID"),
-            "SeriesDescription": _text(ds, "SeriesDescription"),
-            "SeriesNumber": _series_number(ds, path),
-            "ImageType": _multi(frame.get("ImageType")),
-            "FrameOfReferenceUID": _text(ds, "FrameOfReferenceUID"),
-            "CorrectedImage": _multi(frame.get("CorrectedImage")),
-            "Units": _text(frame, "Units"),
-        },
-    )
-
-
-def _read_header(path: Path) -> tuple[str, _Header | None, str]:
-    """Read one file: (sha256 hex, header or None, reason when None)."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        return "", None, f"{size} bytes, more than the {MAX_FILE_BYTES} bytes a file may have (not read)"
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if not looks_like_dicom(data[:132]):
-        return digest, None, "not DICOM (no preamble/DICM marker and no dataset at the start)"
-    try:
-        ds, parsed = read_dicom_bytes(data, stop_before_pixels=True, specific_tags=list(INDEX_TAGS))
-    except DicomBoundError as exc:
-        return digest, None, str(exc)
-    except READ_ERRORS as exc:
-        return digest, None, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
-    del data
-    try:
-        meta = getattr(ds, "file_meta", None)
-        sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
-        if sop_class == _MEDIA_STORAGE_DIRECTORY:
-            return digest, None, "DICOMDIR (media storage directory), not an image"
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-            if not str(ds.get(keyword, "")).strip():
-                return digest, None, f"no {keyword}"
-        check_image_bound(ds)
-        problem = _pixel_data_complete(parsed, ds)
-        if problem:
-            return digest, None, problem
-        return digest, _header_fields(ds, path), ""
-    except DicomBoundError as exc:
-        return digest, None, str(exc)
-    except READ_ERRORS as exc:  # a value pydicom cannot convert, or a malformed size
-        return digest, None, f"unreadable DICOM header value: {type(exc).__name__}: {exc}"
-
-
-def _cached(header: _Header) -> dict[str, object]:
+def _cached(header: IndexHeader) -> dict[str, object]:
     """A header as the stat cache keeps it (JSON)."""
     return dataclasses.asdict(header)
 
 
-def _uncached(value: dict[str, object]) -> _Header:
+def _uncached(value: dict[str, object]) -> IndexHeader:
     """A header from the stat cache (JSON lists back to the tuples a SeriesRecord holds)."""
     series = dict(value["series"])  # type: ignore[call-overload]
     for key in ("ImageType", "CorrectedImage"):
         series[key] = tuple(series[key])
-    return _Header(str(value["study_uid"]), str(value["series_uid"]), str(value["patient_id"]),
+    return IndexHeader(str(value["study_uid"]), str(value["series_uid"]), str(value["patient_id"]),
                    str(value["study_date"]), series)
-
-
-def _multi(value: object) -> tuple[str, ...]:
-    if value is None or value == "":
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    return tuple(str(v) for v in value)  # type: ignore[attr-defined]
 
 
 def _walk(root: Path, skipped: list[SkippedFile]) -> list[Path]:
@@ -335,11 +211,11 @@ def index_site(site_id: str, dicom_dir: Path, *, cache: Path | None = None, reha
     started = time.perf_counter()
     stats = StatCache(cache, rehash=rehash, context={"tags": list(INDEX_TAGS), "reader": READER_VERSION,
                                                      "max_file_bytes": MAX_FILE_BYTES})
-    headers: dict[int, _Header] = {}  # a cached header shared by many files is converted once
+    headers: dict[int, IndexHeader] = {}  # a cached header shared by many files is converted once
     skipped: list[SkippedFile] = []
     files = _walk(dicom_dir, skipped)
     not_walked = len(skipped)
-    by_series: dict[str, list[tuple[Path, str, _Header]]] = defaultdict(list)
+    by_series: dict[str, list[tuple[Path, str, IndexHeader]]] = defaultdict(list)
     study_of_series: dict[str, str] = {}
     bytes_read = 0
     for path in files:
@@ -382,7 +258,7 @@ def index_site(site_id: str, dicom_dir: Path, *, cache: Path | None = None, reha
 
     series_by_study: dict[str, list[SeriesRecord]] = defaultdict(list)
     digests_by_study: dict[str, list[str]] = defaultdict(list)
-    first_header: dict[str, _Header] = {}
+    first_header: dict[str, IndexHeader] = {}
     for series_uid in sorted(by_series):
         members = sorted(by_series[series_uid], key=lambda m: str(m[0]))
         _, _, header = members[0]

@@ -39,6 +39,7 @@ from pydicom.pixels import pixel_array
 from pydicom.tag import Tag
 
 from curation.errors import ConversionFailedError
+from curation.model import ENHANCED_PET_CORRECTIONS
 
 #: Enhanced CT Image Storage.
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -49,20 +50,6 @@ ENHANCED_PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
 #: Legacy Converted Enhanced PET Image Storage.
 LEGACY_CONVERTED_ENHANCED_PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128.1"
 
-#: Enhanced PET correction flags (YES/NO) and the CorrectedImage (0028,0051) term each stands for.
-ENHANCED_PET_CORRECTIONS: tuple[tuple[str, str], ...] = (
-    ("DetectorNormalizationCorrection", "NORM"),
-    ("DeadTimeCorrected", "DTIM"),
-    ("AttenuationCorrected", "ATTN"),
-    ("ScatterCorrected", "SCAT"),
-    ("DecayCorrected", "DECY"),
-    ("RandomsCorrected", "RAN"),
-    ("GantryMotionCorrected", "MOTN"),
-    ("PatientMotionCorrected", "PMOT"),
-    ("CountLossNormalizationCorrected", "CLN"),
-    ("NonUniformRadialSamplingCorrected", "RADL"),
-    ("SensitivityCalibrated", "DCAL"),
-)
 
 #: RescaleType values that say nothing about units ("US": unspecified).
 _NO_UNITS = ("", "US")

@@ -19,6 +19,21 @@ from curation.errors import AttributeFinding, RejectReason
 
 T = TypeVar("T")
 
+#: Enhanced PET correction flags (YES/NO) and the CorrectedImage (0028,0051) term each stands for.
+ENHANCED_PET_CORRECTIONS: tuple[tuple[str, str], ...] = (
+    ("DetectorNormalizationCorrection", "NORM"),
+    ("DeadTimeCorrected", "DTIM"),
+    ("AttenuationCorrected", "ATTN"),
+    ("ScatterCorrected", "SCAT"),
+    ("DecayCorrected", "DECY"),
+    ("RandomsCorrected", "RAN"),
+    ("GantryMotionCorrected", "MOTN"),
+    ("PatientMotionCorrected", "PMOT"),
+    ("CountLossNormalizationCorrected", "CLN"),
+    ("NonUniformRadialSamplingCorrected", "RADL"),
+    ("SensitivityCalibrated", "DCAL"),
+)
+
 #: The seven release categories, in release order.
 CATEGORIES: tuple[str, ...] = (
     "Body-Composition",

@@ -195,6 +195,35 @@ def test_an_unchanged_drop_is_indexed_without_reading_a_file(two_studies, tmp_pa
     assert index_site("s", drop, cache=cache, rehash=True) == first and len(read) == first.files_seen
 
 
+_INDEX_IN_A_NEW_PROCESS = (
+    "import pickle, sys\n"
+    "from pathlib import Path\n"
+    "from curation import statcache\n"
+    "statcache.RACY_SECONDS = 0.0  # the files were written by the test: settled at once\n"
+    "from curation.dicomindex import index_site\n"
+    "index = index_site('s', Path(sys.argv[1]), cache=Path(sys.argv[2]))\n"
+    "sys.stdout.buffer.write(pickle.dumps((index, 'pydicom' in sys.modules)))\n"
+)
+
+
+def test_an_unchanged_drop_is_indexed_without_importing_pydicom(two_studies, tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    drop, _, _ = two_studies
+    cache = tmp_path / "stat-cache.json"
+    runs = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", _INDEX_IN_A_NEW_PROCESS, str(drop), str(cache)],
+                             cwd=Path(__file__).resolve().parents[2], capture_output=True, check=False)
+        assert run.returncode == 0, run.stderr.decode()[-3000:]
+        runs.append(pickle.loads(run.stdout))
+    (first, read_files), (second, cached_only) = runs
+    assert read_files is True  # reading a file needs pydicom
+    assert cached_only is False and second == first  # a run over an unchanged drop does not import it
+
+
 def test_a_changed_file_is_always_read_again(two_studies, tmp_path, monkeypatch, settled):
     drop, a, _ = two_studies
     cache = tmp_path / "stat-cache.json"

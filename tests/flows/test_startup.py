@@ -70,10 +70,11 @@ def test_commands_that_only_read_import_no_prefect_and_no_heavy_package(curated_
     assert set(verify["after"]) <= {"openpyxl"}, verify
 
 
-#: What only a build or a conversion needs: never imported by ``import flows.flows`` nor by an
-#: ``ingest`` on a site with no study (the served start-up, issue 14; the index brings pydicom).
+#: What only a build, a conversion or reading a DICOM file needs: never imported by
+#: ``import flows.flows`` nor by an ``ingest`` on a site with no study (the served start-up,
+#: issue 14); the index imports pydicom only when it has a file to read.
 BUILD_ONLY = ("nibabel", "release.assemble", "release.verify", "curation.prepare", "curation.qc",
-              "curation.ingest", "fastapi")
+              "curation.ingest", "fastapi", "pydicom", "PIL")
 
 
 def test_the_flows_import_prefect_but_not_its_server_nor_what_only_workers_use() -> None:
