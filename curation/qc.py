@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 
 import nibabel as nib
 import numpy as np
-from isal import isal_zlib
+from isal import igzip, isal_zlib
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from nibabel.spatialimages import HeaderDataError
 from PIL import Image, ImageDraw
@@ -128,9 +128,12 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 
 _X, _Y, _Z = 0, 1, 2
-#: Inflated bytes handled at a time (volumes are streamed, see :func:`_blocks`).
+#: Inflated bytes asked of ISA-L at a time.
 _PIECE = 1 << 20
-_BLOCK = 8 << 20
+#: Inflated bytes of a label map handled at a time (whole planes; they stay in the CPU's cache).
+_BLOCK = 1 << 20
+#: Bytes of a NIfTI-1 header, before the extension flag.
+_NIFTI1_HEADER = 348
 
 
 # ---------------------------------------------------------------------------
@@ -266,28 +269,6 @@ def _checked_bytes(image: ImageFile, what: str) -> bytes | mmap.mmap:
     return raw
 
 
-def _inflate(raw: bytes | mmap.mmap, what: str) -> Iterator[bytes]:
-    """The gzip stream ``raw`` inflated in pieces of at most :data:`_PIECE` bytes."""
-    inflater = isal_zlib.decompressobj(wbits=31)
-    view = memoryview(raw)
-    pending: bytes | memoryview = b""
-    pos = 0
-    try:
-        while not inflater.eof:
-            if not pending:
-                if pos >= len(view):
-                    break
-                pending, pos = view[pos : pos + _PIECE], pos + _PIECE
-            piece = inflater.decompress(pending, _PIECE)
-            pending = inflater.unconsumed_tail
-            if piece:
-                yield piece
-    except isal_zlib.error as exc:
-        raise UnreadableError(f"{what}: not a gzip stream ({exc})") from None
-    if not inflater.eof:
-        raise UnreadableError(f"{what}: the gzip stream ends early (truncated file)")
-
-
 @dataclass(frozen=True)
 class _Header:
     shape: tuple[int, int, int]
@@ -298,7 +279,7 @@ class _Header:
 
 def _header(first: bytes, what: str) -> _Header:
     try:
-        header = nib.Nifti1Header.from_fileobj(io.BytesIO(first[:348]))
+        header = nib.Nifti1Header.from_fileobj(io.BytesIO(first))
     except (HeaderDataError, ValueError) as exc:
         raise UnreadableError(f"{what}: not a NIfTI-1 file ({exc})") from None
     shape = tuple(int(n) for n in header.get_data_shape())
@@ -310,28 +291,100 @@ def _header(first: bytes, what: str) -> _Header:
     return _Header(shape, header.get_data_dtype(), header.get_best_affine(), int(header["vox_offset"]))  # type: ignore[arg-type]
 
 
+def _canonical_grid(affine: np.ndarray, shape: tuple[int, ...], ornt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World (RAS+ mm) of voxel (0, 0, 0) and mm per voxel of a grid put in the closest canonical orientation."""
+    canonical = affine @ inv_ornt_aff(ornt, shape)
+    return canonical[:3, 3].copy(), np.sqrt((canonical[:3, :3] ** 2).sum(axis=0))
+
+
 def _canonical(array: np.ndarray, affine: np.ndarray, ornt: np.ndarray | None = None) -> _Volume:
     """``array`` (file axis order) as a :class:`_Volume` in the closest canonical orientation.
 
     ``ornt`` is ``io_orientation(affine)`` when the caller has it already.
     """
     ornt = io_orientation(affine) if ornt is None else ornt
-    canonical = affine @ inv_ornt_aff(ornt, array.shape)
-    return _Volume(
-        data=apply_orientation(array, ornt),
-        origin=canonical[:3, 3].copy(),
-        spacing=np.sqrt((canonical[:3, :3] ** 2).sum(axis=0)),
-    )
+    origin, spacing = _canonical_grid(affine, array.shape, ornt)
+    return _Volume(data=apply_orientation(array, ornt), origin=origin, spacing=spacing)
 
 
-def _blocks(image: ImageFile, what: str) -> Iterator[tuple[slice, np.ndarray, _Volume]]:
-    """The volume in blocks of whole planes of its last file axis, as it is inflated.
+def _file_plane(header: _Header, ornt: np.ndarray, axis: int, world: float) -> tuple[int, int] | None:
+    """The file axis along canonical ``axis`` and its index nearest ``world``; None outside the grid.
 
-    Yields ``(planes, block, volume)``: the range of the file's last axis,
-    the block in file axis order and the same block as a canonical
-    :class:`_Volume` at its place in the world.  The block's memory is reused
-    for the next one, so a caller copies what it keeps: a volume is read once
-    with about :data:`_BLOCK` bytes in memory, instead of allocated whole.
+    The plane :meth:`_Volume.index` finds in the canonical volume, named in file terms.
+    """
+    origin, spacing = _canonical_grid(header.affine, header.shape, ornt)
+    file_axis = int(np.flatnonzero(ornt[:, 0] == axis)[0])
+    n = header.shape[file_axis]
+    index = int(np.rint((world - origin[axis]) / spacing[axis]))
+    if not 0 <= index < n:
+        return None
+    return file_axis, n - 1 - index if ornt[file_axis, 1] < 0 else index
+
+
+def _canonical_coords(header: _Header, ornt: np.ndarray, file_axis: int) -> tuple[int, np.ndarray]:
+    """The canonical axis a file axis runs along, and the world coordinate on it of each index of the file axis."""
+    origin, spacing = _canonical_grid(header.affine, header.shape, ornt)
+    axis, n = int(ornt[file_axis, 0]), header.shape[file_axis]
+    index = np.arange(n)[::-1] if ornt[file_axis, 1] < 0 else np.arange(n)
+    return axis, origin[axis] + index * spacing[axis]
+
+
+class _Voxels:
+    """A checked ``.nii.gz`` volume's header, and its voxels inflated on demand in file order.
+
+    ISA-L inflates straight into the caller's memory (no pieces to copy),
+    across every member of a multi-member gzip file.  Made by :func:`_open_voxels`.
+    """
+
+    def __init__(self, stream: Any, image: ImageFile, where: str) -> None:
+        self.where = where
+        self._stream = stream
+        head = bytearray(_NIFTI1_HEADER)
+        self._fill(memoryview(head), "header")
+        self.header = _header(bytes(head), where)
+        if self.header.shape != tuple(image.shape):
+            raise UnreadableError(f"{where}: shape {self.header.shape}, its record says {tuple(image.shape)}")
+        if self.header.vox_offset < _NIFTI1_HEADER:
+            raise UnreadableError(f"{where}: vox_offset {self.header.vox_offset} lies inside the header")
+        self._fill(memoryview(bytearray(self.header.vox_offset - _NIFTI1_HEADER)), "header")  # extensions
+
+    def _fill(self, target: memoryview, what: str) -> None:
+        """Inflate exactly ``len(target)`` bytes into ``target``."""
+        filled = 0
+        try:
+            while filled < len(target):
+                got = self._stream.readinto(target[filled : filled + _PIECE])
+                if not got:
+                    break
+                filled += got
+        except (OSError, EOFError, isal_zlib.error) as exc:
+            raise UnreadableError(f"{self.where}: not a readable gzip stream ({exc})") from None
+        if filled < len(target):
+            raise UnreadableError(f"{self.where}: the file ends in its {what} (truncated file)")
+
+    def read(self) -> np.ndarray:
+        """The whole volume, file axis order (Fortran order, as NIfTI stores it)."""
+        array = np.empty(self.header.shape, dtype=self.header.dtype, order="F")
+        self._fill(memoryview(array.T).cast("B"), "voxel data")  # the transpose of Fortran order is C-contiguous
+        return array
+
+    def blocks(self, planes: int) -> Iterator[tuple[int, np.ndarray]]:
+        """The volume in blocks of up to ``planes`` whole planes of its last file axis, as it is inflated.
+
+        Yields ``(k0, block)``: the block's first plane and the block in
+        file axis order.  The block's memory is reused for the next one (so
+        it stays in the CPU's cache): a caller copies what it keeps.
+        """
+        nx, ny, nz = self.header.shape
+        buffer = np.empty((nx, ny, max(1, min(nz, planes))), dtype=self.header.dtype, order="F")
+        for k0 in range(0, nz, buffer.shape[2]):
+            block = buffer[:, :, : min(buffer.shape[2], nz - k0)]
+            self._fill(memoryview(block.T).cast("B"), "voxel data")
+            yield k0, block
+
+
+def _open_voxels(image: ImageFile, what: str) -> _Voxels:
+    """The volume's :class:`_Voxels`, once its file matches its record.
 
     Raises
     ------
@@ -339,81 +392,24 @@ def _blocks(image: ImageFile, what: str) -> Iterator[tuple[slice, np.ndarray, _V
         When the file is missing, differs from its recorded sha256, or is not
         a gzipped 3-D NIfTI-1 volume of the recorded shape.
     """
-    where = f"{what} {image.path}"
-    header, data = _stream(image, what)
-    nx, ny, nz = header.shape
-    plane = nx * ny * header.dtype.itemsize
-    per_block = max(1, min(nz, _BLOCK // max(plane, 1)))
-    buffer = np.empty(per_block * plane, dtype=np.uint8)
-    ornt = io_orientation(header.affine)
-    filled, k0 = 0, 0
-    for piece in data:
-        view = memoryview(piece)
-        while len(view):
-            take = min(len(view), len(buffer) - filled)
-            buffer[filled : filled + take] = np.frombuffer(view[:take], dtype=np.uint8)
-            filled, view = filled + take, view[take:]
-            if filled == len(buffer) or k0 + filled // plane == nz:
-                n = filled // plane
-                block = buffer[: n * plane].view(header.dtype).reshape((nx, ny, n), order="F")
-                shift = np.eye(4)
-                shift[2, 3] = k0
-                yield slice(k0, k0 + n), block, _canonical(block, header.affine @ shift, ornt)
-                k0, filled = k0 + n, 0
-                if k0 == nz:
-                    return
-    raise UnreadableError(f"{where}: the data ends after {k0} of {nz} planes")
-
-
-def _stream(image: ImageFile, what: str) -> tuple[_Header, Iterator[bytes]]:
-    """The file's checked header (shape as recorded) and its voxel bytes, inflated piece by piece."""
-    where = f"{what} {image.path}"
-    pieces = _inflate(_checked_bytes(image, what), where)
-    head = bytearray()
-    for piece in pieces:
-        head += piece
-        if len(head) >= 352:
-            break
-    header = _header(bytes(head), where)
-    if header.shape != tuple(image.shape):
-        raise UnreadableError(f"{where}: shape {header.shape}, its record says {tuple(image.shape)}")
-
-    def voxels() -> Iterator[bytes]:
-        skip = header.vox_offset - len(head)  # > 0: extensions beyond the first pieces
-        if skip < 0:
-            yield bytes(memoryview(head)[header.vox_offset :])
-        for piece in pieces:
-            if skip > 0:
-                piece, skip = piece[skip:], skip - len(piece)
-            if piece:
-                yield piece
-
-    return header, voxels()
+    raw = _checked_bytes(image, what)
+    # igzip's own reader (what igzip.decompress uses): its readinto inflates into the caller's
+    # memory, every gzip member in turn, from the mapped file; IGzipFile.readinto would read
+    # into a new bytes object and copy it
+    return _Voxels(igzip._IGzipReader(memoryview(raw)), image, f"{what} {image.path}")
 
 
 def _read_volume(image: ImageFile, what: str) -> tuple[_Volume, np.ndarray, np.ndarray]:
     """The whole volume: canonical, as stored (file axis order), and the file's affine.
 
-    Inflated piece by piece into one array (cheaper than inflating into one
-    new buffer and viewing it: the pieces stay in the CPU's cache).
-
     Raises
     ------
     UnreadableError
-        As :func:`_blocks`.
+        As :func:`_open_voxels`.
     """
-    header, pieces = _stream(image, what)
-    count = int(np.prod(header.shape))
-    data = np.empty(count * header.dtype.itemsize, dtype=np.uint8)
-    filled = 0
-    for piece in pieces:
-        take = min(len(piece), len(data) - filled)
-        data[filled : filled + take] = np.frombuffer(piece, dtype=np.uint8, count=take)
-        filled += take
-    if filled < len(data):
-        raise UnreadableError(f"{what} {image.path}: the data ends early (truncated file)")
-    array = data.view(header.dtype).reshape(header.shape, order="F")
-    return _canonical(array, header.affine), array, header.affine
+    voxels = _open_voxels(image, what)
+    array = voxels.read()
+    return _canonical(array, voxels.header.affine), array, voxels.header.affine
 
 
 def _box_in(affine: np.ndarray, shape: tuple[int, ...], grid: np.ndarray, grid_shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -650,33 +646,88 @@ def _head_from_cylinder(cylinder: DefaceCylinder) -> _Head:
 
 
 class _BrainCentre:
-    """The brain label's centroid and lowest voxel, gathered block by block as the Organs map is read."""
+    """The brain label's centroid and lowest voxel, counted block by block as the Organs map is read.
 
-    def __init__(self, value: int | None) -> None:
+    Voxels are counted along each file axis (in the file's memory order, while
+    the block is in the CPU's cache); the counts become world positions at the end.
+    """
+
+    def __init__(self, value: int, header: _Header, ornt: np.ndarray) -> None:
         self.value = value
-        self.total = 0
-        self.sums = np.zeros(3)
-        self.z_lo = np.inf
+        self.header = header
+        self.ornt = ornt
+        self.counts = [np.zeros(n, dtype=np.int64) for n in header.shape]
 
-    def add(self, stored: np.ndarray, block: _Volume) -> None:
-        """Count the brain voxels of one block (``stored``: file order; ``block``: canonical view)."""
-        if self.value is None or not np.any(stored == self.value):  # most blocks hold no brain
+    def add(self, k0: int, block: np.ndarray) -> None:
+        """Count the brain voxels of one block (file order, planes ``k0`` on of the last axis)."""
+        brain = block == self.value
+        if not brain.any():  # most blocks hold no brain
             return
-        brain = block.data == self.value
-        for axis in range(3):
-            counts = brain.sum(axis=tuple(a for a in range(3) if a != axis))
-            world = block.world(axis, np.arange(len(counts)))
-            self.sums[axis] += float(world @ counts)
-            if axis == _Z and counts.any():
-                self.z_lo = min(self.z_lo, float(world[np.flatnonzero(counts)[0]]))
-        self.total += int(counts.sum())
+        across = brain.sum(axis=2, dtype=np.int64)  # adds whole planes: one pass in memory order
+        self.counts[0] += across.sum(axis=1)
+        self.counts[1] += across.sum(axis=0)
+        self.counts[2][k0 : k0 + block.shape[2]] += np.count_nonzero(brain, axis=(0, 1))
 
     def head(self) -> _Head | None:
         """Centred on the brain's centroid in x and y, :data:`EYE_LEVEL_MM` above its lowest voxel."""
-        if self.total == 0:
+        total = int(self.counts[0].sum())
+        if total == 0:
             return None
-        x, y, _ = self.sums / self.total
-        return _Head(float(x), float(y), self.z_lo + EYE_LEVEL_MM, HEAD_HALF_MM, None, "brain-label")
+        centre, z_lo = np.zeros(3), np.inf
+        for file_axis, counts in enumerate(self.counts):
+            axis, world = _canonical_coords(self.header, self.ornt, file_axis)
+            centre[axis] = float(world @ counts) / total
+            if axis == _Z:
+                z_lo = float(world[counts > 0].min())
+        return _Head(float(centre[_X]), float(centre[_Y]), z_lo + EYE_LEVEL_MM, HEAD_HALF_MM, None, "brain-label")
+
+
+def _label_slices(
+    image: ImageFile, what: str, frames: dict[str, _Frame], *, brain: int | None = None
+) -> tuple[dict[str, np.ndarray], _Head | None]:
+    """A label map's values on each frame's pixels (0 outside the map), and its brain's head view.
+
+    The map is inflated in blocks of :data:`_BLOCK` bytes; of each, only the
+    voxels of the frames' planes are kept (a plane across the blocks is
+    gathered strip by strip), and the brain label (value ``brain``, when
+    given) is counted.  So a map costs its inflation, not its size in memory.
+
+    Raises
+    ------
+    UnreadableError
+        As :func:`_open_voxels`.
+    """
+    voxels = _open_voxels(image, what)
+    header = voxels.header
+    ornt = io_orientation(header.affine)
+    planes: dict[str, tuple[int, int, np.ndarray]] = {}  # view: (file axis, index, plane)
+    for view, frame in frames.items():
+        where = _file_plane(header, ornt, frame.axis, frame.fixed)
+        if where is not None:
+            shape = tuple(n for a, n in enumerate(header.shape) if a != where[0])
+            planes[view] = (*where, np.zeros(shape, dtype=header.dtype))
+    centre = _BrainCentre(brain, header, ornt) if brain is not None else None
+    plane_bytes = header.shape[0] * header.shape[1] * header.dtype.itemsize
+    for k0, block in voxels.blocks(max(1, _BLOCK // max(plane_bytes, 1))):
+        k1 = k0 + block.shape[2]
+        for file_axis, index, plane in planes.values():
+            if file_axis == 2:
+                if k0 <= index < k1:
+                    plane[...] = block[:, :, index - k0]
+            else:
+                plane[:, k0:k1] = block[index, :, :] if file_axis == 0 else block[:, index, :]
+        if centre is not None:
+            centre.add(k0, block)
+    slices = {}
+    for view, frame in frames.items():
+        slices[view] = np.zeros((frame.height, frame.width), dtype=np.uint8)
+        if view in planes:
+            file_axis, index, plane = planes[view]
+            shift = np.eye(4)
+            shift[file_axis, 3] = index
+            _slice_into(_canonical(np.expand_dims(plane, file_axis), header.affine @ shift, ornt), frame,
+                        slices[view])
+    return slices, centre.head() if centre is not None else None
 
 
 def _head_frames(head: _Head) -> tuple[_Frame, _Frame]:
@@ -840,17 +891,16 @@ def render_case_qc(
         "coronal": (coronal, _rgb(_grey(ct_coronal, BODY_WINDOW))),
         "sagittal": (sagittal, _rgb(_grey(_slice(ct, sagittal, -1000.0), BODY_WINDOW))),
     }
-    brain = _BrainCentre(release_labels.values_by_name("Organs").get("brain") if not prepared.defaced else None)
+    brain = release_labels.values_by_name("Organs").get("brain") if not prepared.defaced else None
+    brain_head = None
     from_table = 0
     for category in CATEGORIES:
         lut, coloured = label_colours(category, release_labels, source_table)
         from_table += coloured
-        labels = {view: np.zeros((frame.height, frame.width), dtype=np.uint8) for view, (frame, _) in views.items()}
-        for _, stored, block in _blocks(prepared.labels[category], f"{category} label map"):
-            for view, (frame, _) in views.items():
-                _slice_into(block, frame, labels[view])
-            if category == "Organs":
-                brain.add(stored, block)
+        labels, head = _label_slices(prepared.labels[category], f"{category} label map",
+                                     {view: frame for view, (frame, _) in views.items()},
+                                     brain=brain if category == "Organs" else None)
+        brain_head = head or brain_head
         for view, (_, rgb) in views.items():
             edge = _edges(labels[view], width=LABEL_LINE)
             rgb[edge] = lut[labels[view][edge]]
@@ -862,7 +912,7 @@ def render_case_qc(
 
     # the head as released and, for a defaced case, before
     cylinder = prepared.cylinder if prepared.defaced else None
-    head = _head_from_cylinder(cylinder) if cylinder is not None else brain.head()
+    head = _head_from_cylinder(cylinder) if cylinder is not None else brain_head
     face_blanked = 0
     if head is not None:
         frames = dict(zip(("sagittal", "axial"), _head_frames(head), strict=True))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
+import itertools
 from pathlib import Path
 
 import nibabel as nib
@@ -250,6 +252,40 @@ def test_axis_order_does_not_change_the_pictures(order: str, defaced: Rendered, 
     assert prepared.ct.sha256 != defaced.prepared.ct.sha256
     qc = render(case, prepared, tmp_path / "qc")
     assert [(i.name, i.full.sha256) for i in qc.images] == [(i.name, i.full.sha256) for i in defaced.qc.images]
+
+
+def multi_member(image: ImageFile, path: Path, members: int) -> ImageFile:
+    """The same NIfTI bytes written as ``members`` concatenated gzip members, cut at uneven offsets."""
+    data = gzip.decompress(Path(image.path).read_bytes())
+    cuts = [0, *(len(data) * k // members + 7 * k for k in range(1, members)), len(data)]
+    raw = b"".join(gzip.compress(data[a:b], mtime=0) for a, b in itertools.pairwise(cuts))
+    path.write_bytes(raw)
+    return dataclasses.replace(image, path=str(path), sha256=hashlib.sha256(raw).hexdigest())
+
+
+def test_multi_member_gzip_volumes_are_read_whole(defaced: Rendered, tmp_path: Path) -> None:
+    # a .nii.gz may be written as concatenated gzip members (independent blocks): every member is voxels
+    before = defaced.prepared.head_before
+    prepared = dataclasses.replace(
+        defaced.prepared,
+        ct=multi_member(defaced.prepared.ct, tmp_path / "CT.nii.gz", 2),
+        pt=multi_member(defaced.prepared.pt, tmp_path / "PT.nii.gz", 3),
+        labels={c: multi_member(f, tmp_path / f"{c}.nii.gz", 2) for c, f in defaced.prepared.labels.items()},
+        head_before=multi_member(before, tmp_path / "CT-head-before.nii.gz", 2),
+    )
+    assert gzip.decompress(Path(prepared.ct.path).read_bytes()) == gzip.decompress(
+        Path(defaced.prepared.ct.path).read_bytes())
+    qc = render(defaced.case, prepared, tmp_path / "qc")
+    assert [(i.name, i.full.sha256) for i in qc.images] == [(i.name, i.full.sha256) for i in defaced.qc.images]
+    assert qc.face_voxels_blanked == defaced.qc.face_voxels_blanked > 0
+
+    # the first member alone is a short file, not a smaller volume
+    ct = Path(prepared.ct.path)
+    first = gzip.compress(gzip.decompress(Path(defaced.prepared.ct.path).read_bytes())[:4096], mtime=0)
+    ct.write_bytes(first)
+    short = dataclasses.replace(prepared, ct=dataclasses.replace(prepared.ct, sha256=hashlib.sha256(first).hexdigest()))
+    with pytest.raises(UnreadableError, match=r"CT .*CT\.nii\.gz: the file ends in its voxel data"):
+        render(defaced.case, short, tmp_path / "qc-short")
 
 
 def test_misregistered_pet_is_told(defaced: Rendered, tmp_path: Path) -> None:
