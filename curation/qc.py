@@ -51,7 +51,7 @@ import json
 import logging
 import mmap
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -321,12 +321,40 @@ def _file_plane(header: _Header, ornt: np.ndarray, axis: int, world: float) -> t
     return file_axis, n - 1 - index if ornt[file_axis, 1] < 0 else index
 
 
-def _canonical_coords(header: _Header, ornt: np.ndarray, file_axis: int) -> tuple[int, np.ndarray]:
-    """The canonical axis a file axis runs along, and the world coordinate on it of each index of the file axis."""
-    origin, spacing = _canonical_grid(header.affine, header.shape, ornt)
-    axis, n = int(ornt[file_axis, 0]), header.shape[file_axis]
-    index = np.arange(n)[::-1] if ornt[file_axis, 1] < 0 else np.arange(n)
-    return axis, origin[axis] + index * spacing[axis]
+class _AxisCounts:
+    """How many voxels of a boolean volume lie in each plane across each of its file axes.
+
+    Counted block by block of planes of the last file axis (in memory order,
+    while a block is in the CPU's cache); :meth:`world` turns them into
+    counts along the world axes.
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.counts = [np.zeros(n, dtype=np.int64) for n in shape]
+
+    def add(self, k0: int, hits: np.ndarray) -> None:
+        """Count a block (boolean, file order) holding planes ``k0`` on of the last axis."""
+        # the planes added up first (in memory order, as the narrowest integers that hold n), then each axis
+        n = hits.shape[2]
+        across = np.add.reduce(hits.view(np.uint8), axis=2, dtype=np.min_scalar_type(n))
+        self.counts[0] += across.sum(axis=1, dtype=np.int64)
+        self.counts[1] += across.sum(axis=0, dtype=np.int64)
+        self.counts[2][k0 : k0 + n] += [np.count_nonzero(hits[:, :, k]) for k in range(n)]
+
+    @property
+    def total(self) -> int:
+        return int(self.counts[0].sum())
+
+    def world(self, affine: np.ndarray, ornt: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(coordinates, counts)`` along world x, y and z, in canonical index order (as :class:`_Volume`)."""
+        origin, spacing = _canonical_grid(affine, self.shape, ornt)
+        along: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * 3
+        for file_axis, counts in enumerate(self.counts):
+            axis = int(ornt[file_axis, 0])
+            along[axis] = (origin[axis] + np.arange(len(counts)) * spacing[axis],
+                           counts[::-1] if ornt[file_axis, 1] < 0 else counts)
+        return along
 
 
 class _Voxels:
@@ -362,23 +390,41 @@ class _Voxels:
         if filled < len(target):
             raise UnreadableError(f"{self.where}: the file ends in its {what} (truncated file)")
 
-    def read(self) -> np.ndarray:
-        """The whole volume, file axis order (Fortran order, as NIfTI stores it)."""
+    def read(self, each: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+        """The whole volume, file axis order (Fortran order, as NIfTI stores it).
+
+        ``each``, when given, is called as :meth:`blocks` yields, with the
+        blocks of the volume itself, right after each is inflated.
+        """
         array = np.empty(self.header.shape, dtype=self.header.dtype, order="F")
-        self._fill(memoryview(array.T).cast("B"), "voxel data")  # the transpose of Fortran order is C-contiguous
+        if each is None:
+            self._fill(memoryview(array.T).cast("B"), "voxel data")  # the transpose of Fortran order is C-contiguous
+            return array
+        for k0, k1 in self._block_ranges():
+            block = array[:, :, k0:k1]  # whole planes of a Fortran-order array: contiguous
+            self._fill(memoryview(block.T).cast("B"), "voxel data")
+            each(k0, block)
         return array
 
-    def blocks(self, planes: int) -> Iterator[tuple[int, np.ndarray]]:
-        """The volume in blocks of up to ``planes`` whole planes of its last file axis, as it is inflated.
+    def _block_ranges(self) -> Iterator[tuple[int, int]]:
+        """Ranges of the last axis holding about :data:`_BLOCK` bytes (whole planes)."""
+        nx, ny, nz = self.header.shape
+        planes = max(1, _BLOCK // max(nx * ny * self.header.dtype.itemsize, 1))
+        return ((k0, min(k0 + planes, nz)) for k0 in range(0, nz, planes))
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """The volume in blocks of whole planes of its last file axis (about :data:`_BLOCK` bytes), as it is inflated.
 
         Yields ``(k0, block)``: the block's first plane and the block in
         file axis order.  The block's memory is reused for the next one (so
         it stays in the CPU's cache): a caller copies what it keeps.
         """
-        nx, ny, nz = self.header.shape
-        buffer = np.empty((nx, ny, max(1, min(nz, planes))), dtype=self.header.dtype, order="F")
-        for k0 in range(0, nz, buffer.shape[2]):
-            block = buffer[:, :, : min(buffer.shape[2], nz - k0)]
+        nx, ny, _ = self.header.shape
+        buffer: np.ndarray | None = None
+        for k0, k1 in self._block_ranges():
+            if buffer is None:
+                buffer = np.empty((nx, ny, k1 - k0), dtype=self.header.dtype, order="F")
+            block = buffer[:, :, : k1 - k0]
             self._fill(memoryview(block.T).cast("B"), "voxel data")
             yield k0, block
 
@@ -646,40 +692,29 @@ def _head_from_cylinder(cylinder: DefaceCylinder) -> _Head:
 
 
 class _BrainCentre:
-    """The brain label's centroid and lowest voxel, counted block by block as the Organs map is read.
-
-    Voxels are counted along each file axis (in the file's memory order, while
-    the block is in the CPU's cache); the counts become world positions at the end.
-    """
+    """The brain label's centroid and lowest voxel, counted block by block as the Organs map is read."""
 
     def __init__(self, value: int, header: _Header, ornt: np.ndarray) -> None:
         self.value = value
         self.header = header
         self.ornt = ornt
-        self.counts = [np.zeros(n, dtype=np.int64) for n in header.shape]
+        self.counts = _AxisCounts(header.shape)
 
     def add(self, k0: int, block: np.ndarray) -> None:
         """Count the brain voxels of one block (file order, planes ``k0`` on of the last axis)."""
         brain = block == self.value
-        if not brain.any():  # most blocks hold no brain
-            return
-        across = brain.sum(axis=2, dtype=np.int64)  # adds whole planes: one pass in memory order
-        self.counts[0] += across.sum(axis=1)
-        self.counts[1] += across.sum(axis=0)
-        self.counts[2][k0 : k0 + block.shape[2]] += np.count_nonzero(brain, axis=(0, 1))
+        if brain.any():  # most blocks hold no brain
+            self.counts.add(k0, brain)
 
     def head(self) -> _Head | None:
         """Centred on the brain's centroid in x and y, :data:`EYE_LEVEL_MM` above its lowest voxel."""
-        total = int(self.counts[0].sum())
+        total = self.counts.total
         if total == 0:
             return None
-        centre, z_lo = np.zeros(3), np.inf
-        for file_axis, counts in enumerate(self.counts):
-            axis, world = _canonical_coords(self.header, self.ornt, file_axis)
-            centre[axis] = float(world @ counts) / total
-            if axis == _Z:
-                z_lo = float(world[counts > 0].min())
-        return _Head(float(centre[_X]), float(centre[_Y]), z_lo + EYE_LEVEL_MM, HEAD_HALF_MM, None, "brain-label")
+        (x, nx), (y, ny), (z, nz) = self.counts.world(self.header.affine, self.ornt)
+        z_lo = float(z[np.flatnonzero(nz)[0]])
+        return _Head(float(x @ nx) / total, float(y @ ny) / total, z_lo + EYE_LEVEL_MM, HEAD_HALF_MM, None,
+                     "brain-label")
 
 
 def _label_slices(
@@ -707,8 +742,7 @@ def _label_slices(
             shape = tuple(n for a, n in enumerate(header.shape) if a != where[0])
             planes[view] = (*where, np.zeros(shape, dtype=header.dtype))
     centre = _BrainCentre(brain, header, ornt) if brain is not None else None
-    plane_bytes = header.shape[0] * header.shape[1] * header.dtype.itemsize
-    for k0, block in voxels.blocks(max(1, _BLOCK // max(plane_bytes, 1))):
+    for k0, block in voxels.blocks():
         k1 = k0 + block.shape[2]
         for file_axis, index, plane in planes.values():
             if file_axis == 2:
@@ -756,16 +790,15 @@ def _head_picture(ct_slice: np.ndarray, frame: _Frame, cylinder: DefaceCylinder 
     return np.asarray(image)
 
 
-def _pet_window(pt: _Volume) -> float:
+def _pet_window(mip: np.ndarray) -> float:
     """The top of the PET display window: the 99.5th percentile of the non-zero MIP values."""
-    mip = pt.data.max(axis=_Y)
     positive = mip[mip > 0]
     return float(np.percentile(positive, 99.5)) if positive.size else 1.0
 
 
-def _mip_picture(pt: _Volume, body: _Volume, frame: _Frame, pet_top: float) -> np.ndarray:
-    """PET MIP along the frame's depth axis (inverted grey), the CT body projected alike as an outline."""
-    rgb = _rgb(255 - _grey(_projected(pt.data.max(axis=frame.axis), pt, frame, 0.0), (0.0, pet_top)))
+def _mip_picture(mip: np.ndarray, pt: _Volume, body: _Volume, frame: _Frame, pet_top: float) -> np.ndarray:
+    """The PET MIP along the frame's depth axis (inverted grey), the CT body projected alike as an outline."""
+    rgb = _rgb(255 - _grey(_projected(mip, pt, frame, 0.0), (0.0, pet_top)))
     silhouette = _projected(body.data.any(axis=frame.axis), body, frame, False)
     rgb[_edges(silhouette.astype(np.uint8))] = BODY_OUTLINE_MIP
     return rgb
@@ -780,26 +813,48 @@ def _fusion_picture(ct_slice: np.ndarray, pt: _Volume, frame: _Frame, pet_top: f
     return rgb
 
 
-def _body_mask(stored: np.ndarray, affine: np.ndarray) -> _Volume:
-    """CT > BODY_HU on the CT grid subsampled to about :data:`BODY_MASK_MM`, as a canonical volume.
+@dataclass(frozen=True)
+class _CT:
+    """The prepared CT, and its body (CT > :data:`BODY_HU`) on its grid subsampled to about :data:`BODY_MASK_MM`."""
 
-    Thresholded in the file's own axis order (one pass in memory order), then
-    reoriented as a view.
+    volume: _Volume  # canonical
+    stored: np.ndarray  # file axis order
+    affine: np.ndarray
+    body: _Volume  # canonical
+    centroid: tuple[float, float, float]  # of the body (world mm)
+
+
+def _read_ct(image: ImageFile, what: str) -> _CT:
+    """The CT, and its body mask thresholded block by block as the CT is inflated (in the CPU's cache).
+
+    Raises
+    ------
+    UnreadableError
+        As :func:`_open_voxels`.
     """
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    voxels = _open_voxels(image, what)
+    header = voxels.header
+    spacing = np.sqrt((header.affine[:3, :3] ** 2).sum(axis=0))
     steps = [max(1, int(BODY_MASK_MM // s)) for s in spacing]
-    mask = stored[:: steps[0], :: steps[1], :: steps[2]] > BODY_HU
-    return _canonical(mask, affine @ np.diag([*steps, 1]))
+    mask = np.empty([-(-n // step) for n, step in zip(header.shape, steps, strict=True)], dtype=bool, order="F")
 
+    def threshold(k0: int, block: np.ndarray) -> None:
+        first = -k0 % steps[2]  # the block's first plane on the mask's grid
+        planes = block[:: steps[0], :: steps[1], first :: steps[2]]
+        m0 = (k0 + first) // steps[2]
+        np.greater(planes, BODY_HU, out=mask[:, :, m0 : m0 + planes.shape[2]])
 
-def _centroid(mask: _Volume) -> tuple[float, float, float]:
-    """World position of the mask's centroid, from its coronal projection and its counts along y."""
-    coronal = np.count_nonzero(mask.data, axis=_Y)  # one pass over the mask: x and z counts from it
-    counts = [coronal.sum(axis=1), np.count_nonzero(mask.data, axis=(_X, _Z)), coronal.sum(axis=0)]
-    total = counts[0].sum()
-    if total == 0:  # no body at all: the middle of the grid
-        return tuple(float(np.mean(mask.bounds(axis))) for axis in range(3))  # type: ignore[return-value]
-    return tuple(float(mask.world(a, np.arange(len(c))) @ c / total) for a, c in enumerate(counts))  # type: ignore[return-value]
+    stored = voxels.read(each=threshold)
+    counts = _AxisCounts(mask.shape)
+    counts.add(0, mask)
+    ornt = io_orientation(header.affine)
+    mask_affine = header.affine @ np.diag([*steps, 1])
+    body = _canonical(mask, mask_affine, ornt)
+    if counts.total == 0:  # no body at all: the middle of the grid
+        centroid = tuple(float(np.mean(body.bounds(axis))) for axis in range(3))
+    else:
+        centroid = tuple(float(world @ n / counts.total) for world, n in counts.world(mask_affine, ornt))
+    return _CT(_canonical(stored, header.affine, ornt), stored, header.affine, body, centroid)  # type: ignore[arg-type]
 
 
 def _pet_inside_body(pt: _Volume, body: _Volume) -> float:
@@ -815,7 +870,10 @@ def _pet_inside_body(pt: _Volume, body: _Volume) -> float:
         idx, ok = body.index(axis, pt.world(axis, np.arange(0, pt.data.shape[axis], steps[axis])))
         index.append(idx)
         inside.append(ok)
-    mask = body.data[np.ix_(*index)]
+    # gathered with the mask's memory order outermost to innermost (its slowest axis first): a point
+    # then follows the one before it in memory, not 64 KiB away (4x faster)
+    order = np.argsort([-abs(stride) for stride in body.data.strides])
+    mask = body.data.transpose(order)[np.ix_(*(index[a] for a in order))].transpose(np.argsort(order))
     mask &= inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
     activity = np.clip(pet, 0, None)
     total = float(activity.sum(dtype=np.float64))
@@ -870,18 +928,19 @@ def render_case_qc(
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = qc_fingerprint(case, prepared, source_table=source_table, release_labels=release_labels)
 
-    ct, ct_stored, ct_affine = _read_volume(prepared.ct, "CT")
+    ct_read = _read_ct(prepared.ct, "CT")
+    ct, ct_stored, ct_affine, body, centre = (ct_read.volume, ct_read.stored, ct_read.affine, ct_read.body,
+                                              ct_read.centroid)
     pt, _, _ = _read_volume(prepared.pt, "PET")
-    body = _body_mask(ct_stored, ct_affine)
-    centre = _centroid(body)
     coronal = _frame(_X, _Z, ct.bounds(_X), ct.bounds(_Z), FULL_SIZE, fixed=centre[_Y])
     sagittal = _frame(_Y, _Z, ct.bounds(_Y), ct.bounds(_Z), FULL_SIZE, fixed=centre[_X])
-    pet_top = _pet_window(pt)
+    pet_mip = pt.data.max(axis=coronal.axis)
+    pet_top = _pet_window(pet_mip)
     ct_coronal = _slice(ct, coronal, -1000.0)
 
     pictures = [
         _write_picture(out_dir, "pet-mip-coronal", "PET maximum-intensity projection (coronal), CT body "
-                       "outline in blue", _mip_picture(pt, body, coronal, pet_top), coronal),
+                       "outline in blue", _mip_picture(pet_mip, pt, body, coronal, pet_top), coronal),
         _write_picture(out_dir, "fusion-coronal", "PET over CT (coronal slice through the body centroid), CT "
                        "body outline in green", _fusion_picture(ct_coronal, pt, coronal, pet_top), coronal),
     ]
@@ -952,7 +1011,7 @@ def render_case_qc(
         head_view=head.source if head is not None else "none",
         colours=colours,
         body_centroid=centre,
-        pet_max=float(pt.data.max()) if pt.data.size else 0.0,
+        pet_max=float(pet_mip.max()) if pet_mip.size else 0.0,
         pet_inside_body=round(pet_inside, 6),
         face_voxels_blanked=face_blanked,
     )
