@@ -555,9 +555,16 @@ def _slice_into(volume: _Volume, frame: _Frame, out: np.ndarray) -> None:
     cols, rows = _inside_range(h_in), _inside_range(v_in)
     if cols.start == cols.stop or rows.start == rows.stop:
         return
-    index: list[object] = [0, 0, 0]
-    index[frame.h], index[frame.v], index[frame.axis] = ih[cols][None, :], iv[rows][:, None], i0
-    out[rows, cols] = volume.data[tuple(index)]
+    plane: list[object] = [slice(None)] * 3
+    plane[frame.axis] = i0
+    rows_cols = volume.data[tuple(plane)]  # a view; its two axes in canonical order
+    if frame.h < frame.v:
+        rows_cols = rows_cols.T
+    # one gather per axis, the one with the longer stride first: 2-5x faster than one gather per pixel
+    if abs(rows_cols.strides[0]) >= abs(rows_cols.strides[1]):
+        out[rows, cols] = rows_cols.take(iv[rows], axis=0).take(ih[cols], axis=1)
+    else:
+        out[rows, cols] = rows_cols.take(ih[cols], axis=1).take(iv[rows], axis=0)
 
 
 def _slice(volume: _Volume, frame: _Frame, fill: float) -> np.ndarray:
