@@ -36,12 +36,10 @@ the same picture.  Grids that are oblique to the world axes (rejected upstream
 as gantry tilt) would be shown along their closest axes.
 
 Pictures are drawn with numpy and Pillow (no matplotlib: its figure machinery
-and text rendering cost more than the whole picture here) and written as the
-plainest PNG (:func:`_png`: no metadata, so the same volumes give the same
-bytes).  Volumes are inflated with ISA-L (``isal``), 2.2x faster than zlib on a
-512x512x320 CT, straight into their arrays, which is most of the cost; a label
-map is inflated block by block and only the planes drawn are kept.  Files are
-written atomically.
+and text rendering cost more than the whole picture here, and Pillow writes
+PNGs without metadata, so the same volumes give the same bytes).  Volumes are
+inflated with ISA-L (``isal``), 2.2x faster than zlib on a 512x512x320 CT,
+which is most of the cost.  Files are written atomically.
 """
 
 from __future__ import annotations
@@ -53,7 +51,6 @@ import json
 import logging
 import mmap
 import os
-import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +111,9 @@ FUSION_WINDOW = (-200.0, 300.0)
 BODY_MASK_MM = 2.0
 #: Sampling (mm) of the PET grid for the PET-in-body number.
 PET_SAMPLE_MM = 6.0
-#: ISA-L deflate level of the PNGs (1 or 2 write the same bytes on every x86-64-v2 CPU; 1 is as small here).
-PNG_LEVEL = 1
+#: PNG deflate level: on the bench case's pictures 3 writes 15 % more bytes than 9, 5x faster; 2 writes
+#: 6 % more than 3 and encodes them 13 % faster (Pillow's choice of a filter per row is most of the rest).
+PNG_LEVEL = 2
 #: Width (px) of the label boundaries on full-size pictures (thumbnails keep them visible).
 LABEL_LINE = 2
 #: Colours of the drawn outlines.
@@ -652,36 +650,19 @@ def label_colours(
     return lut, from_table
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", isal_zlib.crc32(kind + data))
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    """The smallest PNG of an RGB picture: IHDR, one IDAT, IEND (no time or text chunk).
-
-    Rows unfiltered (filter type 0), deflated by ISA-L at :data:`PNG_LEVEL`:
-    16 pictures of the bench case in 6 ms, where Pillow (whose choice of a
-    filter for each row is most of its time) took 65-80 ms at its level 2, for
-    3 % fewer bytes.  ISA-L writes the same bytes on every x86-64-v2 CPU at this
-    level (see :mod:`curation.nifti`), so the same volumes give the same files.
-    """
-    height, width, _ = rgb.shape
-    rows = np.empty((height, 1 + 3 * width), dtype=np.uint8)
-    rows[:, 0] = 0  # each row's filter type
-    rows[:, 1:] = rgb.reshape(height, 3 * width)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, no interlace
-    return b"".join((b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header),
-                     _png_chunk(b"IDAT", isal_zlib.compress(rows, PNG_LEVEL)), _png_chunk(b"IEND", b"")))
+def _png(rgb: np.ndarray) -> tuple[Image.Image, bytes]:
+    image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_LEVEL)  # Pillow writes no time or text chunk
+    return image, buffer.getvalue()
 
 
 def _write_picture(out_dir: Path, name: str, title: str, rgb: np.ndarray, frame: _Frame) -> QCImage:
     """Write ``<name>.png`` and ``<name>.thumb.png`` atomically; their record."""
-    height, width, _ = rgb.shape
-    data = _png(rgb)
-    scale = THUMB_SIZE / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    thumb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").resize(size, Image.Resampling.BOX))
-    thumb_data = _png(thumb)
+    image, data = _png(rgb)
+    scale = THUMB_SIZE / max(image.width, image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    thumb, thumb_data = _png(np.asarray(image.resize(size, Image.Resampling.BOX)))
     full_path, thumb_path = out_dir / f"{name}.png", out_dir / f"{name}.thumb.png"
     atomic_write_bytes(full_path, data)
     atomic_write_bytes(thumb_path, thumb_data)
@@ -689,8 +670,8 @@ def _write_picture(out_dir: Path, name: str, title: str, rgb: np.ndarray, frame:
     return QCImage(
         name=name,
         title=title,
-        full=PNGFile(str(full_path), hashlib.sha256(data).hexdigest(), width, height),
-        thumbnail=PNGFile(str(thumb_path), hashlib.sha256(thumb_data).hexdigest(), thumb.shape[1], thumb.shape[0]),
+        full=PNGFile(str(full_path), hashlib.sha256(data).hexdigest(), image.width, image.height),
+        thumbnail=PNGFile(str(thumb_path), hashlib.sha256(thumb_data).hexdigest(), thumb.width, thumb.height),
         top_left=top_left,  # type: ignore[arg-type]
         right=right,  # type: ignore[arg-type]
         down=down,  # type: ignore[arg-type]
