@@ -55,7 +55,11 @@ Decisions
 
 Algorithm: streaming, in chunks of :data:`CHUNK_SIZE` bytes with an overlap
 long enough for the longest match and its context, so memory stays bounded
-for multi-GB members.  Each chunk is lower-cased once (``bytes.lower``, ASCII
+for multi-GB members.  A chunk whose bytes are all smaller than any byte a
+pattern can start with (:attr:`Matcher.min_start`: a label map's voxels, 0..31, against
+values that start with a digit, letter or punctuation) is proven free of match starts by
+one vectorised ``max``; only the matches begun before it are decided on its first bytes.
+Any other chunk is lower-cased once (``bytes.lower``, ASCII
 only).  Matching is multi-pattern and independent of the number of values
 (hundreds of thousands: every SOPInstanceUID of a site): numpy filters
 positions by the first two bytes (a 64 Ki-entry table), then by the first
@@ -308,6 +312,10 @@ class Matcher:
             n: np.array(sorted(found), dtype=np.uint64) for n, found in by_prefix_length.items()
         }
         self.first3 = np.packbits(first3, bitorder="little")
+        #: the smallest byte that can start a match as read (before lower-casing: "A" starts "a...");
+        #: a buffer whose bytes are all smaller holds no match start (a label map's voxels, 0..31)
+        firsts = {data[0] for data in self.patterns}
+        self.min_start = min((f - 32 if 0x61 <= f <= 0x7A else f for f in firsts), default=256)
 
     def _add(self, data: bytes, entry: tuple[int, str, int, int]) -> None:
         entries = self.patterns.setdefault(data, [])
@@ -487,7 +495,13 @@ def _scan_stream(stream: BinaryIO, matcher: Matcher, name: str, layer: str) -> l
     while True:
         data = stream.read(CHUNK_SIZE)
         final = not data
-        low = tail + data.lower()
+        skip = len(data) > matcher.overlap and _below(data, matcher.min_start)
+        if skip:
+            # no match starts in ``data``: only the tail's pending matches are decided, and they read
+            # at most ``overlap`` bytes of it; the next tail is its last ``overlap`` bytes
+            low = tail + data[: matcher.overlap].lower()
+        else:
+            low = tail + data.lower()
         for pos, value, encoding in matcher.find(low, decided=len(tail), final=final):
             key = (base + pos, value, encoding)
             if key in seen or (encoding == "person-name" and key[:2] in exact):
@@ -498,9 +512,18 @@ def _scan_stream(stream: BinaryIO, matcher: Matcher, name: str, layer: str) -> l
             leaks.append(Leak(name, base + pos, value_digest(matcher.values[value]), f"{layer}:{encoding}"))
         if final:
             return leaks
+        if skip:
+            base += len(tail) + len(data) - matcher.overlap
+            tail = data[-matcher.overlap :].lower()
+            continue
         cut = max(len(low) - matcher.overlap, 0)
         base += cut
         tail = low[cut:]
+
+
+def _below(data: bytes, limit: int) -> bool:
+    """Whether every byte of ``data`` is smaller than ``limit`` (one vectorised pass)."""
+    return int(np.frombuffer(data, dtype=np.uint8).max()) < limit
 
 
 def _scan_gunzip(opener: _Opener, matcher: Matcher, name: str) -> list[Leak]:

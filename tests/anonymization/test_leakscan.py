@@ -18,7 +18,9 @@ import pytest
 from anonymization import leakscan
 from anonymization.leakscan import (
     Leak,
+    Matcher,
     UnscannableError,
+    scan_member,
     scan_zip,
     value_digest,
 )
@@ -409,3 +411,32 @@ def test_scan_logs_never_show_a_value(tmp_path: Path, caplog: pytest.LogCaptureF
     assert len(leaks) == 2
     text = caplog.text + repr(leaks)
     assert "Mueller" not in text and "MUELLER" not in text and "45123" not in text
+
+
+def test_buffers_of_bytes_no_value_starts_with_are_skipped_without_losing_a_match(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A label map's voxels (bytes 0..31) start no match: the scan skips such buffers, finding the same leaks.
+
+    Values sit in text just before, across and just after buffers of low bytes,
+    so matches begun in one buffer are decided by the low bytes of the next.
+    """
+    rng = np.random.default_rng(11)
+    values = [UID, NAME, PATIENT_ID, "KAI", "MUELLER^HANS"]
+    matcher = Matcher(values)
+    assert matcher.min_start == ord("0")  # the UID's and the ID's digits; "K" and "M" fold to larger bytes
+    everything = Matcher(values)
+    everything.min_start = 0  # the same scan without the skip
+    pieces = []
+    for k in range(40):
+        run = int(rng.integers(1, 400))  # background (NUL: text to the scan) or other labels
+        pieces.append(bytes(run) if k % 2 else rng.integers(0, 32, run, dtype=np.uint8).tobytes())
+        pieces.append(rng.choice([b" kai ", b"\x00kai\x00", f" {UID} ".encode(), b"Hans Mueller",
+                                  f"={PATIENT_ID};".encode(), b"Erika MUSTERMANN", b"Kai"]))
+    data = b"".join(pieces) + b"\x00kai"
+    reference = scan_member(data, everything, "labels.bin")
+    assert len(reference) >= 15  # a short value needs text around it (NUL is, other low bytes are not)
+    for size in (7, 64, 97, 300, 8 << 20):
+        monkeypatch.setattr(leakscan, "CHUNK_SIZE", size)
+        assert scan_member(data, matcher, "labels.bin") == reference, size
+        assert scan_member(data, everything, "labels.bin") == reference, size
