@@ -150,7 +150,7 @@ def plan_cylinder(
         raise ValueError(f"margin_mm must be a finite number >= 0, not {margin_mm!r}")
     _check_3d(ct, "CT")
     _check_3d(pt, "PET")
-    hu = np.asanyarray(ct.dataobj)
+    hu = ct.dataobj  # only the slab is read (a lazily read image inflates only its planes)
     if brain is not None:
         brain = _check_mask(brain, hu.shape, "brain")
     if skull is not None:
@@ -181,7 +181,7 @@ def plan_cylinder(
     box = _plane_box(hu.shape, z_axis, int(planes.min()), int(planes.max()) + 1)
     # the slab, slices first and C-contiguous: the volume and the masks may come in different
     # memory orders (nibabel reads Fortran order), and mixing them costs 100x in numpy
-    hu_slab = np.ascontiguousarray(np.moveaxis(hu[box], z_axis, 0))
+    hu_slab = np.ascontiguousarray(np.moveaxis(np.asarray(hu[box]), z_axis, 0))
     skull_slab = np.ascontiguousarray(np.moveaxis(skull[box], z_axis, 0))
     x, y, z = (np.moveaxis(c, z_axis, 0) for c in _coords(affine, box))
     shape = skull_slab.shape
@@ -328,6 +328,70 @@ def deface_array(
         raise ValueError("deface_array changes the volume in place: it must be writable")
     box, inside = _cylinder_box(cylinder, volume.shape, affine)
     return int(np.count_nonzero(inside)), _fill(volume[box], inside, fill)
+
+
+def cylinder_planes(cylinder: DefaceCylinder, shape: tuple[int, ...], affine: np.ndarray) -> tuple[int, int]:
+    """The planes ``[start, stop)`` along a grid's last axis that :func:`deface_array` may change.
+
+    Parameters
+    ----------
+    cylinder
+        The cylinder in world (RAS+) mm.
+    shape
+        The grid's shape (3-D).
+    affine
+        The grid's voxel -> world (RAS+) affine.
+
+    Returns
+    -------
+    tuple of int
+        The index range of the cylinder's box along the last axis.
+    """
+    box, _ = _cylinder_box(cylinder, tuple(int(n) for n in shape), affine)
+    return box[2].start, box[2].stop
+
+
+def deface_planes(
+    cylinder: DefaceCylinder, planes: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], first: int,
+    fill: float,
+) -> tuple[int, int]:
+    """:func:`deface_array` on planes ``first:`` (last axis) of a volume of ``shape``, in place.
+
+    The voxels inside are those of the whole volume, computed on its own grid
+    (not on a shifted affine, whose rounding could move a voxel on the edge).
+
+    Parameters
+    ----------
+    cylinder
+        The cylinder in world (RAS+) mm.
+    planes
+        A writable 3-D array: the volume's planes ``first:first + planes.shape[2]``,
+        holding every plane of :func:`cylinder_planes`.
+    affine, shape
+        The whole volume's affine and shape.
+    first
+        The index of ``planes``' first plane in the volume.
+    fill
+        The value written inside.
+
+    Returns
+    -------
+    tuple of int
+        The number of voxels inside, and how many of them were non-zero before.
+
+    Raises
+    ------
+    ValueError
+        When ``planes`` do not hold the cylinder's planes or are not writable.
+    """
+    box, inside = _cylinder_box(cylinder, tuple(int(n) for n in shape), affine)
+    if planes.shape[:2] != tuple(shape[:2]) or box[2].start < first or box[2].stop > first + planes.shape[2]:
+        raise ValueError(f"planes {first}:{first + planes.shape[2]} of shape {planes.shape} do not hold the "
+                         f"cylinder's planes {box[2].start}:{box[2].stop} of a {tuple(shape)} volume")
+    if not planes.flags.writeable:
+        raise ValueError("deface_planes changes the planes in place: they must be writable")
+    local = (box[0], box[1], slice(box[2].start - first, box[2].stop - first))
+    return int(np.count_nonzero(inside)), _fill(planes[local], inside, fill)
 
 
 def cylinder_values(cylinder: DefaceCylinder, volume: np.ndarray, affine: np.ndarray) -> np.ndarray:

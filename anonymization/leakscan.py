@@ -666,7 +666,26 @@ def scan_region(data: bytes, matcher: Matcher, name: str, *, base: int, start: i
     return sorted((leak for leak in found if start <= leak.offset < end), key=lambda leak: leak.offset)
 
 
-def scan_member(content: bytes, matcher: Matcher, name: str, *, gunzipped: bytes | None = None) -> list[Leak]:
+class _ViewReader(io.RawIOBase):
+    """A read-only stream over a buffer in memory, without copying it whole (``io.BytesIO`` does, but for bytes)."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(self._pos + size, len(self._view))
+        data = bytes(self._view[self._pos : end])
+        self._pos = end
+        return data
+
+
+def scan_member(content: bytes, matcher: Matcher, name: str, *, gunzipped: bytes | memoryview | None = None,
+                ) -> list[Leak]:
     """The leaks :func:`scan_zip` finds in one member of a zip, from the member's bytes in memory.
 
     Parameters
@@ -694,4 +713,4 @@ def scan_member(content: bytes, matcher: Matcher, name: str, *, gunzipped: bytes
     if gunzipped is None or not content.startswith(_GZIP_MAGIC):
         return _scan_source(_Opener(lambda: io.BytesIO(content), len(content)), matcher, name, 1)
     leaks = _scan_stream(io.BytesIO(content), matcher, name, "bytes")
-    return leaks + _scan_stream(io.BytesIO(gunzipped), matcher, name, "gunzip")
+    return leaks + _scan_stream(_ViewReader(gunzipped), matcher, name, "gunzip")

@@ -8,12 +8,24 @@ same volume always gives the same bytes and the file is never read back;
 before it knows whether it will write it (:func:`write_compressed`).
 
 Compression is ISA-L's (the ``isal`` package), the same gzip format as zlib's
-at 3-4 times the speed, and it releases the GIL.  The uncompressed NIfTI stream
-(header, then the voxels) is compressed in independent blocks of
-:data:`GZIP_BLOCK` bytes at fixed offsets of that stream, each with the 32 KiB
-before it as its dictionary (``isal.igzip_threaded``, like pigz), so the blocks
-are compressed on :data:`GZIP_THREADS` threads and the bytes do not depend on
-the number of threads.  The gzip header has no file name and mtime 0.
+at 3-4 times the speed, and it releases the GIL.  A file is a series of
+independent gzip members (RFC 1952: concatenated members are one valid gzip
+file, read whole by nibabel, Python's ``gzip``, zlib's ``gzread``, ITK), as
+bgzip writes them: the header (352 bytes) in a member of its own, then the
+voxels in members of whole planes (the last axis: z for the converted volumes)
+of about :data:`GZIP_BLOCK` bytes, so member boundaries follow from the shape
+and the voxel type alone.  Each member carries its own size in an FEXTRA
+subfield (:data:`MEMBER_SUBFIELD`, like BGZF's ``BC`` but 32 bits; readers skip
+unknown subfields), so a reader finds every member without inflating any:
+
+* members are compressed and inflated on :data:`GZIP_THREADS` threads, and the
+  bytes do not depend on the number of threads;
+* a member's bytes depend only on its own uncompressed bytes, so a stage that
+  changes a few planes (defacing: the head's slab) re-compresses only the
+  members holding them and copies the others (:class:`IndexedNifti`), and the
+  file is byte for byte the one :func:`compress_nifti` makes of the whole volume.
+
+The gzip header has no file name and mtime 0.
 
 Deterministic bytes across machines: the compressed bytes depend on the volume,
 :data:`GZIP_LEVEL`, :data:`GZIP_BLOCK` and the ISA-L release, which the pinned
@@ -28,14 +40,18 @@ would be valid but not byte-identical (``tests/curation/test_nifti.py`` pins the
 bytes of a known volume, so such a machine fails the test suite loudly).
 
 Reading: :func:`load_nifti` reads a file once (hashing its bytes) and inflates it
-with ISA-L straight into the volume's own buffer, so a volume costs its own size.
+with ISA-L straight into the volume's own buffer, so a volume costs its own size;
+:func:`gunzip` inflates every member of any gzip file (``isal_zlib.decompress``
+and ``zlib.decompress`` stop after the first).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Iterator
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -54,10 +70,16 @@ from curation.model import ImageFile
 #: (512x512x320 int16): 62.8 MB at level 2 against 61.5 MB for zlib at level 1, in a
 #: quarter of zlib's CPU time; level 1 is as fast and 1 % larger; level 3 is CPU-dependent.
 GZIP_LEVEL = 2
-#: Uncompressed bytes per independently compressed block (0.6 % larger than one stream).
+#: Uncompressed bytes per gzip member of voxels, at most (a member holds whole planes, at least
+#: one); 0.6 % larger than one stream, about as large as 1 MiB blocks sharing a dictionary.
 GZIP_BLOCK = 1 << 20
-#: Threads compressing the blocks of one file (the bytes do not depend on it).
+#: Threads compressing or inflating the members of one file (the bytes do not depend on it).
 GZIP_THREADS = 2
+#: The FEXTRA subfield of every member written: its id, then the member's size in bytes (4, little-endian).
+MEMBER_SUBFIELD = b"PC"
+#: A member's gzip header: magic, CM 8, FLG FEXTRA, MTIME 0, XFL 0, OS 255, XLEN 8, the subfield.
+_MEMBER_HEAD = struct.Struct("<2sBBIBBH2sHI")
+_MEMBER_TAIL = struct.Struct("<II")  # CRC-32, ISIZE
 
 #: NIfTI header fields that could carry text from a source; always written empty.
 HEADER_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
@@ -72,7 +94,7 @@ def clean_header(array: np.ndarray, affine: ArrayLike, dtype: type) -> nib.Nifti
     Parameters
     ----------
     array
-        The volume (its shape is recorded).
+        The volume (only its shape is read: a zero-strided stand-in will do).
     affine
         Voxel -> world (RAS+ mm), 4x4.
     dtype
@@ -99,18 +121,62 @@ def clean_header(array: np.ndarray, affine: ArrayLike, dtype: type) -> nib.Nifti
     return hdr
 
 
-def _payload_pieces(header: bytes, array: np.ndarray, size: int) -> Iterator[bytes | memoryview]:
-    """The NIfTI stream (``header`` then the voxels in Fortran order) in pieces of exactly ``size`` bytes.
+def _plane_bytes(shape: Sequence[int], itemsize: int) -> int:
+    """Bytes of one plane: one index of the last axis (of a 3-D or 4-D volume: x * y voxels)."""
+    dims = [int(n) for n in shape]
+    return int(np.prod(dims[:2] if len(dims) >= 3 else dims, dtype=np.int64)) * itemsize
 
-    Fixed offsets make the compressed blocks independent of how the stream was
-    produced; a Fortran-ordered volume is not copied.
+
+def member_planes(shape: Sequence[int], itemsize: int) -> int:
+    """Planes per voxel member of a volume: as many as fit in :data:`GZIP_BLOCK`, at least one."""
+    plane = _plane_bytes(shape, itemsize)
+    return max(1, GZIP_BLOCK // plane) if plane else 1
+
+
+def _voxel_spans(shape: Sequence[int], itemsize: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each voxel member in the voxel bytes (Fortran order)."""
+    total = int(np.prod([int(n) for n in shape], dtype=np.int64)) * itemsize
+    step = member_planes(shape, itemsize) * _plane_bytes(shape, itemsize)
+    return [(start, min(start + step, total)) for start in range(0, total, step)] if total else []
+
+
+def gzip_member(data: bytes | memoryview) -> bytes:
+    """One gzip member of ``data``: ISA-L at :data:`GZIP_LEVEL`, its size in the FEXTRA subfield.
+
+    Parameters
+    ----------
+    data
+        The uncompressed bytes.
+
+    Returns
+    -------
+    bytes
+        The member (header, deflate stream, CRC-32 and size); its bytes depend on ``data`` only.
     """
+    body = isal_zlib.compress(data, GZIP_LEVEL, wbits=-15)
+    size = _MEMBER_HEAD.size + len(body) + _MEMBER_TAIL.size
+    head = _MEMBER_HEAD.pack(b"\x1f\x8b", 8, 4, 0, 0, 255, 8, MEMBER_SUBFIELD, 4, size)
+    return b"".join((head, body, _MEMBER_TAIL.pack(isal_zlib.crc32(data), len(data) & 0xFFFFFFFF)))
+
+
+def _compress_members(pieces: Sequence[bytes | memoryview]) -> list[bytes]:
+    """:func:`gzip_member` of each piece, on :data:`GZIP_THREADS` threads (ISA-L releases the GIL)."""
+    if GZIP_THREADS <= 1 or len(pieces) <= 1:
+        return [gzip_member(piece) for piece in pieces]
+    with ThreadPoolExecutor(max_workers=GZIP_THREADS) as pool:
+        return list(pool.map(gzip_member, pieces))
+
+
+def _voxel_bytes(array: np.ndarray) -> memoryview:
+    """The voxels in Fortran order as bytes (a Fortran-ordered volume is not copied)."""
     voxels = np.asfortranarray(array)
-    data = memoryview(voxels.T).cast("B") if voxels.size else memoryview(b"")  # .T of F-order is C-contiguous
-    first = size - len(header)
-    yield header + bytes(data[:first])
-    for start in range(first, len(data), size):
-        yield data[start : start + size]
+    return memoryview(voxels.T).cast("B") if voxels.size else memoryview(b"")  # .T of F-order is C-contiguous
+
+
+def _header_bytes(array: np.ndarray, affine: ArrayLike, dtype: type) -> bytes:
+    stream = io.BytesIO()
+    clean_header(array, affine, dtype).write_to(stream)  # 348 bytes and the 4-byte "no extensions" flag
+    return stream.getvalue()
 
 
 @dataclass(frozen=True)
@@ -159,17 +225,10 @@ def compress_nifti(data: ArrayLike, affine: ArrayLike, *, dtype: type) -> Compre
     array = np.asanyarray(data)
     if array.dtype != np.dtype(dtype):
         raise ValueError(f"the volume is {array.dtype}, expected {np.dtype(dtype)}")
-    hdr = clean_header(array, affine, dtype)
-    stream = io.BytesIO()
-    hdr.write_to(stream)  # 348 bytes and the 4-byte "no extensions" flag
-    header = stream.getvalue()
-    sink = io.BytesIO()
-    with igzip_threaded.open(
-        sink, "wb", compresslevel=GZIP_LEVEL, threads=GZIP_THREADS, block_size=GZIP_BLOCK
-    ) as gz:
-        for piece in _payload_pieces(header, array, GZIP_BLOCK):
-            gz.write(piece)
-    compressed = sink.getvalue()
+    data_bytes = _voxel_bytes(array)
+    pieces = [_header_bytes(array, affine, dtype),
+              *(data_bytes[a:b] for a, b in _voxel_spans(array.shape, array.dtype.itemsize))]
+    compressed = b"".join(_compress_members(pieces))
     return CompressedNifti(
         data=compressed,
         sha256=hashlib.sha256(compressed).hexdigest(),
@@ -230,6 +289,256 @@ def write_nifti(data: ArrayLike, affine: ArrayLike, path: str | Path, *, dtype: 
     return write_compressed(volume, path)
 
 
+# ---------------------------------------------------------------------------
+# reading members
+
+
+@dataclass(frozen=True)
+class GzipMember:
+    """Where one gzip member of a file written here lies.
+
+    Attributes
+    ----------
+    offset, size
+        Its bytes in the file.
+    start, length
+        Its bytes in the uncompressed stream (``length`` from the member's ISIZE).
+    """
+
+    offset: int
+    size: int
+    start: int
+    length: int
+
+
+def gzip_members(raw: bytes | memoryview) -> list[GzipMember] | None:
+    """The members of a ``.nii.gz`` written by this module, found from their FEXTRA sizes alone.
+
+    Parameters
+    ----------
+    raw
+        The file's bytes.
+
+    Returns
+    -------
+    list of GzipMember, or None
+        None for any other file (another writer's gzip, one stream, a damaged
+        member header): read it as a stream instead.  The members' contents are
+        not checked here; :func:`inflate_member` checks each one.
+    """
+    view = memoryview(raw)
+    members: list[GzipMember] = []
+    pos = start = 0
+    while pos < len(view):
+        if len(view) - pos < _MEMBER_HEAD.size + _MEMBER_TAIL.size:
+            return None
+        magic, method, flags, _, _, _, xlen, subfield, length, size = _MEMBER_HEAD.unpack_from(view, pos)
+        if (magic, method, flags, xlen, subfield, length) != (b"\x1f\x8b", 8, 4, 8, MEMBER_SUBFIELD, 4):
+            return None
+        if size < _MEMBER_HEAD.size + _MEMBER_TAIL.size or pos + size > len(view):
+            return None
+        isize = int.from_bytes(view[pos + size - 4 : pos + size], "little")
+        members.append(GzipMember(pos, size, start, isize))
+        pos += size
+        start += isize
+    return members or None
+
+
+def inflate_member(raw: bytes | memoryview, member: GzipMember) -> bytes:
+    """One member inflated, its CRC-32 and size checked and its deflate stream ending where its size says.
+
+    Raises
+    ------
+    isal.isal_zlib.error, EOFError
+        A damaged member.
+    """
+    inflater = isal_zlib.decompressobj(wbits=31)
+    data = inflater.decompress(memoryview(raw)[member.offset : member.offset + member.size])
+    if not inflater.eof or inflater.unused_data or len(data) != member.length:
+        raise EOFError(f"the gzip member at byte {member.offset} is damaged or not {member.size} bytes long")
+    return data
+
+
+def _inflate_into(raw: bytes | memoryview, members: Sequence[GzipMember], target: memoryview, base: int) -> None:
+    """Inflate ``members`` into ``target`` (which starts at uncompressed offset ``base``), on threads."""
+
+    def one(member: GzipMember) -> None:
+        at = member.start - base
+        target[at : at + member.length] = inflate_member(raw, member)
+
+    if GZIP_THREADS <= 1 or len(members) <= 1:
+        for member in members:
+            one(member)
+        return
+    with ThreadPoolExecutor(max_workers=GZIP_THREADS) as pool:
+        list(pool.map(one, members))
+
+
+def gunzip(raw: bytes | memoryview) -> memoryview:
+    """Every member of a gzip file inflated (any writer's; a file written here on threads).
+
+    Parameters
+    ----------
+    raw
+        The gzip file's bytes.
+
+    Returns
+    -------
+    memoryview
+        The whole uncompressed stream (bytes, read-only for another writer's gzip).
+
+    Raises
+    ------
+    isal.isal_zlib.error, EOFError, OSError
+        Not a gzip file, or damaged or truncated.
+    """
+    members = gzip_members(raw)
+    if members is None:
+        return memoryview(igzip.decompress(bytes(raw) if isinstance(raw, memoryview) else raw))  # member by member
+    # numpy's buffer is not zero-filled first (a bytearray's is: a pass over every byte)
+    out = np.empty(members[-1].start + members[-1].length, dtype=np.uint8)
+    _inflate_into(raw, members, memoryview(out), 0)
+    return memoryview(out)
+
+
+class _PlaneProxy:
+    """The voxels of an :class:`IndexedNifti` as an array-like: a slab of planes is inflated alone."""
+
+    def __init__(self, source: IndexedNifti) -> None:
+        self._source = source
+        self.shape = source.shape
+        self.dtype = source.dtype
+        self.ndim = len(source.shape)
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        parts = key if isinstance(key, tuple) else (key,)
+        if len(parts) == 3 and all(isinstance(k, slice) and k.step in (None, 1) for k in parts):
+            start, stop, _ = parts[2].indices(self.shape[2])  # type: ignore[union-attr]
+            if stop > start:
+                return self._source.planes(start, stop)[parts[0], parts[1], :]
+        return np.asarray(self)[key]  # type: ignore[index]
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        array = self._source.planes(0, self.shape[2])
+        return array if dtype is None else array.astype(dtype)
+
+
+class IndexedNifti:
+    """A 3-D ``.nii.gz`` written by this module, held compressed: planes inflated and replaced by member.
+
+    Build it with :meth:`from_bytes`.  :attr:`image` is a nibabel image whose
+    ``dataobj`` inflates only the members a slab of planes (the last axis)
+    needs; :meth:`with_planes` makes the file of the volume with some planes
+    changed, copying the compressed bytes of every other member.
+    """
+
+    def __init__(self, raw: bytes, members: list[GzipMember], header: nib.Nifti1Header, path: str) -> None:
+        self.raw = raw
+        self.members = members
+        self.header = header
+        self.shape: tuple[int, int, int] = tuple(int(n) for n in header.get_data_shape())  # type: ignore[assignment]
+        self.dtype = np.dtype(header.get_data_dtype())
+        self.per_member = member_planes(self.shape, self.dtype.itemsize)
+        self.image = nib.Nifti1Image(_PlaneProxy(self), header.get_best_affine(), header)
+        self.image.set_filename(path)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, path: str | Path) -> IndexedNifti | None:
+        """The file ``raw`` if it is a 3-D, unscaled NIfTI-1 volume in this module's member layout, else None.
+
+        Raises
+        ------
+        isal.isal_zlib.error, EOFError, nibabel.spatialimages.HeaderDataError
+            A damaged header member.
+        """
+        members = gzip_members(raw)
+        if members is None or members[0].length != 352:
+            return None
+        head = inflate_member(raw, members[0])
+        if int.from_bytes(head[:4], "little") != 348:
+            return None
+        header = nib.Nifti1Header.from_fileobj(io.BytesIO(head))
+        shape = tuple(int(n) for n in header.get_data_shape())
+        if len(shape) != 3 or int(header.get_data_offset()) != 352 or header.extensions:
+            return None
+        if header.get_slope_inter() not in ((None, None), (1.0, 0.0)):
+            return None
+        spans = _voxel_spans(shape, np.dtype(header.get_data_dtype()).itemsize)
+        if [(m.start - 352, m.start - 352 + m.length) for m in members[1:]] != spans:
+            return None
+        return cls(raw, members, header, str(path))
+
+    def member_bounds(self, start: int, stop: int) -> tuple[int, int]:
+        """The planes ``[a, b)`` of the members that hold planes ``[start, stop)``."""
+        a = (start // self.per_member) * self.per_member
+        b = min(-(-stop // self.per_member) * self.per_member, self.shape[2])
+        return a, b
+
+    def planes(self, start: int, stop: int) -> np.ndarray:
+        """Planes ``[start, stop)`` of the last axis: a new writable Fortran-ordered array.
+
+        Only the members holding them are inflated.
+        """
+        if not 0 <= start < stop <= self.shape[2]:
+            raise ValueError(f"planes {start}:{stop} are not within the volume's {self.shape[2]}")
+        a, b = self.member_bounds(start, stop)
+        first, last = a // self.per_member, -(-b // self.per_member)
+        plane = self.shape[0] * self.shape[1] * self.dtype.itemsize
+        block = np.empty((*self.shape[:2], b - a), dtype=self.dtype, order="F")
+        target = memoryview(block.T).cast("B")  # the transpose of Fortran order is C-contiguous
+        _inflate_into(self.raw, self.members[1 + first : 1 + last], target, 352 + a * plane)
+        return block[:, :, start - a : stop - a]
+
+    def with_planes(self, start: int, planes: np.ndarray, affine: ArrayLike, *, dtype: type) -> CompressedNifti:
+        """The file of this volume with planes ``start:`` replaced by ``planes``, with a clean header.
+
+        Byte for byte the :func:`compress_nifti` of the whole changed volume:
+        the changed members are compressed again, the others copied.
+
+        Parameters
+        ----------
+        start
+            The first plane replaced; it and the end of ``planes`` lie on member boundaries
+            (:meth:`member_bounds`).
+        planes
+            The new planes (the volume's first two dimensions).
+        affine
+            The affine of the file written (its header is written anew, as :func:`compress_nifti` does).
+        dtype
+            The volume's voxel type.
+
+        Raises
+        ------
+        ValueError
+            When ``planes`` do not fit the volume or do not start and end on member boundaries.
+        """
+        stop = start + planes.shape[2]
+        if (planes.shape[:2] != self.shape[:2] or np.dtype(dtype) != self.dtype or planes.dtype != self.dtype
+                or self.member_bounds(start, stop) != (start, stop)):
+            raise ValueError(f"planes {start}:{stop} of shape {planes.shape} ({planes.dtype}) do not replace "
+                             f"whole members of a {self.shape} {self.dtype} volume")
+        stand_in = np.broadcast_to(np.zeros((), dtype=self.dtype), self.shape)  # the header reads the shape only
+        data = _voxel_bytes(planes)
+        step = self.per_member * self.shape[0] * self.shape[1] * self.dtype.itemsize
+        fresh = _compress_members([_header_bytes(stand_in, affine, dtype),
+                                   *(data[at : at + step] for at in range(0, len(data), step))])
+        first, last = start // self.per_member, -(-stop // self.per_member)
+        view = memoryview(self.raw)
+
+        def copied(members: Sequence[GzipMember]) -> list[memoryview]:
+            return [view[m.offset : m.offset + m.size] for m in members]
+
+        compressed = b"".join([fresh[0], *copied(self.members[1 : 1 + first]), *fresh[1:],
+                               *copied(self.members[1 + last :])])
+        return CompressedNifti(
+            data=compressed,
+            sha256=hashlib.sha256(compressed).hexdigest(),
+            shape=self.shape,
+            dtype=str(self.dtype),
+            affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64)),
+        )
+
+
 @dataclass(frozen=True)
 class LoadedNifti:
     """A NIfTI file read by :func:`load_nifti`.
@@ -283,8 +592,9 @@ def load_nifti(
 ) -> LoadedNifti:
     """Read a ``.nii.gz`` (or ``.nii``) file: its bytes once, hashed, inflated by ISA-L.
 
-    The voxels are inflated straight into the array's own buffer, 1 MiB at a
-    time on a second thread, so a volume costs its own size in memory (plus the
+    The voxels are inflated straight into the array's own buffer (the members of
+    a file written here on :data:`GZIP_THREADS` threads, any other gzip 1 MiB at a
+    time on a second thread), so a volume costs its own size in memory (plus the
     compressed file while it is read).
 
     Parameters
@@ -322,7 +632,12 @@ def load_nifti(
         lazy = klass.from_stream(source)
         lazy.set_filename(str(path))
         return LoadedNifti(lazy, digest)
-    stream: BinaryIO = igzip_threaded.open(io.BytesIO(raw), "rb", threads=1) if compressed else io.BytesIO(raw)
+    members = gzip_members(raw) if compressed else None
+    stream: BinaryIO
+    if members is not None:  # written here: the header's member alone, the voxels' members on threads
+        stream = io.BytesIO(inflate_member(raw, members[0]))
+    else:
+        stream = igzip_threaded.open(io.BytesIO(raw), "rb", threads=1) if compressed else io.BytesIO(raw)
     with stream:
         first = _read_exact(stream, 4, path)
         klass = _image_class(first)
@@ -336,7 +651,15 @@ def load_nifti(
         array = np.empty(header.get_data_shape(), dtype=header.get_data_dtype(), order="F")
         if array.size:
             target = memoryview(array.T).cast("B")  # the transpose of Fortran order is C-contiguous
-            got = stream.readinto(target)
+            if members is not None and members[0].length == offset and sum(m.length for m in members[1:]) == array.nbytes:
+                _inflate_into(raw, members[1:], target, offset)
+                got = array.nbytes
+            elif members is not None:  # another layout of members: read them as one stream
+                with igzip.IGzipFile(fileobj=io.BytesIO(raw), mode="rb") as whole:
+                    _read_exact(whole, offset, path)
+                    got = whole.readinto(target)
+            else:
+                got = stream.readinto(target)
             if got != array.nbytes:
                 raise EOFError(f"{path}: {got} bytes of voxel data, the header says {array.nbytes}")
     del raw

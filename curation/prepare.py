@@ -47,7 +47,9 @@ import numpy as np
 from anonymization.deface import (
     CT_FILL_HU,
     PET_FILL,
+    cylinder_planes,
     deface_array,
+    deface_planes,
     landmark_masks,
     plan_cylinder,
     review_box,
@@ -66,7 +68,7 @@ from curation.model import (
     Rejection,
     to_jsonable,
 )
-from curation.nifti import NIFTI_READ_ERRORS, load_nifti, write_nifti
+from curation.nifti import NIFTI_READ_ERRORS, IndexedNifti, load_nifti, write_compressed, write_nifti
 from curation.segmentations import (
     CategoryMap,
     category_files_in,
@@ -95,18 +97,26 @@ def _input_files(case: ConvertedCase, site: SiteConfig) -> tuple[list[Path], Pat
 # the step
 
 
-def _load_converted(image: ImageFile, what: str, *, voxels: bool) -> nib.Nifti1Image:
+def _load_converted(image: ImageFile, what: str, *, voxels: bool) -> tuple[nib.Nifti1Image, IndexedNifti | None]:
     """Read a converted volume (one read), checking it is still the file ingest recorded.
 
-    With ``voxels`` the data are inflated into memory (writable: defacing
-    changes them in place); without, only the header is (the grid of an
-    undefaced case).
+    With ``voxels`` the voxels are wanted (defacing): a file in
+    :mod:`curation.nifti`'s member layout is kept compressed (its image reads a
+    slab of planes alone, and :class:`~curation.nifti.IndexedNifti` rewrites only
+    the members defacing changes); any other is inflated into memory (writable:
+    defacing changes it in place).  Without, only the header is read (the grid
+    of an undefaced case).
     """
     try:
-        loaded = load_nifti(image.path, voxels=voxels)
+        raw = Path(image.path).read_bytes() if voxels else None
+        indexed = IndexedNifti.from_bytes(raw, image.path) if raw is not None else None
+        if indexed is not None:
+            img, digest = indexed.image, hashlib.sha256(raw).hexdigest()  # type: ignore[arg-type]
+        else:
+            loaded = load_nifti(image.path, voxels=voxels)
+            img, digest = loaded.image, loaded.sha256
     except NIFTI_READ_ERRORS as exc:
         raise UnreadableError(f"converted {what} {image.path} cannot be read ({exc}); run ingest again") from None
-    img, digest = loaded.image, loaded.sha256
     if digest != image.sha256:
         raise UnreadableError(
             f"converted {what} {image.path} has sha256 {digest[:12]}..., ingest recorded "
@@ -116,7 +126,7 @@ def _load_converted(image: ImageFile, what: str, *, voxels: bool) -> nib.Nifti1I
         raise UnreadableError(
             f"converted {what} {image.path} has shape {img.shape}, its record says {image.shape}; run ingest again"
         )
-    return img
+    return img, indexed
 
 
 def _typed(data: np.ndarray, dtype: type, what: str) -> np.ndarray:
@@ -208,8 +218,8 @@ def _prepare(
     source_table: SourceLabelTable,
 ) -> PreparedCase:
     files = find_category_files(site.segmentations_dir, case.StudyInstanceUID)
-    ct_img = _load_converted(case.ct, "CT", voxels=site.deface)
-    pt_img = _load_converted(case.pt, "PET", voxels=site.deface)
+    ct_img, ct_indexed = _load_converted(case.ct, "CT", voxels=site.deface)
+    pt_img, pt_indexed = _load_converted(case.pt, "PET", voxels=site.deface)
 
     def load(category: str) -> CategoryMap:
         return load_category(files[category], ct_img, category, source=source_table, release=release_labels)
@@ -242,22 +252,37 @@ def _prepare(
         for stale in (ct_out, pt_out, before_out):
             stale.unlink(missing_ok=True)
 
-    def write_image(img: nib.Nifti1Image, source: ImageFile, out: Path, fill: float, dtype: type) -> ImageFile:
-        array = np.asanyarray(img.dataobj)  # the converted volume, in memory and writable: changed in place
+    def write_image(img: nib.Nifti1Image, indexed: IndexedNifti | None, source: ImageFile, out: Path,
+                    fill: float, dtype: type, *, keep: tuple[slice, ...] | None = None) -> tuple[ImageFile, np.ndarray | None]:
+        """Deface one volume and write it; with ``keep``, also the voxels of that box as they were."""
         assert cylinder is not None
+        shape = tuple(int(n) for n in img.shape)
+        if indexed is not None and indexed.dtype == np.dtype(dtype):
+            # only the members holding the cylinder's planes (and the kept box's) are inflated and compressed again
+            lo, hi = cylinder_planes(cylinder, shape, img.affine)
+            if keep is not None:
+                lo, hi = min(lo, keep[2].start), max(hi, keep[2].stop)
+            first, stop = indexed.member_bounds(lo, max(hi, lo + 1))
+            planes = indexed.planes(first, stop)
+            kept = None if keep is None else np.array(planes[keep[0], keep[1], keep[2].start - first : keep[2].stop - first])
+            deface_planes(cylinder, planes, img.affine, shape, first, fill)
+            volume = indexed.with_planes(first, planes, img.affine, dtype=dtype)
+            return write_compressed(volume, out), kept
+        array = np.asanyarray(img.dataobj)  # the converted volume, in memory and writable: changed in place
+        kept = None if keep is None else np.array(array[keep])
         deface_array(cylinder, array, img.affine, fill)  # only the voxels of the cylinder's box
-        return write_nifti(_typed(array, dtype, source.path), img.affine, out, dtype=dtype)
+        return write_nifti(_typed(array, dtype, source.path), img.affine, out, dtype=dtype), kept
 
     def write_ct(img: nib.Nifti1Image) -> tuple[ImageFile, ImageFile]:
-        # the head cube as converted, kept for the QC pictures before it is defaced (in place)
+        # the head cube as converted, kept for the QC pictures before it is defaced
         assert cylinder is not None
-        array = np.asanyarray(img.dataobj)
-        box = review_box(cylinder, array.shape, img.affine)
+        box = review_box(cylinder, tuple(int(n) for n in img.shape), img.affine)
+        ct_file, kept = write_image(img, ct_indexed, case.ct, ct_out, CT_FILL_HU, np.int16, keep=box)
+        assert kept is not None
         shift = np.eye(4)
         shift[:3, 3] = [b.start for b in box]
-        cube = _typed(np.array(array[box]), np.int16, case.ct.path)
-        before = write_nifti(cube, img.affine @ shift, before_out, dtype=np.int16)
-        return write_image(img, case.ct, ct_out, CT_FILL_HU, np.int16), before
+        before = write_nifti(_typed(kept, np.int16, case.ct.path), img.affine @ shift, before_out, dtype=np.int16)
+        return ct_file, before
 
     def finish(category: str) -> _Written:
         loaded = early.pop(category) if category in early else load(category)
@@ -268,12 +293,12 @@ def _prepare(
     with ThreadPoolExecutor(max_workers=LABEL_WORKERS) as pool:
         if cylinder is not None:
             ct_future = pool.submit(write_ct, ct_img)
-            pt_future = pool.submit(write_image, pt_img, case.pt, pt_out, PET_FILL, np.float32)
+            pt_future = pool.submit(write_image, pt_img, pt_indexed, case.pt, pt_out, PET_FILL, np.float32)
         order = [*early, *(c for c in CATEGORIES if c not in early)]  # the landmark maps are in memory already
         submitted = {category: pool.submit(finish, category) for category in order}
         written: dict[str, _Written] = _results_in_order({c: submitted[c] for c in CATEGORIES})
         if cylinder is not None:
-            (ct_file, head_before), pt_file = ct_future.result(), pt_future.result()
+            (ct_file, head_before), (pt_file, _) = ct_future.result(), pt_future.result()
         else:
             ct_file, pt_file, head_before = case.ct, case.pt, None
 

@@ -59,6 +59,7 @@ from curation.atomic import sha256_file
 from curation.config import DatePolicy
 from curation.labels import LabelTableError, ReleaseLabels, release_labels_from_dict
 from curation.model import CATEGORIES, DefaceCylinder, from_jsonable
+from curation.nifti import gunzip
 from curation.registry import format_case_number
 from curation.state import StatePaths, load_sensitive_values
 from release.assemble import MANIFEST_FORMAT, SUMS_NAME
@@ -405,7 +406,7 @@ def _member_content(region: bytes, base: int, ref: MemberRef) -> memoryview:
     return content
 
 
-def _nifti(payload: bytes) -> tuple[nib.Nifti1Image, np.ndarray]:
+def _nifti(payload: bytes | memoryview) -> tuple[nib.Nifti1Image, np.ndarray]:
     """The image of a NIfTI-1 stream and its voxels (scaled as nibabel reads them), without a copy.
 
     Raises
@@ -413,7 +414,10 @@ def _nifti(payload: bytes) -> tuple[nib.Nifti1Image, np.ndarray]:
     ValueError, nibabel.filebasedimages.ImageFileError, nibabel.spatialimages.HeaderDataError
         Not a NIfTI-1 stream, or shorter than its header says.
     """
-    img = nib.Nifti1Image.from_bytes(payload)
+    # nibabel parses the header and its extensions, which end at vox_offset: only those bytes are copied
+    head = bytes(payload[:352])
+    end = int(nib.Nifti1Header(head[:348], check=False).get_data_offset()) if len(head) == 352 else len(payload)
+    img = nib.Nifti1Image.from_bytes(bytes(payload[: max(end, 352)]))
     proxy = img.dataobj  # where the file's voxels are (the image's own header says offset 0)
     shape, dtype, offset = tuple(proxy.shape), np.dtype(proxy.dtype), int(proxy.offset)
     count = int(np.prod(shape, dtype=np.int64))
@@ -478,7 +482,7 @@ def _member_leaks(order: int, leaks: Iterable[Leak]) -> list[tuple[tuple[int, ..
 
 def _scan_member_or_say_why(
     ref: MemberRef, content: bytes | None, zip_name: str, matcher: Matcher, *,
-    gunzipped: bytes | None = None, error: Exception | None = None,
+    gunzipped: bytes | memoryview | None = None, error: Exception | None = None,
 ) -> list[tuple[tuple[int, ...], str]]:
     name = f"{zip_name}!{ref.name}"
     if content is None:
@@ -1055,8 +1059,8 @@ def _check_image(job: ChunkJob, ref: MemberRef, content: memoryview) -> tuple[Me
     assert ref.case is not None and ref.kind is not None
     digest = hashlib.sha256(content).hexdigest()
     try:
-        payload = isal_zlib.decompress(content, wbits=31)
-    except (isal_zlib.error, EOFError, ValueError) as exc:
+        payload = gunzip(content)  # every member: isal_zlib.decompress would stop after the first
+    except (isal_zlib.error, EOFError, ValueError, OSError) as exc:
         return MemberResult(ref.name, ref.order, digest, read_problems=(
             f"{ref.name}: not a readable gzip file ({exc})",)), None
     try:

@@ -20,7 +20,9 @@ from anonymization.deface import (
     TOLERANCE_MM,
     apply_cylinder,
     cylinder_mask,
+    cylinder_planes,
     deface_array,
+    deface_planes,
     landmark_masks,
     pet_slice_spacing,
     plan_cylinder,
@@ -420,3 +422,21 @@ def test_deface_array_touches_only_the_cylinders_box(tmp_path) -> None:
     written = path.stat().st_blocks * 512
     assert written < 40 << 20, f"{written / 1e6:.0f} MB of the 1 GB volume were written"
     assert volume[256, 256, 1908] == CT_FILL_HU and volume[256, 256, 1000] == 0
+
+
+def test_deface_planes_changes_a_slab_as_deface_array_changes_the_whole(small_phantom) -> None:
+    """Prepare defaces only the planes it inflated: the same voxels as on the whole volume, by the whole grid."""
+    ct, pt = _images(small_phantom)
+    cylinder = plan_cylinder(ct, pt, *_landmarks(small_phantom))
+    whole = np.array(small_phantom.ct_hu, order="F")
+    shape = whole.shape
+    start, stop = cylinder_planes(cylinder, shape, ct.affine)
+    assert 0 < start < stop < shape[2]
+    first = start - 3
+    slab = np.array(whole[:, :, first : stop + 2], order="F")
+    expected = deface_array(cylinder, whole, ct.affine, CT_FILL_HU)
+    assert deface_planes(cylinder, slab, ct.affine, shape, first, CT_FILL_HU) == expected
+    np.testing.assert_array_equal(slab, whole[:, :, first : stop + 2])
+    np.testing.assert_array_equal(whole[:, :, :start], np.asarray(small_phantom.ct_hu)[:, :, :start])
+    with pytest.raises(ValueError, match="do not hold the cylinder's planes"):
+        deface_planes(cylinder, slab[:, :, 4:], ct.affine, shape, first + 4, CT_FILL_HU)

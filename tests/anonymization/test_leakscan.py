@@ -440,3 +440,23 @@ def test_buffers_of_bytes_no_value_starts_with_are_skipped_without_losing_a_matc
         monkeypatch.setattr(leakscan, "CHUNK_SIZE", size)
         assert scan_member(data, matcher, "labels.bin") == reference, size
         assert scan_member(data, everything, "labels.bin") == reference, size
+
+
+def test_a_value_in_the_last_gzip_member_is_found(tmp_path: Path) -> None:
+    """Our .nii.gz files are many gzip members: the scan reads past the first (the header's)."""
+    from curation.nifti import gunzip, gzip_members, write_nifti
+
+    volume = np.zeros((256, 256, 40), dtype=np.int16)  # 128 KiB planes: 8 a member, 5 voxel members
+    raw = bytearray(volume.tobytes(order="F"))
+    at = len(raw) - 1000
+    raw[at : at + len(UID)] = UID.encode("ascii")
+    volume = np.frombuffer(bytes(raw), dtype=np.int16).reshape(volume.shape, order="F")
+    path = tmp_path / "imaging-data/images/CT/0001.nii.gz"
+    path.parent.mkdir(parents=True)
+    write_nifti(volume, np.eye(4), path, dtype=np.int16)
+    content = path.read_bytes()
+    assert len(gzip_members(content) or []) == 6
+    expected = {("imaging-data/images/CT/0001.nii.gz", 352 + at, _digest(UID), "gunzip:verbatim")}
+    assert _found(_scan(tmp_path, VALUES)) == expected  # the zip scan: ISA-L's gzip reader
+    in_memory = scan_member(content, Matcher(VALUES), "imaging-data/images/CT/0001.nii.gz", gunzipped=gunzip(content))
+    assert _found(in_memory) == expected  # verify's: the member inflated once for every check

@@ -51,7 +51,7 @@ def test_the_uncompressed_bytes_are_nibabels(tmp_path, dtype, array):
     raw = (tmp_path / "v.nii.gz").read_bytes()
     assert gzip.decompress(raw) == _nibabel_payload(array, dtype)
     assert hashlib.sha256(raw).hexdigest() == image.sha256
-    assert raw[3] == 0 and raw[4:8] == b"\x00\x00\x00\x00"  # no file name, mtime 0
+    assert raw[3] == 4 and raw[4:8] == b"\x00\x00\x00\x00"  # FEXTRA (the member size) only: no file name; mtime 0
     assert image.affine == tuple(tuple(float(v) for v in row) for row in AFFINE)
 
 
@@ -65,10 +65,11 @@ def test_the_bytes_do_not_depend_on_threads_or_memory_order(tmp_path, monkeypatc
     assert len(digests) == 1
 
 
-#: sha256 of ``_volume()`` written by write_nifti: ISA-L 2.32.1 (isal 1.9.1) at GZIP_LEVEL 2 in
-#: 1 MiB blocks, on any x86-64 CPU with SSE4.2.  A machine (or an isal release) that compresses
-#: differently cannot build byte-identical releases: this is where it shows (see curation.nifti).
-KNOWN_ANSWER_SHA256 = "2f07b49d79ce11a13be8769d6638c25090a8df31025583800dd79cb610bf266c"
+#: sha256 of ``_volume()`` written by write_nifti: ISA-L 2.32.1 (isal 1.9.1) at GZIP_LEVEL 2, the
+#: header and members of whole planes of at most 1 MiB each compressed on its own, on any x86-64
+#: CPU with SSE4.2.  A machine (or an isal release) that compresses differently cannot build
+#: byte-identical releases: this is where it shows (see curation.nifti).
+KNOWN_ANSWER_SHA256 = "6d1a6364603ba7bf956c1a5db2b029ec02cd8b4bd4261142a1a2468394ec81d5"
 
 
 def test_the_compressed_bytes_are_the_known_answer(tmp_path):
@@ -121,3 +122,80 @@ def test_a_damaged_file_raises_a_read_error(tmp_path, damage):
     (tmp_path / "bad.nii.gz").write_bytes(bad)
     with pytest.raises(NIFTI_READ_ERRORS):
         load_nifti(tmp_path / "bad.nii.gz")
+
+
+def test_a_file_is_gzip_members_of_whole_planes_each_with_its_size():
+    """The header alone, then members of whole planes; each member's FEXTRA subfield says its size."""
+    volume = _volume()  # 96 x 80 planes of int16: 15,360 bytes, 68 planes a member
+    raw = nifti.compress_nifti(volume, AFFINE, dtype=np.int16).data
+    members = nifti.gzip_members(raw)
+    assert members is not None
+    assert [m.length for m in members] == [352, *[68 * 15360] * 2, 14 * 15360]
+    assert sum(m.size for m in members) == len(raw)
+    for member in members:
+        head = raw[member.offset : member.offset + 20]
+        assert head[:4] == b"\x1f\x8b\x08\x04" and head[12:16] == b"PC\x04\x00"  # deflate, FEXTRA, our subfield
+        assert int.from_bytes(head[16:20], "little") == member.size
+        assert gzip.decompress(raw[member.offset : member.offset + member.size])  # each a gzip file of its own
+    assert nifti.gzip_members(gzip.compress(raw)) is None  # any other gzip: read as one stream
+
+
+def test_every_reader_reads_every_member(tmp_path):
+    """Concatenated members are one gzip file: nibabel, Python's gzip, ISA-L's and ours read all of them."""
+    from isal import igzip, isal_zlib
+
+    from curation.qc import _inflate
+
+    volume = _volume()
+    write_nifti(volume, AFFINE, tmp_path / "v.nii.gz", dtype=np.int16)
+    raw = (tmp_path / "v.nii.gz").read_bytes()
+    payload = _nibabel_payload(volume, np.int16)
+    assert len(nifti.gzip_members(raw) or []) == 4
+    assert gzip.decompress(raw) == payload
+    with gzip.open(tmp_path / "v.nii.gz", "rb") as stream:
+        assert stream.read() == payload
+    assert igzip.decompress(raw) == payload
+    assert bytes(nifti.gunzip(raw)) == payload
+    assert bytes(nifti.gunzip(gzip.compress(payload))) == payload  # another writer's single stream
+    assert b"".join(_inflate(raw, "v")) == payload  # the QC pictures' reader
+    np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / "v.nii.gz").dataobj), volume)
+    np.testing.assert_array_equal(load_nifti(tmp_path / "v.nii.gz").array, volume)
+    assert isal_zlib.decompress(raw, wbits=31) == payload[:352]  # why gunzip exists: this stops after one member
+
+
+def test_a_damaged_member_in_the_middle_is_refused(tmp_path):
+    raw = bytearray(nifti.compress_nifti(_volume(), AFFINE, dtype=np.int16).data)
+    member = (nifti.gzip_members(bytes(raw)) or [])[2]
+    raw[member.offset + member.size // 2] ^= 0xFF
+    (tmp_path / "bad.nii.gz").write_bytes(raw)
+    with pytest.raises(NIFTI_READ_ERRORS):
+        load_nifti(tmp_path / "bad.nii.gz")
+    with pytest.raises(NIFTI_READ_ERRORS):
+        nifti.gunzip(bytes(raw))
+
+
+def test_planes_are_read_and_replaced_member_by_member_giving_the_bytes_of_the_whole(tmp_path):
+    """IndexedNifti inflates only a slab's members and re-compresses only the changed ones: same bytes as a full write."""
+    volume = _volume()
+    raw = nifti.compress_nifti(volume, AFFINE, dtype=np.int16).data
+    indexed = nifti.IndexedNifti.from_bytes(raw, tmp_path / "v.nii.gz")
+    assert indexed is not None and indexed.per_member == 68
+    np.testing.assert_array_equal(indexed.planes(70, 100), volume[:, :, 70:100])
+    np.testing.assert_array_equal(np.asanyarray(indexed.image.dataobj[10:20, :, 140:150]), volume[10:20, :, 140:150])
+    assert indexed.member_bounds(70, 100) == (68, 136) and indexed.member_bounds(140, 150) == (136, 150)
+    first, stop = indexed.member_bounds(70, 100)
+    planes = indexed.planes(first, stop)
+    planes[5:30, 7:40, 2:31] = -1000
+    changed = volume.copy()
+    changed[:, :, first:stop] = planes
+    patched = indexed.with_planes(first, planes, indexed.image.affine, dtype=np.int16)
+    whole = nifti.compress_nifti(changed, indexed.image.affine, dtype=np.int16)
+    assert patched.data == whole.data and patched.sha256 == whole.sha256
+    # the members outside the slab are the file's own bytes
+    old, new = nifti.gzip_members(raw) or [], nifti.gzip_members(patched.data) or []
+    assert raw[old[1].offset : old[1].offset + old[1].size] == patched.data[new[1].offset : new[1].offset + new[1].size]
+    with pytest.raises(ValueError, match="do not replace whole members"):
+        indexed.with_planes(70, planes, AFFINE, dtype=np.int16)
+    # another writer's file is not indexed (and is read whole instead)
+    nib.save(nib.Nifti1Image(volume, AFFINE), tmp_path / "nibabel.nii.gz")
+    assert nifti.IndexedNifti.from_bytes((tmp_path / "nibabel.nii.gz").read_bytes(), "nibabel.nii.gz") is None

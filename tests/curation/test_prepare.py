@@ -109,6 +109,32 @@ def test_defaced_site(small_phantom, ingested: ConvertedCase, tmp_path: Path) ->
     assert {c: f.sha256 for c, f in again.labels.items()} == {c: f.sha256 for c, f in prepared.labels.items()}
 
 
+def test_converted_volumes_in_one_gzip_stream_are_defaced_to_the_same_bytes(
+    small_phantom, ingested: ConvertedCase, tmp_path: Path,
+) -> None:
+    """Only a slab's members are inflated and compressed again: the files are those of the whole volume.
+
+    A state converted before the member layout holds the volumes as one gzip
+    stream (here nibabel's): they are read whole, and give the same bytes.
+    """
+    site = make_site(tmp_path, deface=True)
+    write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID)
+    write_lesion(small_phantom, site.lesions_dir, ingested.StudyInstanceUID)
+    members = prepare(ingested, site, tmp_path / "members")
+    images = {}
+    for name, image in (("ct", ingested.ct), ("pt", ingested.pt)):
+        path = tmp_path / f"one-stream-{name}.nii.gz"
+        loaded = nib.load(image.path)
+        nib.save(nib.Nifti1Image(np.asanyarray(loaded.dataobj), loaded.affine, loaded.header), path)
+        images[name] = dataclasses.replace(image, path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    whole = prepare(dataclasses.replace(ingested, **images), site, tmp_path / "whole")
+    assert isinstance(members, PreparedCase) and isinstance(whole, PreparedCase)
+    assert members.cylinder == whole.cylinder
+    assert (members.ct.sha256, members.pt.sha256) == (whole.ct.sha256, whole.pt.sha256)
+    assert members.head_before is not None and whole.head_before is not None
+    assert members.head_before.sha256 == whole.head_before.sha256
+
+
 def test_undefaced_site_moose_names_permuted(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:
     site = make_site(tmp_path, deface=False, lesions=False, label_table="builtin:moose")
     write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID,
