@@ -55,10 +55,13 @@ Decisions
 
 Algorithm: streaming, in chunks of :data:`CHUNK_SIZE` bytes with an overlap
 long enough for the longest match and its context, so memory stays bounded
-for multi-GB members.  A chunk whose bytes are all smaller than any byte a
-pattern can start with (:attr:`Matcher.min_start`: a label map's voxels, 0..31, against
-values that start with a digit, letter or punctuation) is proven free of match starts by
-one vectorised ``max``; only the matches begun before it are decided on its first bytes.
+for multi-GB members.  A chunk is first proven free of match starts where it
+can be, over every byte: all its bytes smaller than any byte a pattern can start with
+(:attr:`Matcher.min_start`; a label map's voxels, 0..31, against values that start with a
+digit, letter or punctuation: one vectorised ``max``), or no byte that can be a pattern's
+first followed by one that can be its second (:attr:`Matcher.byte_classes`; a CT's int16
+voxels, whose high bytes 0x00-0x0B and 0xFC-0xFF are neither: one ``bytes.translate`` and
+one vectorised pass); then only the matches begun before it are decided on its first bytes.
 Any other chunk is lower-cased once (``bytes.lower``, ASCII
 only).  Matching is multi-pattern and independent of the number of values
 (hundreds of thousands: every SOPInstanceUID of a site): numpy filters
@@ -103,6 +106,7 @@ TEXT_CONTEXT = 16
 #: Longest run of separator bytes between two components of a person name.
 MAX_SEPARATOR_RUN = 4
 CHUNK_SIZE = 8 << 20
+_PROBE = 64 << 10  # bytes of a buffer tried first for a possible match start
 MAX_NESTING = 4  # zip inside zip inside zip ... (the release: zip > xlsx > xml)
 IN_MEMORY_ZIP_LIMIT = 256 << 20  # nested zips up to this size are read into memory
 _PREFIX = ANYWHERE_LENGTH  # longest prefix compared by the vectorised stage
@@ -316,6 +320,14 @@ class Matcher:
         #: a buffer whose bytes are all smaller holds no match start (a label map's voxels, 0..31)
         firsts = {data[0] for data in self.patterns}
         self.min_start = min((f - 32 if 0x61 <= f <= 0x7A else f for f in firsts), default=256)
+        #: per byte as read: bit 0 if it can be a pattern's first byte, bit 1 if its second (lower-cased);
+        #: a buffer with no first-byte bit followed by a second-byte bit holds no match start (a CT's
+        #: int16 voxels: a high byte of 0x00-0x0B or 0xFC-0xFF is neither)
+        seconds = {data[1] for data in self.patterns}
+        self.byte_classes = bytes(
+            (1 if folded in firsts else 0) | (2 if folded in seconds else 0)
+            for folded in (b + 32 if 0x41 <= b <= 0x5A else b for b in range(256))
+        )
 
     def _add(self, data: bytes, entry: tuple[int, str, int, int]) -> None:
         entries = self.patterns.setdefault(data, [])
@@ -495,7 +507,7 @@ def _scan_stream(stream: BinaryIO, matcher: Matcher, name: str, layer: str) -> l
     while True:
         data = stream.read(CHUNK_SIZE)
         final = not data
-        skip = len(data) > matcher.overlap and _below(data, matcher.min_start)
+        skip = len(data) > matcher.overlap and _no_match_starts(data, matcher)
         if skip:
             # no match starts in ``data``: only the tail's pending matches are decided, and they read
             # at most ``overlap`` bytes of it; the next tail is its last ``overlap`` bytes
@@ -521,9 +533,25 @@ def _scan_stream(stream: BinaryIO, matcher: Matcher, name: str, layer: str) -> l
         tail = low[cut:]
 
 
-def _below(data: bytes, limit: int) -> bool:
-    """Whether every byte of ``data`` is smaller than ``limit`` (one vectorised pass)."""
-    return int(np.frombuffer(data, dtype=np.uint8).max()) < limit
+def _no_match_starts(data: bytes, matcher: Matcher) -> bool:
+    """Whether no match can start at any byte of ``data`` but its last (a proof over every byte; False if unsure).
+
+    Every pattern has at least two bytes: a match starts where a byte that can
+    be a first byte is followed by one that can be a second byte.  A match
+    starting on the last byte runs into the next buffer, whose scan repeats
+    this one's end (the overlap) and finds it there.
+    """
+    if _pair_may_start(data[:_PROBE], matcher):  # most buffers that hold a start show it early (compressed data)
+        return False
+    if int(np.frombuffer(data, dtype=np.uint8).max()) < matcher.min_start:  # one cheap pass: a label map
+        return True
+    return not _pair_may_start(data, matcher)
+
+
+def _pair_may_start(data: bytes, matcher: Matcher) -> bool:
+    """Whether a byte of ``data`` that can be a pattern's first is followed by one that can be its second."""
+    classes = np.frombuffer(data.translate(matcher.byte_classes), dtype=np.uint8)
+    return bool(np.any(classes[:-1] & (classes[1:] >> 1) & 1))
 
 
 def _scan_gunzip(opener: _Opener, matcher: Matcher, name: str) -> list[Leak]:

@@ -344,6 +344,37 @@ def gzip_members(raw: bytes | memoryview) -> list[GzipMember] | None:
     return members or None
 
 
+def inflated_size(read: Callable[[int, int], bytes], size: int) -> int | None:
+    """The uncompressed size of a ``.nii.gz`` written here, from its members' headers and sizes alone.
+
+    Parameters
+    ----------
+    read
+        ``read(offset, count)``: bytes of the file (two small reads per member).
+    size
+        The file's size.
+
+    Returns
+    -------
+    int or None
+        The sum of the members' ISIZE; None for any other file (its last four bytes say
+        the size of its last member only when it has one).
+    """
+    total = pos = 0
+    while pos < size:
+        head = read(pos, _MEMBER_HEAD.size)
+        if len(head) < _MEMBER_HEAD.size:
+            return None
+        magic, method, flags, _, _, _, xlen, subfield, length, member = _MEMBER_HEAD.unpack(head)
+        if (magic, method, flags, xlen, subfield, length) != (b"\x1f\x8b", 8, 4, 8, MEMBER_SUBFIELD, 4):
+            return None
+        if member < _MEMBER_HEAD.size + _MEMBER_TAIL.size or pos + member > size:
+            return None
+        total += int.from_bytes(read(pos + member - 4, 4).ljust(4, b"\0"), "little")
+        pos += member
+    return total
+
+
 def inflate_member(raw: bytes | memoryview, member: GzipMember) -> bytes:
     """One member inflated, its CRC-32 and size checked and its deflate stream ending where its size says.
 

@@ -59,7 +59,7 @@ from curation.atomic import sha256_file
 from curation.config import DatePolicy
 from curation.labels import LabelTableError, ReleaseLabels, release_labels_from_dict
 from curation.model import CATEGORIES, DefaceCylinder, from_jsonable
-from curation.nifti import gunzip
+from curation.nifti import gunzip, inflated_size
 from curation.registry import format_case_number
 from curation.state import StatePaths, load_sensitive_values
 from release.assemble import MANIFEST_FORMAT, SUMS_NAME
@@ -669,7 +669,8 @@ def _refs(infos: list[zipfile.ZipInfo], central_directory: int, images: dict[int
 
 
 def _work(fh: Any, ref: MemberRef, size: int) -> int:
-    """Bytes read plus bytes inflated for a member: a gzip stream's size is in its last 4 bytes."""
+    """Bytes read plus bytes inflated for a member: a gzip stream's size is in its last 4 bytes, a
+    file of gzip members' in each member's (:func:`curation.nifti.inflated_size`)."""
     work = ref.compress_size + ref.file_size
     if ref.kind is None or ref.compress_type != zipfile.ZIP_STORED or ref.file_size < 18:
         return work
@@ -677,9 +678,13 @@ def _work(fh: Any, ref: MemberRef, size: int) -> int:
     if len(head) < _LOCAL_HEADER.size or head[:4] != _LOCAL_SIGNATURE:
         return work
     fields = _LOCAL_HEADER.unpack(head)
-    end = ref.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1] + ref.compress_size
+    start = ref.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1]
+    end = start + ref.compress_size
     if end > size:
         return work
+    members = inflated_size(lambda at, count: os.pread(fh.fileno(), count, start + at), ref.compress_size)
+    if members is not None:  # written by curation.nifti: the sum of its members' sizes
+        return work + members
     (inflated,) = struct.unpack("<I", os.pread(fh.fileno(), 4, end - 4).ljust(4, b"\0"))
     return work + inflated
 

@@ -416,21 +416,26 @@ def test_scan_logs_never_show_a_value(tmp_path: Path, caplog: pytest.LogCaptureF
 def test_buffers_of_bytes_no_value_starts_with_are_skipped_without_losing_a_match(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A label map's voxels (bytes 0..31) start no match: the scan skips such buffers, finding the same leaks.
+    """A label map's voxels (bytes 0..31) and a CT's (int16 -1024..3071) start no match: the scan skips them.
 
-    Values sit in text just before, across and just after buffers of low bytes,
-    so matches begun in one buffer are decided by the low bytes of the next.
+    Values sit in text just before, across and just after buffers of such
+    bytes, so matches begun in one buffer are decided by the bytes of the next;
+    the leaks are those of the scan without the skip.
     """
     rng = np.random.default_rng(11)
     values = [UID, NAME, PATIENT_ID, "KAI", "MUELLER^HANS"]
     matcher = Matcher(values)
     assert matcher.min_start == ord("0")  # the UID's and the ID's digits; "K" and "M" fold to larger bytes
     everything = Matcher(values)
-    everything.min_start = 0  # the same scan without the skip
+    everything.min_start, everything.byte_classes = 0, bytes([3] * 256)  # the same scan without the skip
+    ct = rng.integers(-1024, 3072, 1 << 16, dtype=np.int16).tobytes()
+    assert leakscan._no_match_starts(ct + b"\x00" * 100, matcher)
+    assert not leakscan._no_match_starts(ct + b"\x00" * 100, everything)
+    assert not leakscan._no_match_starts(rng.integers(0, 256, 1 << 16, dtype=np.uint8).tobytes(), matcher)
     pieces = []
-    for k in range(40):
-        run = int(rng.integers(1, 400))  # background (NUL: text to the scan) or other labels
-        pieces.append(bytes(run) if k % 2 else rng.integers(0, 32, run, dtype=np.uint8).tobytes())
+    for k in range(60):
+        run = int(rng.integers(1, 400))  # background (NUL: text to the scan), other labels, CT voxels
+        pieces.append([bytes(run), rng.integers(0, 32, run, dtype=np.uint8).tobytes(), ct[: 2 * run]][k % 3])
         pieces.append(rng.choice([b" kai ", b"\x00kai\x00", f" {UID} ".encode(), b"Hans Mueller",
                                   f"={PATIENT_ID};".encode(), b"Erika MUSTERMANN", b"Kai"]))
     data = b"".join(pieces) + b"\x00kai"
