@@ -58,7 +58,7 @@ from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
-from isal import igzip, igzip_threaded, isal_zlib
+from isal import igzip, igzip_lib, igzip_threaded, isal_zlib
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import ArrayLike
@@ -153,10 +153,11 @@ def gzip_member(data: bytes | memoryview) -> bytes:
     bytes
         The member (header, deflate stream, CRC-32 and size); its bytes depend on ``data`` only.
     """
-    body = isal_zlib.compress(data, GZIP_LEVEL, wbits=-15)
-    size = _MEMBER_HEAD.size + len(body) + _MEMBER_TAIL.size
-    head = _MEMBER_HEAD.pack(b"\x1f\x8b", 8, 4, 0, 0, 255, 8, MEMBER_SUBFIELD, 4, size)
-    return b"".join((head, body, _MEMBER_TAIL.pack(isal_zlib.crc32(data), len(data) & 0xFFFFFFFF)))
+    # the deflate stream and the trailer (CRC-32, size) in one call, so a thread needs the GIL once
+    # per member (a thread waiting for it beside busy Python waits up to 5 ms each time)
+    body = igzip_lib.compress(data, GZIP_LEVEL, flag=igzip_lib.COMP_GZIP_NO_HDR)
+    size = _MEMBER_HEAD.size + len(body)
+    return _MEMBER_HEAD.pack(b"\x1f\x8b", 8, 4, 0, 0, 255, 8, MEMBER_SUBFIELD, 4, size) + body
 
 
 def _compress_members(pieces: Sequence[bytes | memoryview]) -> list[bytes]:
