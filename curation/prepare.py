@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,10 @@ def _finish_category(
     return _Written(image, loaded.dropped, loaded.dropped_voxels, removed)
 
 
+class _PlanningFailed(RuntimeError):
+    """A category map left unfinished because the cylinder's planning failed (that error is raised)."""
+
+
 def _results_in_order(futures: dict[str, Future[Any]]) -> dict[str, Any]:
     """Every future's result by name, in the dict's order; the first error in that order is raised.
 
@@ -224,33 +229,11 @@ def _prepare(
     def load(category: str) -> CategoryMap:
         return load_category(files[category], ct_img, category, source=source_table, release=release_labels)
 
-    # landmarks come from the maps before the lesion is subtracted: a lesion in the head is still head
-    early = {category: load(category) for category in LANDMARK_CATEGORIES} if site.deface else {}
-    lesion = _lesion_index(load_lesion_mask(lesion_file(site.lesions_dir, case.StudyInstanceUID), ct_img))
-
+    ct_out, pt_out, before_out = out_dir / "CT.nii.gz", out_dir / "PT.nii.gz", out_dir / HEAD_BEFORE
     cylinder: DefaceCylinder | None = None
     head_missing_released = False
-    if site.deface:
-        brain, skull = landmark_masks({c: m.array for c, m in early.items()}, release_labels.categories)
-        try:
-            cylinder = plan_cylinder(
-                ct_img, pt_img, brain, skull,
-                height_voxels=defacing.height_voxels, margin_mm=defacing.margin_mm,
-            )
-        except HeadNotFoundError as exc:
-            if site.deface_missing_head is not MissingHeadPolicy.RELEASE:
-                raise
-            head_missing_released = True
-            logger.warning(
-                "case %s: released without defacing (deface_missing_head = release): %s", case.key, exc.message
-            )
-        del brain, skull
-
-    ct_out, pt_out, before_out = out_dir / "CT.nii.gz", out_dir / "PT.nii.gz", out_dir / HEAD_BEFORE
-    if cylinder is None:
-        # not defaced: the converted files are released as they are
-        for stale in (ct_out, pt_out, before_out):
-            stale.unlink(missing_ok=True)
+    lesion: np.ndarray | None = None
+    planned = threading.Event()  # set once the cylinder and the lesion are known, or their planning failed
 
     def write_image(img: nib.Nifti1Image, indexed: IndexedNifti | None, source: ImageFile, out: Path,
                     fill: float, dtype: type, *, keep: tuple[slice, ...] | None = None) -> tuple[ImageFile, np.ndarray | None]:
@@ -284,18 +267,58 @@ def _prepare(
         before = write_nifti(_typed(kept, np.int16, case.ct.path), img.affine @ shift, before_out, dtype=np.int16)
         return ct_file, before
 
-    def finish(category: str) -> _Written:
-        loaded = early.pop(category) if category in early else load(category)
+    def finish(category: str, loaded: CategoryMap | None = None) -> _Written:
+        loaded = load(category) if loaded is None else loaded  # read and remapped while the cylinder is planned
+        planned.wait()
+        if not done_planning:
+            raise _PlanningFailed(category)  # never seen: the planning's own error is raised
         return _finish_category(loaded, out_dir / f"{category}.nii.gz", affine=ct_img.affine, lesion=lesion,
                                 cylinder=cylinder, clear_labels=defacing.clear_labels)
 
-    # one category at a time per worker: read, remap, lesion out, cylinder cleared, written, dropped
+    done_planning = False
+    # one category at a time per worker: read, remap, lesion out, cylinder cleared, written, dropped;
+    # the maps that are not landmarks are read while the landmarks plan the cylinder
     with ThreadPoolExecutor(max_workers=LABEL_WORKERS) as pool:
-        if cylinder is not None:
+        # landmarks come from the maps before the lesion is subtracted: a lesion in the head is still head
+        landmarks = {c: pool.submit(load, c) for c in LANDMARK_CATEGORIES} if site.deface else {}
+        lesion_future = pool.submit(
+            lambda: _lesion_index(load_lesion_mask(lesion_file(site.lesions_dir, case.StudyInstanceUID), ct_img))
+        )
+        later = {c: pool.submit(finish, c) for c in CATEGORIES if c not in landmarks}
+        try:
+            early = {category: future.result() for category, future in landmarks.items()}
+            lesion = lesion_future.result()
+            if site.deface:
+                brain, skull = landmark_masks({c: m.array for c, m in early.items()}, release_labels.categories)
+                try:
+                    cylinder = plan_cylinder(
+                        ct_img, pt_img, brain, skull,
+                        height_voxels=defacing.height_voxels, margin_mm=defacing.margin_mm,
+                    )
+                except HeadNotFoundError as exc:
+                    if site.deface_missing_head is not MissingHeadPolicy.RELEASE:
+                        raise
+                    head_missing_released = True
+                    logger.warning(
+                        "case %s: released without defacing (deface_missing_head = release): %s",
+                        case.key, exc.message,
+                    )
+                del brain, skull
+            done_planning = True
+        finally:
+            if not done_planning:
+                for future in later.values():
+                    future.cancel()
+            planned.set()
+
+        if cylinder is None:
+            # not defaced: the converted files are released as they are
+            for stale in (ct_out, pt_out, before_out):
+                stale.unlink(missing_ok=True)
+        else:
             ct_future = pool.submit(write_ct, ct_img)
             pt_future = pool.submit(write_image, pt_img, pt_indexed, case.pt, pt_out, PET_FILL, np.float32)
-        order = [*early, *(c for c in CATEGORIES if c not in early)]  # the landmark maps are in memory already
-        submitted = {category: pool.submit(finish, category) for category in order}
+        submitted = {**later, **{c: pool.submit(finish, c, early.pop(c)) for c in list(early)}}
         written: dict[str, _Written] = _results_in_order({c: submitted[c] for c in CATEGORIES})
         if cylinder is not None:
             (ct_file, head_before), (pt_file, _) = ct_future.result(), pt_future.result()

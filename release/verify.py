@@ -690,7 +690,12 @@ def _work(fh: Any, ref: MemberRef, size: int) -> int:
 
 
 def _cut(refs: Sequence[MemberRef], works: Sequence[int], chunks: int | None) -> tuple[VerifyChunk, ...]:
-    """Consecutive members into chunks of about equal work (``chunks`` of them, or :data:`CHUNK_BYTES` each)."""
+    """Consecutive members into chunks of about equal work (``chunks`` of them, or :data:`CHUNK_BYTES` each).
+
+    The chunks come largest first: workers taking them in turn then finish
+    close together (a case's CT alone is most of a chunk's work; started last,
+    it would finish alone).
+    """
     if not refs:
         return ()
     total = sum(works)
@@ -709,7 +714,7 @@ def _cut(refs: Sequence[MemberRef], works: Sequence[int], chunks: int | None) ->
             members, work = [], 0
     if members:
         out.append(VerifyChunk(tuple(members), work))
-    return tuple(out)
+    return tuple(sorted(out, key=lambda chunk: -chunk.work))  # stable: equal work stays in zip order
 
 
 def _leak_matcher(release: Path, state: Path | None, scan: bool) -> tuple[Matcher | None, list[str]]:

@@ -304,8 +304,10 @@ def test_the_report_does_not_depend_on_how_the_work_is_split(inputs: ReleaseInpu
     for chunks in (2, 5, 1000):
         plan = plan_verify(zip_path, state_dir=state, chunks=chunks)
         assert 1 < len(plan.chunks) <= chunks
-        assert [m.name for c in plan.chunks for m in c.members] == sorted(plan.images.values(), key=lambda n: [
-            m.order for c in plan.chunks for m in c.members if m.name == n])  # each image once, in zip order
+        in_zip_order = sorted(plan.chunks, key=lambda c: c.members[0].order)
+        assert [m.name for c in in_zip_order for m in c.members] == sorted(plan.images.values(), key=lambda n: [
+            m.order for c in plan.chunks for m in c.members if m.name == n])  # each image once, consecutive
+        assert [c.work for c in plan.chunks] == sorted((c.work for c in plan.chunks), reverse=True)  # largest first
         assert sum(len(c.members) for c in plan.chunks) == 27  # 3 cases x 9 images
         # chunks run in any order, anywhere: the report is the same
         results = {i: verify_chunk(plan.job(i)) for i in reversed(range(len(plan.chunks)))}
