@@ -508,12 +508,9 @@ def _scan_stream(stream: BinaryIO, matcher: Matcher, name: str, layer: str) -> l
         data = stream.read(CHUNK_SIZE)
         final = not data
         skip = len(data) > matcher.overlap and _no_match_starts(data, matcher)
-        if skip:
-            # no match starts in ``data``: only the tail's pending matches are decided, and they read
-            # at most ``overlap`` bytes of it; the next tail is its last ``overlap`` bytes
-            low = tail + data[: matcher.overlap].lower()
-        else:
-            low = tail + data.lower()
+        # with ``skip`` no match starts in ``data``: only the tail's pending matches are decided, and
+        # they read at most ``overlap`` bytes of it; the next tail is its last ``overlap`` bytes
+        low = tail + (data[: matcher.overlap] if skip else data).lower()
         for pos, value, encoding in matcher.find(low, decided=len(tail), final=final):
             key = (base + pos, value, encoding)
             if key in seen or (encoding == "person-name" and key[:2] in exact):

@@ -69,7 +69,13 @@ from curation.model import (
     Rejection,
     to_jsonable,
 )
-from curation.nifti import NIFTI_READ_ERRORS, IndexedNifti, load_nifti, write_compressed, write_nifti
+from curation.nifti import (
+    NIFTI_READ_ERRORS,
+    IndexedNifti,
+    load_nifti,
+    write_compressed,
+    write_nifti,
+)
 from curation.segmentations import (
     CategoryMap,
     category_files_in,

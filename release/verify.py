@@ -669,8 +669,11 @@ def _refs(infos: list[zipfile.ZipInfo], central_directory: int, images: dict[int
 
 
 def _work(fh: Any, ref: MemberRef, size: int) -> int:
-    """Bytes read plus bytes inflated for a member: a gzip stream's size is in its last 4 bytes, a
-    file of gzip members' in each member's (:func:`curation.nifti.inflated_size`)."""
+    """Bytes read plus bytes inflated for a member.
+
+    A gzip stream's size is in its last 4 bytes, a file of gzip members' in each
+    member's (:func:`curation.nifti.inflated_size`).
+    """
     work = ref.compress_size + ref.file_size
     if ref.kind is None or ref.compress_type != zipfile.ZIP_STORED or ref.file_size < 18:
         return work
