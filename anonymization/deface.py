@@ -197,7 +197,9 @@ def plan_cylinder(
 
     pieces = _label_per_slice((hu_slab > BODY_HU) | skull_slab, connectivity=2)
     head_ids = np.unique(pieces[skull_slab])
-    head = np.isin(pieces, head_ids[head_ids > 0]) & in_z
+    is_head = np.zeros(int(pieces.max()) + 1, dtype=bool)  # a lookup per voxel (np.isin compares per id)
+    is_head[head_ids[head_ids > 0]] = True
+    head = is_head[pieces] & in_z
     if not head.any():
         raise HeadNotFoundError(
             f"{_name(ct)}: no body outline (CT > {BODY_HU:g} HU) connected to the skull between "
