@@ -391,28 +391,32 @@ def inflate_member(raw: bytes | memoryview, member: GzipMember) -> bytes:
     return data
 
 
-def _inflate_into(raw: bytes | memoryview, members: Sequence[GzipMember], target: memoryview, base: int) -> None:
-    """Inflate ``members`` into ``target`` (which starts at uncompressed offset ``base``), on threads."""
+def _inflate_into(raw: bytes | memoryview, members: Sequence[GzipMember], target: memoryview, base: int,
+                  threads: int = GZIP_THREADS) -> None:
+    """Inflate ``members`` into ``target`` (which starts at uncompressed offset ``base``) on ``threads`` threads."""
 
     def one(member: GzipMember) -> None:
         at = member.start - base
         target[at : at + member.length] = inflate_member(raw, member)
 
-    if GZIP_THREADS <= 1 or len(members) <= 1:
+    if threads <= 1 or len(members) <= 1:
         for member in members:
             one(member)
         return
-    with ThreadPoolExecutor(max_workers=GZIP_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(one, members))
 
 
-def gunzip(raw: bytes | memoryview) -> memoryview:
-    """Every member of a gzip file inflated (any writer's; a file written here on threads).
+def gunzip(raw: bytes | memoryview, *, threads: int = GZIP_THREADS) -> memoryview:
+    """Every member of a gzip file inflated (any writer's; a file written here on ``threads`` threads).
 
     Parameters
     ----------
     raw
         The gzip file's bytes.
+    threads
+        Threads inflating the members of a file written here (1: the caller's
+        thread only, for a caller that is itself one of several workers).
 
     Returns
     -------
@@ -429,7 +433,7 @@ def gunzip(raw: bytes | memoryview) -> memoryview:
         return memoryview(igzip.decompress(bytes(raw) if isinstance(raw, memoryview) else raw))  # member by member
     # numpy's buffer is not zero-filled first (a bytearray's is: a pass over every byte)
     out = np.empty(members[-1].start + members[-1].length, dtype=np.uint8)
-    _inflate_into(raw, members, memoryview(out), 0)
+    _inflate_into(raw, members, memoryview(out), 0, threads)
     return memoryview(out)
 
 

@@ -1072,7 +1072,10 @@ def _check_image(job: ChunkJob, ref: MemberRef, content: memoryview) -> tuple[Me
     assert ref.case is not None and ref.kind is not None
     digest = hashlib.sha256(content).hexdigest()
     try:
-        payload = gunzip(content)  # every member: isal_zlib.decompress would stop after the first
+        # every member (isal_zlib.decompress would stop after the first), on this thread: the
+        # chunks are the parallelism, one per worker, and threads beside them only contend
+        # (8 bench cases on 2 workers: 8.0 s with 2 inflating threads each, 7.3 s with one)
+        payload = gunzip(content, threads=1)
     except (isal_zlib.error, EOFError, ValueError, OSError) as exc:
         return MemberResult(ref.name, ref.order, digest, read_problems=(
             f"{ref.name}: not a readable gzip file ({exc})",)), None
