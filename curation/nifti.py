@@ -229,11 +229,15 @@ def compress_nifti(data: ArrayLike, affine: ArrayLike, *, dtype: type) -> Compre
     data_bytes = _voxel_bytes(array)
     pieces = [_header_bytes(array, affine, dtype),
               *(data_bytes[a:b] for a, b in _voxel_spans(array.shape, array.dtype.itemsize))]
-    compressed = b"".join(_compress_members(pieces))
+    return _compressed(b"".join(_compress_members(pieces)), array.shape, dtype, affine)
+
+
+def _compressed(data: bytes, shape: Sequence[int], dtype: type | np.dtype, affine: ArrayLike) -> CompressedNifti:
+    """The :class:`CompressedNifti` of a file's bytes ``data`` (its sha256 and what its record says)."""
     return CompressedNifti(
-        data=compressed,
-        sha256=hashlib.sha256(compressed).hexdigest(),
-        shape=tuple(int(n) for n in array.shape),
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        shape=tuple(int(n) for n in shape),
         dtype=str(np.dtype(dtype)),
         affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64)),
     )
@@ -312,6 +316,20 @@ class GzipMember:
     length: int
 
 
+def _member_size(head: bytes | memoryview, pos: int, end: int) -> int | None:
+    """The size of the member whose gzip header is ``head`` (at byte ``pos`` of a file of ``end`` bytes).
+
+    None when it is not a member as :func:`gzip_member` writes it, or when its
+    size does not fit between its header and trailer and the end of the file.
+    """
+    magic, method, flags, _, _, _, xlen, subfield, length, size = _MEMBER_HEAD.unpack(head)
+    if (magic, method, flags, xlen, subfield, length) != (b"\x1f\x8b", 8, 4, 8, MEMBER_SUBFIELD, 4):
+        return None
+    if size < _MEMBER_HEAD.size + _MEMBER_TAIL.size or pos + size > end:
+        return None
+    return int(size)
+
+
 def gzip_members(raw: bytes | memoryview) -> list[GzipMember] | None:
     """The members of a ``.nii.gz`` written by this module, found from their FEXTRA sizes alone.
 
@@ -333,10 +351,8 @@ def gzip_members(raw: bytes | memoryview) -> list[GzipMember] | None:
     while pos < len(view):
         if len(view) - pos < _MEMBER_HEAD.size + _MEMBER_TAIL.size:
             return None
-        magic, method, flags, _, _, _, xlen, subfield, length, size = _MEMBER_HEAD.unpack_from(view, pos)
-        if (magic, method, flags, xlen, subfield, length) != (b"\x1f\x8b", 8, 4, 8, MEMBER_SUBFIELD, 4):
-            return None
-        if size < _MEMBER_HEAD.size + _MEMBER_TAIL.size or pos + size > len(view):
+        size = _member_size(view[pos : pos + _MEMBER_HEAD.size], pos, len(view))
+        if size is None:
             return None
         isize = int.from_bytes(view[pos + size - 4 : pos + size], "little")
         members.append(GzipMember(pos, size, start, isize))
@@ -366,10 +382,8 @@ def inflated_size(read: Callable[[int, int], bytes], size: int) -> int | None:
         head = read(pos, _MEMBER_HEAD.size)
         if len(head) < _MEMBER_HEAD.size:
             return None
-        magic, method, flags, _, _, _, xlen, subfield, length, member = _MEMBER_HEAD.unpack(head)
-        if (magic, method, flags, xlen, subfield, length) != (b"\x1f\x8b", 8, 4, 8, MEMBER_SUBFIELD, 4):
-            return None
-        if member < _MEMBER_HEAD.size + _MEMBER_TAIL.size or pos + member > size:
+        member = _member_size(head, pos, size)
+        if member is None:
             return None
         total += int.from_bytes(read(pos + member - 4, 4).ljust(4, b"\0"), "little")
         pos += member
@@ -566,13 +580,7 @@ class IndexedNifti:
 
         compressed = b"".join([fresh[0], *copied(self.members[1 : 1 + first]), *fresh[1:],
                                *copied(self.members[1 + last :])])
-        return CompressedNifti(
-            data=compressed,
-            sha256=hashlib.sha256(compressed).hexdigest(),
-            shape=self.shape,
-            dtype=str(self.dtype),
-            affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64)),
-        )
+        return _compressed(compressed, self.shape, self.dtype, affine)
 
 
 @dataclass(frozen=True)
