@@ -46,35 +46,42 @@ def _pixel_data_element(data: bytes, at: int) -> tuple[int, int] | None:
     return at + 8, struct.unpack("<I", data[at + 4 : at + 8])[0]
 
 
+def _fits(data: bytes, start: int, length: int) -> bool:
+    """Whether a PixelData value declared at ``start`` with ``length`` is whole in ``data``."""
+    if length == 0xFFFFFFFF:  # encapsulated: must end with the sequence delimiter
+        return b"\xfe\xff\xdd\xe0" in data[-16:]
+    return start + length <= len(data)
+
+
 def _pixel_data_complete(data: bytes, ds: Dataset) -> str | None:
     """Why the pixel data of an in-memory file is incomplete, or None if it is whole.
 
     The PixelData tag's bytes can also occur inside pixel values (PET uint16
-    0x7FE0 followed by 0x0010), so every occurrence is tried from the last one
-    back: the file is whole when one of them is an element whose value fits.
+    0x7FE0 followed by 0x0010), so every occurrence is tried: the file is whole
+    when one of them is an element whose value fits.  In a whole file the first
+    occurrence, at the end of the header, is that element: the forward search
+    stops there, without crossing the pixel bytes.  When none fits, the reason
+    given is the last occurrence's.
     """
     if "Rows" not in ds or "Columns" not in ds:
         return None  # not an image (e.g. a structured report): nothing to check
-    at = data.rfind(_PIXEL_DATA_TAG)
-    if at < 0:
-        return "has Rows/Columns but no PixelData element (truncated before the pixel data)"
-    why = ""
+    last = None
+    at = data.find(_PIXEL_DATA_TAG)
     while at >= 0:
         element = _pixel_data_element(data, at)
-        if element is None:
-            why = why or "ends inside the PixelData element header (truncated)"
-        else:
-            start, length = element
-            if length == 0xFFFFFFFF:  # encapsulated: must end with the sequence delimiter
-                if b"\xfe\xff\xdd\xe0" in data[-16:]:
-                    return None
-                why = why or "encapsulated PixelData has no sequence delimiter (truncated)"
-            elif start + length <= len(data):
-                return None
-            else:
-                why = why or f"PixelData declares {length} bytes but only {len(data) - start} are present (truncated)"
-        at = data.rfind(_PIXEL_DATA_TAG, 0, at)
-    return why
+        if element is not None and _fits(data, *element):
+            return None
+        last = at, element
+        at = data.find(_PIXEL_DATA_TAG, at + 1)
+    if last is None:
+        return "has Rows/Columns but no PixelData element (truncated before the pixel data)"
+    at, element = last
+    if element is None:
+        return "ends inside the PixelData element header (truncated)"
+    start, length = element
+    if length == 0xFFFFFFFF:
+        return "encapsulated PixelData has no sequence delimiter (truncated)"
+    return f"PixelData declares {length} bytes but only {len(data) - start} are present (truncated)"
 
 
 def _multi(value: object) -> tuple[str, ...]:
