@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from curation.dicomfile import (
     MAX_FILE_BYTES,
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+#: :data:`INDEX_TAGS` as tags: pydicom looks a keyword up in its dictionary at every read (0.3 ms a file)
+_INDEX_TAGS = [Tag(keyword) for keyword in INDEX_TAGS]
 
 
 def _pixel_data_element(data: bytes, at: int) -> tuple[int, int] | None:
@@ -136,7 +139,7 @@ def read_index_header(path: Path) -> tuple[str, IndexHeader | None, str]:
     if not looks_like_dicom(data[:132]):
         return digest, None, "not DICOM (no preamble/DICM marker and no dataset at the start)"
     try:
-        ds, parsed = read_dicom_bytes(data, stop_before_pixels=True, specific_tags=list(INDEX_TAGS))
+        ds, parsed = read_dicom_bytes(data, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
     except DicomBoundError as exc:
         return digest, None, str(exc)
     except READ_ERRORS as exc:

@@ -304,9 +304,9 @@ def test_the_report_does_not_depend_on_how_the_work_is_split(inputs: ReleaseInpu
     for chunks in (2, 5, 1000):
         plan = plan_verify(zip_path, state_dir=state, chunks=chunks)
         assert 1 < len(plan.chunks) <= chunks
-        in_zip_order = sorted(plan.chunks, key=lambda c: c.members[0].order)
-        assert [m.name for c in in_zip_order for m in c.members] == sorted(plan.images.values(), key=lambda n: [
-            m.order for c in plan.chunks for m in c.members if m.name == n])  # each image once, consecutive
+        names = sorted(m.name for c in plan.chunks for m in c.members)
+        assert names == sorted(plan.images.values())  # each image once
+        assert all([m.order for m in c.members] == sorted(m.order for m in c.members) for c in plan.chunks)
         assert [c.work for c in plan.chunks] == sorted((c.work for c in plan.chunks), reverse=True)  # largest first
         assert sum(len(c.members) for c in plan.chunks) == 27  # 3 cases x 9 images
         # chunks run in any order, anywhere: the report is the same
@@ -350,3 +350,54 @@ def test_every_member_is_read_once(inputs: ReleaseInputs, monkeypatch: pytest.Mo
     margin = verify.context_bytes(verify._matcher(zip_path, state))
     assert regions <= sum(read) <= regions + 2 * margin * members
     assert verify.finish_verify(plan, results).ok
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_stored_members_bytes_scanned_once_are_found_as_a_scan_of_the_whole_zip_finds_them(
+        tmp_path: Path, seed: int) -> None:
+    """The zip's own bytes of a stored member are taken from the member's own scan, but for its two ends."""
+    from anonymization.leakscan import Matcher, context_bytes, scan_member, scan_region
+    from release.verify import MemberRef, _member_content, _zip_bytes_leaks
+
+    values = ["SITE-0042", "1.2.826.0.1.3680043.9.7", "Doe^Planted", "19840215"]
+    matcher = Matcher(values)
+    margin = context_bytes(matcher)
+    rng = np.random.default_rng(seed)
+    content = bytearray(rng.integers(0, 256, size=20 * margin + 977, dtype=np.uint8).tobytes())
+    text = [b" SITE-0042 ", b" 1.2.826.0.1.3680043.9.7 ", b"\x00doe^planted\x00", b" 19840215 "]
+    # at both ends, either side of the margin, and inside
+    for at in (0, 3, margin - 5, margin, margin + 1, 7 * margin, len(content) - margin - 4,
+               len(content) - margin + 2, len(content) - 12, *rng.integers(0, len(content) - 40, size=6)):
+        piece = text[int(rng.integers(0, len(text)))]
+        content[int(at) : int(at) + len(piece)] = piece[: len(content) - int(at)]
+    zip_path = tmp_path / "r.zip"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("before.txt", b"x" * 50)
+        zf.writestr("CT/0001.nii.gz", bytes(content))
+        zf.writestr("after.txt", b"y" * 50)
+    with zipfile.ZipFile(zip_path) as zf:
+        info, nxt = zf.infolist()[1], zf.infolist()[2]
+    raw = zip_path.read_bytes()
+    ref = MemberRef(info.filename, 1, info.header_offset, nxt.header_offset, info.compress_type,
+                    info.compress_size, info.file_size, info.CRC)
+    base = max(ref.header_offset - margin, 0)
+    region = raw[base : ref.region_end + margin]
+    member, start = _member_content(region, base, ref)
+    assert bytes(member) == bytes(content)
+    own = [leak for leak in scan_member(bytes(member), matcher, f"r.zip!{info.filename}")
+           if leak.kind.startswith("bytes:")]
+    whole = scan_region(region, matcher, "r.zip", base=base, start=ref.header_offset, end=ref.region_end)
+    assert len(whole) >= 8  # the planted values, at both ends and inside
+    assert _zip_bytes_leaks(region, base, ref, matcher, "r.zip", margin, (start, len(member), own)) == whole
+
+
+def test_members_go_largest_first_to_the_chunk_with_the_least_work() -> None:
+    from release.verify import MemberRef, _cut
+
+    works = [30, 300, 20, 90, 40, 100, 10, 60]  # in zip order; the 300 is a CT
+    refs = [MemberRef(f"m{i}", i, i, i + 1, 0, w, w, 0) for i, w in enumerate(works)]
+    chunks = _cut(refs, works, 3)
+    assert [[m.order for m in c.members] for c in chunks] == [[1], [0, 4, 5, 6], [2, 3, 7]]
+    assert [c.work for c in chunks] == [300, 180, 170]
+    assert _cut(refs, works, 1)[0].members == tuple(refs)  # one chunk: the zip's order
+    assert len(_cut(refs, works, 100)) == len(refs)
