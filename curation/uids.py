@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def elements_in_tag_order(ds: Dataset) -> Iterator[tuple[BaseTag, DataElement | 
         yield tag, element
 
 
-def iter_uids(ds: Dataset) -> Iterator[str]:
+def iter_uids(ds: Dataset, *, skip: AbstractSet[int] = frozenset()) -> Iterator[str]:
     """Yield every identifying UID in ``ds`` and its sequences, at any depth.
 
     Only UI elements (read from their undecoded bytes) and sequences are
@@ -155,6 +156,9 @@ def iter_uids(ds: Dataset) -> Iterator[str]:
     ds
         A dataset (or sequence item), read with or without pixel data; it is
         not modified.
+    skip
+        Tags of ``ds``'s own elements (not of its sequences' items) not to
+        look at: the caller has their UIDs already.
 
     Yields
     ------
@@ -163,6 +167,8 @@ def iter_uids(ds: Dataset) -> Iterator[str]:
         repeated.
     """
     for tag, raw in elements_in_tag_order(ds):
+        if skip and int(tag) in skip:  # an int: BaseTag's == is Python code
+            continue
         vr = element_vr(ds, tag, raw)
         if vr == "UI":
             yield from uid_strings(raw.value)

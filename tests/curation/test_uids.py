@@ -76,6 +76,15 @@ def test_iter_uids_walks_sequences_and_private_elements():
     assert set(iter_uids(_dataset())) == EXPECTED
 
 
+def test_iter_uids_passes_over_the_top_level_tags_it_is_told_to_skip_and_only_those():
+    ds = _dataset()
+    # SOPInstanceUID, and the sequence holding 2.25.1005 and 2.25.1006; ReferencedSOPInstanceUID inside it is not
+    # a top-level tag of ds: skipping that tag passes over nothing
+    skip = frozenset({0x00080018, 0x00082112, 0x00081155})
+    assert set(iter_uids(ds, skip=skip)) == EXPECTED - {"2.25.1001", "2.25.1005", "2.25.1006"}
+    assert set(iter_uids(ds, skip=frozenset({0x00081155}))) == EXPECTED
+
+
 def _reread(ds: Dataset, transfer_syntax: str) -> Dataset:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = transfer_syntax
