@@ -76,7 +76,7 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -84,12 +84,12 @@ from importlib import resources
 from typing import Any
 
 import pydicom
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
-from pydicom.valuerep import PersonName
+from pydicom.valuerep import AMBIGUOUS_VR, PersonName
 
 from anonymization.dates import TEMPORAL_VRS, is_temporal_text
 from curation.dicomfile import READ_ERRORS
@@ -132,6 +132,13 @@ _OPTION_FIELDS = {
 }
 _PATIENT_IDENTITY_REMOVED = Tag(0x0012, 0x0062)
 _MEDIA_STORAGE_SOP_INSTANCE_UID = Tag(0x0002, 0x0003)
+_PIXEL_REPRESENTATION = Tag(0x0028, 0x0103)
+#: judge an element once per study (see :meth:`_Collector.walk`); False only in the tests that compare both walks
+_MEMOIZE = True
+#: a longer value is judged in every instance: hashing and comparing it costs about what judging it does
+_MEMO_MAX_BYTES = 1 << 16
+#: in the memo's key: no private creator for the block, no PixelRepresentation in the dataset
+_ABSENT = ("absent",)
 #: what converting a malformed element can raise (pydicom and the struct/codec layers under it)
 _DECODE_ERRORS = (*READ_ERRORS, UnicodeError, LookupError)
 
@@ -640,6 +647,59 @@ def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+def _raw_fields(raw: RawDataElement) -> tuple[Any, ...]:
+    """A raw element's fields but its place in the file (``value_tell``: only in pydicom's messages).
+
+    The length tells an undefined-length sequence; the encoding is the one
+    pydicom decodes the bytes (and a sequence's items) with.
+    """
+    return (raw.tag, raw.VR, raw.length, raw.value, raw.is_implicit_VR, raw.is_little_endian)
+
+
+def _decoding_context(ds: pydicom.Dataset) -> Hashable | None:
+    """What, besides its own bytes, decides how pydicom decodes a raw element of ``ds``.
+
+    * the character set it decodes text with: the SpecificCharacterSet read
+      with the file (a sequence's items inherit it unless their bytes carry
+      their own);
+    * the PixelRepresentation a sequence hands its items, for their ``US or
+      SS`` elements: ``ds``'s own element as it is now, else the value
+      pydicom noted on ``ds`` (``_pixel_rep``; both are taken, whichever
+      decides).
+
+    Parameters
+    ----------
+    ds
+        A top-level dataset.
+
+    Returns
+    -------
+    Hashable or None
+        None (no memo for ``ds``) for a dataset not read from bytes (pydicom
+        then decodes with its current SpecificCharacterSet), for one whose
+        PixelRepresentation is written with a VR other than US (decoding a
+        sequence decodes it, and :func:`curation.uids.iter_uids` would read
+        a UI one), or when a part cannot be hashed.
+    """
+    charset = ds.original_character_set
+    if not charset:
+        return None
+    pixel_representation = ds.get_item(_PIXEL_REPRESENTATION)
+    own: Any = _ABSENT
+    if isinstance(pixel_representation, RawDataElement):
+        if pixel_representation.VR not in (None, "US", "UN"):
+            return None
+        own = _raw_fields(pixel_representation)
+    elif pixel_representation is not None:
+        own = pixel_representation.value
+    context = (charset if isinstance(charset, str) else tuple(charset), own, getattr(ds, "_pixel_rep", None))
+    try:
+        hash(context)
+    except TypeError:
+        return None
+    return context
+
+
 # ---------------------------------------------------------------------------
 # walking
 
@@ -647,13 +707,18 @@ def _tag_text(tag: int) -> str:
 class _Collector:
     """Accumulates findings, review notes and sensitive values over a study."""
 
-    def __init__(self, profile: GateProfile, pseudonym_pattern: str, *, identity_flag_required: bool = True) -> None:
+    def __init__(
+        self, profile: GateProfile, pseudonym_pattern: str, *, identity_flag_required: bool = True,
+        memoize: bool = True,
+    ) -> None:
         self.profile = profile
         self.identity_flag_required = identity_flag_required
         self.pattern = re.compile(pseudonym_pattern) if pseudonym_pattern else None
         self.findings: dict[tuple[str, str, str], GateFinding] = {}
         self.review: set[str] = set()
         self.sensitive: set[str] = set()
+        self.memoize = memoize
+        self.judged: set[Hashable] = set()  # the keys (:meth:`_judged_key`) of the top-level elements judged
 
     # -- results
     def add_finding(self, tag: str, keyword: str, rule: str, reason: RejectReason, why: str) -> None:
@@ -663,14 +728,45 @@ class _Collector:
         self.sensitive.update(_value_strings(value, vr))
 
     # -- walking
-    def walk(self, ds: pydicom.Dataset, *, top_level: bool) -> None:
+    def walk(self, ds: pydicom.Dataset, *, top_level: bool) -> frozenset[int]:
+        """Judge every element of ``ds`` and of its sequences' items.
+
+        Most elements of a study are the same bytes in every instance, and
+        judging one has only idempotent effects (findings by key, sets), so a
+        top-level element whose :meth:`_judged_key` was judged in an earlier
+        instance is passed over: its findings were added then, in the same
+        order.  A sequence (all its items are in its bytes) is passed over
+        whole, which is where the time goes.
+
+        Only top-level elements: judging leaves an element decoded or not, and
+        :func:`curation.uids.iter_uids` reads a UI element's bytes and its
+        decoded value differently (non-ASCII, padding), so the UIDs of an item
+        whose elements were passed over could differ from the walk's without
+        the memo.  A top-level element's state after the walk depends on its
+        key alone (the one element decoding another decodes is
+        PixelRepresentation, when a sequence is decoded; see
+        :func:`_decoding_context`), so the UIDs ``iter_uids`` would find in a
+        passed-over element are those it found in the one judged before.
+
+        Returns
+        -------
+        frozenset
+            The tags of the top-level elements passed over (their UIDs are
+            collected already); empty for items and without the memo.
+        """
         if top_level:
             self._check_identity_removed(ds)
+        context = _decoding_context(ds) if top_level and self.memoize else None
         creators: list[dict[tuple[int, int], str]] = []  # filled on the first private element
+        passed_over: list[int] = []
         # the elements as they are (raw until a rule needs their value); a public element is not
         # converted by the walk before its own turn, so the snapshot is current when it comes
         for tag, element in list(ds.items()):
             try:
+                key = None if context is None else self._judged_key(ds, tag, element, creators, context)
+                if key is not None and key in self.judged:
+                    passed_over.append(int(tag))
+                    continue
                 self._walk_element(ds, tag, creators, element)
             except _DECODE_ERRORS as exc:
                 # an element pydicom cannot decode cannot be checked: the study is not cleared
@@ -678,6 +774,63 @@ class _Collector:
                     f"{_tag_text(int(tag))} {keyword_for_tag(tag) or 'element'}: the value cannot be decoded "
                     f"({type(exc).__name__}), so the header cannot be checked"
                 ) from None
+            if key is not None:
+                self.judged.add(key)
+        return frozenset(passed_over)
+
+    def _judged_key(
+        self, ds: pydicom.Dataset, tag: BaseTag, element: DataElement | RawDataElement,
+        creators: list[dict[tuple[int, int], str]], context: Hashable,
+    ) -> Hashable | None:
+        """Everything judging a top-level element of ``ds`` depends on; None: judge it anyway.
+
+        * the element's raw fields (:func:`_raw_fields`): its tag (which,
+          with the creator, picks the rule: the profile is the collector's),
+          the VR the file gives, the bytes and their encoding (implicit VR,
+          endianness), which is what pydicom decodes them with;
+        * ``context`` (:func:`_decoding_context`): the character set and the
+          PixelRepresentation a sequence hands its items;
+        * for a private element, its block's private creator as pydicom reads
+          it (the rule, the VR pydicom gives an implicit-VR element, the labels).
+
+        Not memoized: an element already decoded, deferred, or longer than
+        :data:`_MEMO_MAX_BYTES`; a private element outside a block; an element
+        whose VR the file does not give and the dictionary gives as ambiguous
+        (``US or SS``...): pydicom resolves it from other elements
+        (PixelRepresentation, BitsAllocated, LUTDescriptor).
+        """
+        if not isinstance(element, RawDataElement):
+            return None
+        if not isinstance(element.value, bytes) or len(element.value) > _MEMO_MAX_BYTES:
+            return None
+        tag_int = int(tag)
+        group, number = tag_int >> 16, tag_int & 0xFFFF
+        vr = element.VR
+        creator: Any = None
+        if group % 2 == 1:
+            if number < 0x100:  # group length, private creators, no block: cheap to judge
+                return None
+            if not creators:  # as _walk_element does: every creator decoded before the first private element
+                creators.append(self._creators(ds))
+            creator_element = ds.get_item(Tag(group, number >> 8))
+            if isinstance(creator_element, RawDataElement):
+                return None
+            creator = _ABSENT if creator_element is None else creator_element.value
+            if not isinstance(creator, (str, bytes, type(None))):
+                return None
+            if vr in (None, "UN") and isinstance(creator, str):
+                try:
+                    vr = private_dictionary_VR(tag, creator)
+                except KeyError:
+                    vr = "UN"
+        elif vr in (None, "UN"):
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                vr = None
+        if vr in AMBIGUOUS_VR:
+            return None
+        return (_raw_fields(element), context, creator)
 
     def _walk_element(
         self, ds: pydicom.Dataset, tag: BaseTag, creators: list[dict[tuple[int, int], str]],
@@ -948,13 +1101,15 @@ def check_datasets(
         (the message names the element, never its bytes).
     """
     try:
-        collector = _Collector(load_profile(), pseudonym_pattern, identity_flag_required=identity_flag_required)
+        collector = _Collector(
+            load_profile(), pseudonym_pattern, identity_flag_required=identity_flag_required, memoize=_MEMOIZE
+        )
     except re.error as exc:
         raise ValueError(f"pseudonym_pattern {pseudonym_pattern!r} is not a valid regular expression ({exc})") from None
     for ds in datasets:
-        collector.walk(ds, top_level=True)
+        judged_before = collector.walk(ds, top_level=True)
         try:
-            collector.sensitive.update(iter_uids(ds))
+            collector.sensitive.update(iter_uids(ds, skip=judged_before))
         except _DECODE_ERRORS as exc:  # the walk decoded every element it checks; this is the rest
             raise UnreadableError(
                 f"an element holding UIDs cannot be decoded ({type(exc).__name__}), so the header cannot be checked"

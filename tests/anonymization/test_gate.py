@@ -9,7 +9,7 @@ import functools
 import io
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -917,3 +917,251 @@ def test_headers_read_once_with_pixels_located_gate_as_whole_files_do(tmp_path: 
                 located += dicomfile.read_dicom_header(path)[1] is not None
         assert header == whole, f"{source.name} ({name})"
     assert located > 40  # the located path was taken, not only the whole read
+
+
+# ---------------------------------------------------------------------------
+# the memo: an element judged once per study gives what judging it in every instance gives
+
+
+def _gate_both_ways(paths: list[Path], monkeypatch: pytest.MonkeyPatch, **options: object) -> tuple:
+    """``check_datasets`` over the files as ingest reads them, without the memo and with it.
+
+    Returns
+    -------
+    tuple
+        The outcome without the memo, the outcome with it (the report, or the
+        error's type and message) and how many top-level elements the memo
+        passed over.
+    """
+    from curation.dicomfile import READ_ERRORS, read_dicom_header
+    from curation.errors import CurationError
+
+    passed_over: list[int] = []
+    real_iter_uids = gate_module.iter_uids
+
+    def counting_iter_uids(ds: Dataset, *, skip: frozenset[int] = frozenset()) -> Iterator[str]:
+        passed_over.append(len(skip))
+        return real_iter_uids(ds, skip=skip)
+
+    monkeypatch.setattr(gate_module, "iter_uids", counting_iter_uids)
+    outcomes = []
+    for memoize in (False, True):
+        monkeypatch.setattr(gate_module, "_MEMOIZE", memoize)
+        passed_over.clear()
+        datasets = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for path in paths:
+                with contextlib.suppress(*READ_ERRORS, MemoryError):  # ingest would reject the file, not gate it
+                    datasets.append(read_dicom_header(path)[0])
+            try:
+                report = check_datasets(datasets, **options)
+            except CurationError as exc:
+                outcomes.append(("error", type(exc).__name__, str(exc)))
+            else:
+                outcomes.append(("report", report.findings, report.private_review, report.sensitive_values))
+    return outcomes[0], outcomes[1], sum(passed_over)
+
+
+def _encoded(ds: Dataset, *, implicit: bool = False) -> bytes:
+    """``ds`` as pydicom writes it, in Explicit or Implicit VR Little Endian."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = copy.deepcopy(ds)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _memo_base(make_clean_ds: Callable[[], Dataset]) -> Dataset:
+    """A clean header with a sequence in a sequence (what the memo passes over whole)."""
+    ds = make_clean_ds()
+    ds.PixelRepresentation = 0
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "C-111A1", "SRT", "^18^Fluorine"
+    drug = Dataset()
+    drug.Radiopharmaceutical = "Fluorodeoxyglucose"
+    drug.RadionuclideCodeSequence = DicomSequence([code])
+    ds.RadiopharmaceuticalInformationSequence = DicomSequence([drug])
+    return ds
+
+
+def _charset_top(ds: Dataset, k: int) -> bytes:
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.OperatorsName = "Müller^Jörg"
+    data = _encoded(ds)
+    return data.replace(b"ISO_IR 192", b"ISO_IR 100") if k % 2 else data  # the same name bytes, read as Latin-1
+
+
+def _charset_in_sequence(ds: Dataset, k: int) -> bytes:
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.RadiopharmaceuticalInformationSequence[0].RadionuclideCodeSequence[0].CodeMeaning = "Jörg Müller"
+    ds.AcquisitionContextSequence = _acquisition_context()  # must be empty: its text is collected
+    ds.AcquisitionContextSequence[0].TextValue = "Injected by Jörg Müller"
+    data = _encoded(ds)
+    return data.replace(b"ISO_IR 192", b"ISO_IR 100") if k % 2 else data
+
+
+def _private_creator(ds: Dataset, k: int, *, implicit: bool = False) -> bytes:
+    block = ds.private_block(0x0009, "GEMS_PETD_01" if k % 2 else "SOME OTHER VENDOR", create=True)
+    block.add_new(0x02, "LO", "SCANNER-PID-99812")  # the same bytes under either creator
+    return _encoded(ds, implicit=implicit)
+
+
+def _nested_item(ds: Dataset, k: int) -> bytes:
+    if k == 2:
+        ds.RadiopharmaceuticalInformationSequence[0].RadionuclideCodeSequence[0].PerformingPhysicianName = "Hausmann^Karl"
+    return _encoded(ds)
+
+
+def _implicit_or_explicit(ds: Dataset, k: int) -> bytes:
+    block = ds.private_block(0x0035, "ACME PACS 2.0", create=True)
+    block.add_new(0x01, "LO", "Doctor^Who")  # explicit: an LO listed for review; implicit: UN, its text a name
+    return _encoded(ds, implicit=bool(k % 2))
+
+
+def _pixel_representation(ds: Dataset, k: int) -> bytes:
+    ds.PixelRepresentation = k % 2
+    ds.AcquisitionContextSequence = _acquisition_context()
+    ds.AcquisitionContextSequence[0].add_new(0x00280106, "US", 0xFFFF)  # SmallestImagePixelValue: US or SS
+    return _encoded(ds, implicit=True)  # in Implicit VR the item's value is 65535 or -1 by the parent's
+
+
+def _pixel_representation_as_ui(ds: Dataset, k: int) -> bytes:
+    if k == 0:
+        del ds.RadiopharmaceuticalInformationSequence  # decoding a sequence decodes PixelRepresentation
+    data = _encoded(ds)
+    us = b"\x28\x00\x03\x01US\x02\x00\x00\x00"
+    assert data.count(us) == 1
+    return data.replace(us, b"\x28\x00\x03\x01UI\x02\x00\xe9\x00")  # a UI, not ASCII: bytes and decoded text differ
+
+
+#: case -> (how instance k is written from the base, what the study without the memo shows)
+MEMO_CASES: dict[str, tuple[Callable[[Dataset, int], bytes], Callable[[tuple], bool]]] = {
+    "real-name-in-one-slice": (
+        lambda ds, k: _encoded(ds) if k != 2 else _encoded(_with(ds, PatientName="Mustermann^Erika")),
+        lambda out: ("(0010,0010)", "PatientName") in {(f.tag, f.keyword) for f in out[1]},
+    ),
+    "same-bytes-other-charset": (
+        _charset_top, lambda out: {"Müller^Jörg", "MÃ¼ller^JÃ¶rg"} <= out[3],
+    ),
+    "same-sequence-bytes-other-charset": (
+        _charset_in_sequence, lambda out: {"Injected by Jörg Müller", "Injected by JÃ¶rg MÃ¼ller"} <= out[3],
+    ),
+    "same-private-bytes-other-creator": (
+        _private_creator,
+        lambda out: ("(0009,1002)", "GEMS_PETD_01:PETPatientID") in {(f.tag, f.keyword) for f in out[1]}
+        and "(0009,xx02) creator 'SOME OTHER VENDOR'" in out[2],
+    ),
+    "same-private-bytes-other-creator-implicit-vr": (
+        functools.partial(_private_creator, implicit=True),
+        lambda out: ("(0009,1002)", "GEMS_PETD_01:PETPatientID") in {(f.tag, f.keyword) for f in out[1]}
+        and "(0009,xx02) creator 'SOME OTHER VENDOR'" in out[2],
+    ),
+    "one-nested-item-differs": (
+        _nested_item, lambda out: ("(0008,1050)", "PerformingPhysicianName") in {(f.tag, f.keyword) for f in out[1]},
+    ),
+    "same-bytes-implicit-and-explicit-vr": (
+        _implicit_or_explicit,
+        lambda out: ("(0035,1001)", "private-person-name") in {(f.tag, f.rule) for f in out[1]}
+        and "(0035,xx01) creator 'ACME PACS 2.0'" in out[2],
+    ),
+    "same-sequence-bytes-other-pixel-representation": (
+        _pixel_representation, lambda out: {"65535", "-1"} <= out[3],
+    ),
+    "pixel-representation-written-as-ui": (
+        _pixel_representation_as_ui, lambda out: {"\ufffd", "é"} <= out[3],
+    ),
+}
+
+
+def _with(ds: Dataset, **attributes: object) -> Dataset:
+    ds = copy.deepcopy(ds)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reversed"])
+@pytest.mark.parametrize("case", sorted(MEMO_CASES))
+def test_memo_gives_what_judging_every_instance_gives(
+    case: str, reverse: bool, make_clean_ds: Callable[[], Dataset], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Instances that differ in one thing the judging depends on (a value, the character set, the
+    private creator, the VR encoding, a nested item, the PixelRepresentation) are judged apart."""
+    write, shows_the_difference = MEMO_CASES[case]
+    paths = []
+    for k in range(4):
+        ds = _memo_base(make_clean_ds)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.1001{k}"
+        ds.InstanceNumber = k + 1
+        paths.append(tmp_path / f"{k}.dcm")
+        paths[-1].write_bytes(write(ds, k))
+    plain, memo, passed_over = _gate_both_ways(paths[::-1] if reverse else paths, monkeypatch,
+                                               pseudonym_pattern=SITE_PATTERN)
+    assert plain[0] == "report" and shows_the_difference(plain), plain
+    assert memo == plain
+    if case != "pixel-representation-written-as-ui":  # no memo for such a dataset
+        assert passed_over > 20  # the elements the instances share (sequences among them) were judged once
+
+
+@pytest.mark.parametrize(("vendor", "plant"), [("siemens", False), ("philips", True), ("ge", True)])
+def test_memo_gives_what_judging_every_instance_gives_on_phantom_studies_and_mutations(
+    vendor: str, plant: bool, phantom_headers: Callable[[str, bool], tuple], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A phantom study's CT and PET slices, and copies with one to three files mutated (bit flips,
+    hostile values, wrong VRs, deleted elements, Implicit VR and Deflated re-encodings, ...)."""
+    import numpy as np
+
+    from tests.fuzzing import mutate
+
+    study, _ = phantom_headers(vendor, plant)
+    sources = [*study.files["ct"][::20], *study.files["pt"][::20]]
+    plain, memo, passed_over = _gate_both_ways(sources, monkeypatch, pseudonym_pattern=SITE_PATTERN)
+    assert plain[0] == "report" and memo == plain
+    assert passed_over > 20 * len(sources)
+    rng = np.random.default_rng(20240917)
+    for n in range(8):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        paths = [folder / f"{k}.dcm" for k in range(len(sources))]
+        chosen = set(rng.choice(len(sources), size=int(rng.integers(1, 4)), replace=False).tolist())
+        names = []
+        for k, (source, path) in enumerate(zip(sources, paths, strict=True)):
+            data = source.read_bytes()
+            if k in chosen:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    name, data = mutate(data, rng)
+                names.append(name)
+            path.write_bytes(data)
+        plain, memo, _ = _gate_both_ways(paths, monkeypatch, pseudonym_pattern=SITE_PATTERN)
+        assert memo == plain, names
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_memo_gives_what_judging_every_instance_gives_on_real_and_pydicom_files(
+    deid_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deid-data's identified headers (real vendors' private blocks) as one study, and each of
+    pydicom's small test files beside two mutated copies of itself."""
+    import numpy as np
+
+    from tests.fuzzing import mutate, pydicom_sources
+
+    real = [deid_data_dir / relative for relative in sorted(DEID_EXPECTED) if "!" not in relative]
+    for paths in (real, real[::-1]):
+        plain, memo, passed_over = _gate_both_ways(paths, monkeypatch)
+        assert memo == plain and passed_over > 0
+    rng = np.random.default_rng(7)
+    for n, source in enumerate(pydicom_sources(64 << 10)[::8]):
+        paths = [tmp_path / f"{n}-{k}.dcm" for k in range(4)]
+        data = source.read_bytes()
+        for k, path in enumerate(paths):
+            path.write_bytes(mutate(data, rng)[1] if k in (1, 2) else data)
+        plain, memo, _ = _gate_both_ways(paths, monkeypatch)
+        assert memo == plain, source.name
