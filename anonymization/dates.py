@@ -42,17 +42,18 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from curation.config import DatePolicy
 from curation.dicomtime import parse_date, parse_datetime, parse_time
-from curation.uids import element_vr, elements_in_tag_order
+from curation.uids import element_vr, elements_in_tag_order, raw_element_key
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def dates_in_value(vr: str, text: str) -> list[dt.date]:
     return found
 
 
-def iter_dates(ds: Dataset) -> Iterator[dt.date]:
+def iter_dates(ds: Dataset, *, seen: set[Hashable] | None = None) -> Iterator[dt.date]:
     """Yield every date in ``ds`` and its sequences, at any depth, private elements included.
 
     Only DA, DT and SQ elements are looked at (read from their undecoded
@@ -147,6 +148,13 @@ def iter_dates(ds: Dataset) -> Iterator[dt.date]:
     ----------
     ds
         A dataset (or sequence item); it is not modified.
+    seen
+        For the instances of one study, one set for all: a top-level element
+        still undecoded whose bytes (:func:`curation.uids.raw_element_key`),
+        in a dataset of the same character set, were looked at in an earlier
+        instance is passed over (its dates were yielded then), and the keys
+        of those looked at are added.  Most elements of a study, its
+        sequences above all, are the same bytes in every instance.
 
     Yields
     ------
@@ -154,7 +162,14 @@ def iter_dates(ds: Dataset) -> Iterator[dt.date]:
         Each DA value and the date part of each DT value (:func:`dates_in_value`),
         possibly repeated.
     """
+    charset = ds.original_character_set if seen is not None else None
+    charset = tuple(charset) if isinstance(charset, list) else charset
     for tag, raw in elements_in_tag_order(ds):
+        if charset and isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+            key = (raw_element_key(raw), charset)
+            if key in seen:  # type: ignore[operator]
+                continue
+            seen.add(key)  # type: ignore[union-attr]
         vr = element_vr(ds, tag, raw)
         if vr in ("DA", "DT"):
             value = raw.value

@@ -100,7 +100,7 @@ from curation.errors import (
     RejectReason,
     UnreadableError,
 )
-from curation.uids import element_vr, iter_uids, uid_strings
+from curation.uids import element_vr, iter_uids, raw_element_key, uid_strings
 
 logger = logging.getLogger(__name__)
 
@@ -647,15 +647,6 @@ def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _raw_fields(raw: RawDataElement) -> tuple[Any, ...]:
-    """A raw element's fields but its place in the file (``value_tell``: only in pydicom's messages).
-
-    The length tells an undefined-length sequence; the encoding is the one
-    pydicom decodes the bytes (and a sequence's items) with.
-    """
-    return (raw.tag, raw.VR, raw.length, raw.value, raw.is_implicit_VR, raw.is_little_endian)
-
-
 def _decoding_context(ds: pydicom.Dataset) -> Hashable | None:
     """What, besides its own bytes, decides how pydicom decodes a raw element of ``ds``.
 
@@ -689,7 +680,7 @@ def _decoding_context(ds: pydicom.Dataset) -> Hashable | None:
     if isinstance(pixel_representation, RawDataElement):
         if pixel_representation.VR not in (None, "US", "UN"):
             return None
-        own = _raw_fields(pixel_representation)
+        own = raw_element_key(pixel_representation)
     elif pixel_representation is not None:
         own = pixel_representation.value
     context = (charset if isinstance(charset, str) else tuple(charset), own, getattr(ds, "_pixel_rep", None))
@@ -784,7 +775,7 @@ class _Collector:
     ) -> Hashable | None:
         """Everything judging a top-level element of ``ds`` depends on; None: judge it anyway.
 
-        * the element's raw fields (:func:`_raw_fields`): its tag (which,
+        * the element's raw fields (:func:`curation.uids.raw_element_key`): its tag (which,
           with the creator, picks the rule: the profile is the collector's),
           the VR the file gives, the bytes and their encoding (implicit VR,
           endianness), which is what pydicom decodes them with;
@@ -830,7 +821,7 @@ class _Collector:
                 vr = None
         if vr in AMBIGUOUS_VR:
             return None
-        return (_raw_fields(element), context, creator)
+        return (raw_element_key(element), context, creator)
 
     def _walk_element(
         self, ds: pydicom.Dataset, tag: BaseTag, creators: list[dict[tuple[int, int], str]],

@@ -25,7 +25,7 @@ import datetime as dt
 import gc
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +151,8 @@ def header_dates(datasets: Iterable[Dataset]) -> set[dt.date]:
         The calendar dates (:func:`anonymization.dates.iter_dates`), for the
         leak scan of a release that shifts dates or keeps the year only.
     """
-    return {day for ds in datasets for day in iter_dates(ds)}
+    seen: set[Hashable] = set()  # the elements every instance repeats are looked at once
+    return {day for ds in datasets for day in iter_dates(ds, seen=seen)}
 
 
 def index_dates(study: StudyRecord) -> set[dt.date]:

@@ -115,6 +115,27 @@ def element_vr(ds: Dataset, tag: BaseTag, element: DataElement | RawDataElement 
         return None
 
 
+def raw_element_key(raw: RawDataElement) -> tuple[Any, ...]:
+    """A raw element's fields but its place in the file (``value_tell``: only in pydicom's messages).
+
+    What pydicom decodes an element (and a sequence's items) from: the tag,
+    the VR the file gives, the length (which tells an undefined-length
+    sequence), the bytes and their encoding.  Two elements with the same key
+    decode alike in datasets of the same character set.
+
+    Parameters
+    ----------
+    raw
+        An element not yet decoded.
+
+    Returns
+    -------
+    tuple
+        Hashable when the value is bytes (a deferred element's is None).
+    """
+    return (raw.tag, raw.VR, raw.length, raw.value, raw.is_implicit_VR, raw.is_little_endian)
+
+
 def _tag_number(item: tuple[BaseTag, Any]) -> int:
     return int(item[0])
 

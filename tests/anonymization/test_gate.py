@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import datetime as dt
 import functools
 import io
 import json
@@ -1165,3 +1166,36 @@ def test_memo_gives_what_judging_every_instance_gives_on_real_and_pydicom_files(
             path.write_bytes(mutate(data, rng)[1] if k in (1, 2) else data)
         plain, memo, _ = _gate_both_ways(paths, monkeypatch)
         assert memo == plain, source.name
+
+
+def _date_in_a_nested_item(ds: Dataset, k: int) -> bytes:
+    """A date inside a sequence's item that only instance 2 has different (the rest share the bytes)."""
+    item = ds.RadiopharmaceuticalInformationSequence[0]
+    item.RadiopharmaceuticalStartDateTime = "19840215101500" if k == 2 else "20240101101500"
+    item.RadionuclideCodeSequence[0].add_new(0x00080012, "DA", "19991231" if k == 3 else "20240101")  # InstanceCreationDate
+    return _encoded(ds, implicit=k == 1)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case", [*sorted(MEMO_CASES), "date-in-a-nested-item"])
+def test_a_studys_header_dates_are_every_instances_dates(
+    case: str, make_clean_ds: Callable[[], Dataset], tmp_path: Path
+) -> None:
+    """``header_dates`` looks at an element the instances share once, and finds what every instance holds."""
+    from anonymization.dates import iter_dates
+    from curation.dicomfile import read_dicom_header
+    from curation.ingest import header_dates
+
+    write = _date_in_a_nested_item if case == "date-in-a-nested-item" else MEMO_CASES[case][0]
+    paths = []
+    for k in range(4):
+        ds = _memo_base(make_clean_ds)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.1001{k}"
+        ds.ContentDate = f"2024010{k + 1}"  # a date of each instance's own
+        paths.append(tmp_path / f"{k}.dcm")
+        paths[-1].write_bytes(write(ds, k))
+    each = set().union(*(set(iter_dates(read_dicom_header(p)[0])) for p in paths))
+    assert header_dates([read_dicom_header(p)[0] for p in paths]) == each
+    assert {dt.date(2024, 1, k) for k in range(1, 5)} <= each
+    if case == "date-in-a-nested-item":
+        assert {dt.date(1984, 2, 15), dt.date(1999, 12, 31)} <= each
