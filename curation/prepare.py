@@ -235,6 +235,12 @@ def _prepare(
     def load(category: str) -> CategoryMap:
         return load_category(files[category], ct_img, category, source=source_table, release=release_labels)
 
+    def load_landmark(category: str) -> tuple[CategoryMap, np.ndarray | None]:
+        """A landmark category's map and its landmark's mask (brain or skull), each on a worker of its own."""
+        loaded = load(category)
+        masks = landmark_masks({category: loaded.array}, release_labels.categories)
+        return loaded, masks[LANDMARK_CATEGORIES.index(category)]
+
     ct_out, pt_out, before_out = out_dir / "CT.nii.gz", out_dir / "PT.nii.gz", out_dir / HEAD_BEFORE
     cylinder: DefaceCylinder | None = None
     head_missing_released = False
@@ -286,16 +292,17 @@ def _prepare(
     # the maps that are not landmarks are read while the landmarks plan the cylinder
     with ThreadPoolExecutor(max_workers=LABEL_WORKERS) as pool:
         # landmarks come from the maps before the lesion is subtracted: a lesion in the head is still head
-        landmarks = {c: pool.submit(load, c) for c in LANDMARK_CATEGORIES} if site.deface else {}
+        landmarks = {c: pool.submit(load_landmark, c) for c in LANDMARK_CATEGORIES} if site.deface else {}
         lesion_future = pool.submit(
             lambda: _lesion_index(load_lesion_mask(lesion_file(site.lesions_dir, case.StudyInstanceUID), ct_img))
         )
         later = {c: pool.submit(finish, c) for c in CATEGORIES if c not in landmarks}
         try:
-            early = {category: future.result() for category, future in landmarks.items()}
+            found = {category: future.result() for category, future in landmarks.items()}
+            early = {category: loaded for category, (loaded, _) in found.items()}
             lesion = lesion_future.result()
             if site.deface:
-                brain, skull = landmark_masks({c: m.array for c, m in early.items()}, release_labels.categories)
+                brain, skull = (found[c][1] if c in found else None for c in LANDMARK_CATEGORIES)
                 try:
                     cylinder = plan_cylinder(
                         ct_img, pt_img, brain, skull,
@@ -317,17 +324,25 @@ def _prepare(
                     future.cancel()
             planned.set()
 
+        submitted = {**later, **{c: pool.submit(finish, c, early.pop(c)) for c in list(early)}}
+        defaced: tuple[tuple[ImageFile, ImageFile], tuple[ImageFile, np.ndarray | None]] | BaseException | None = None
         if cylinder is None:
             # not defaced: the converted files are released as they are
             for stale in (ct_out, pt_out, before_out):
                 stale.unlink(missing_ok=True)
         else:
-            ct_future = pool.submit(write_ct, ct_img)
-            pt_future = pool.submit(write_image, pt_img, pt_indexed, case.pt, pt_out, PET_FILL, np.float32)
-        submitted = {**later, **{c: pool.submit(finish, c, early.pop(c)) for c in list(early)}}
+            # on this thread, while the workers finish the maps (queued behind them, the CT's
+            # planes would be compressed again last, alone); its errors come after the maps'
+            try:
+                defaced = (write_ct(ct_img),
+                           write_image(pt_img, pt_indexed, case.pt, pt_out, PET_FILL, np.float32))
+            except Exception as exc:  # raised below, after the maps' errors
+                defaced = exc
         written: dict[str, _Written] = _results_in_order({c: submitted[c] for c in CATEGORIES})
-        if cylinder is not None:
-            (ct_file, head_before), (pt_file, _) = ct_future.result(), pt_future.result()
+        if isinstance(defaced, BaseException):
+            raise defaced
+        if defaced is not None:
+            (ct_file, head_before), (pt_file, _) = defaced
         else:
             ct_file, pt_file, head_before = case.ct, case.pt, None
 
