@@ -31,7 +31,7 @@ writes them, atomically.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,13 @@ from curation.errors import ConversionFailedError, CurationError, UnreadableErro
 from curation.frames import expand_frames
 from curation.geometry import SliceStack, check_series_geometry
 from curation.model import ImageFile, Modality
-from curation.nifti import CompressedNifti, compress_nifti, write_compressed
+from curation.nifti import (
+    CompressedNifti,
+    compress_nifti,
+    compress_slabs,
+    member_planes,
+    write_compressed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -209,37 +215,46 @@ def _check_volume(stack: SliceStack, label: str, itemsize: int) -> None:
         )
 
 
-def _ct_block(stack: SliceStack, label: str, located: dict[int, PixelDataLocation]) -> np.ndarray:
+def _ct_slabs(stack: SliceStack, label: str, located: dict[int, PixelDataLocation], planes: int) -> Iterator[np.ndarray]:
+    """The CT's HU volume, ``planes`` slices at a time: each (slice, row, column) slab C-ordered, made as it is asked for."""
     n, shape = len(stack.datasets), (stack.rows, stack.columns)
     _check_volume(stack, label, 2)
-    out = np.empty((n, *shape), dtype=np.int16)
     work = np.empty(shape, dtype=np.float64)
-    for k, ds in enumerate(stack.datasets):
-        slope, intercept = _rescale(ds, label, k)
-        location = located.get(id(ds))
-        # a located slice is read straight into its place in the block and rescaled there
-        raw = _pixels(ds, label, k, shape) if location is None else _located_pixels(location, out[k], label, k, ds)
-        whole = slope == 1.0 and intercept.is_integer()
-        if whole:  # the usual CT slice: the range from the stored values, then one pass into the block
-            lo, hi = int(raw.min()) + int(intercept), int(raw.max()) + int(intercept)
-        else:
-            np.multiply(raw, slope, out=work)
-            work += intercept
-            np.rint(work, out=work)
-            lo, hi = work.min(), work.max()
-        if lo < _INT16.min or hi > _INT16.max:
-            raise ConversionFailedError(
-                f"{label}: slice {k}: HU range [{lo}, {hi}] does not fit int16 "
-                f"(RescaleSlope {slope}, RescaleIntercept {intercept})"
-            )
-        if whole and location is not None:
-            # in place, modulo 2**16: the sum is in int16's range, so its 16 bits are the HU value
-            np.add(raw.view(np.uint16), np.uint16(int(intercept) % 65536), out=raw.view(np.uint16))
-        elif whole:
-            np.add(raw, int(intercept), out=out[k], dtype=np.int32, casting="unsafe")  # in range: exact
-        else:
-            out[k] = work
-    return out
+    for first in range(0, n, planes):
+        out = np.empty((min(planes, n - first), *shape), dtype=np.int16)
+        for k in range(first, first + len(out)):
+            _ct_slice(stack.datasets[k], label, k, located, out[k - first], work)
+        yield out
+
+
+def _ct_slice(ds: Dataset, label: str, k: int, located: dict[int, PixelDataLocation], out: np.ndarray,
+              work: np.ndarray) -> None:
+    """Slice ``k`` of the series in HU into ``out`` (int16 memory of its shape), its range checked."""
+    shape = out.shape
+    slope, intercept = _rescale(ds, label, k)
+    location = located.get(id(ds))
+    # a located slice is read straight into its place in the slab and rescaled there
+    raw = _pixels(ds, label, k, shape) if location is None else _located_pixels(location, out, label, k, ds)
+    whole = slope == 1.0 and intercept.is_integer()
+    if whole:  # the usual CT slice: the range from the stored values, then one pass into the slab
+        lo, hi = int(raw.min()) + int(intercept), int(raw.max()) + int(intercept)
+    else:
+        np.multiply(raw, slope, out=work)
+        work += intercept
+        np.rint(work, out=work)
+        lo, hi = work.min(), work.max()
+    if lo < _INT16.min or hi > _INT16.max:
+        raise ConversionFailedError(
+            f"{label}: slice {k}: HU range [{lo}, {hi}] does not fit int16 "
+            f"(RescaleSlope {slope}, RescaleIntercept {intercept})"
+        )
+    if whole and location is not None:
+        # in place, modulo 2**16: the sum is in int16's range, so its 16 bits are the HU value
+        np.add(raw.view(np.uint16), np.uint16(int(intercept) % 65536), out=raw.view(np.uint16))
+    elif whole:
+        np.add(raw, int(intercept), out=out, dtype=np.int32, casting="unsafe")  # in range: exact
+    else:
+        out[...] = work
 
 
 def _pet_block(stack: SliceStack, label: str, located: dict[int, PixelDataLocation]) -> np.ndarray:
@@ -313,8 +328,13 @@ def encode_series(
     affine = np.asarray(affine, dtype=np.float64)
     try:
         if modality is Modality.CT:
-            block = _ct_block(stack, label, located)
-        elif modality is Modality.PT:
+            # made and compressed a member's planes at a time: the volume is never whole in memory
+            shape = (stack.columns, stack.rows, len(stack.datasets))
+            slabs = _ct_slabs(stack, label, located, member_planes(shape, 2))
+            volume = compress_slabs(slabs, shape, affine, dtype=np.int16)
+            logger.info("%s: %d slices -> %s", label, len(stack.datasets), volume.shape)
+            return volume
+        if modality is Modality.PT:
             block = _pet_block(stack, label, located)
         else:  # pragma: no cover - Modality has two members
             raise ValueError(f"unknown modality {modality!r}")

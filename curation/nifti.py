@@ -50,8 +50,8 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -230,6 +230,68 @@ def compress_nifti(data: ArrayLike, affine: ArrayLike, *, dtype: type) -> Compre
     pieces = [_header_bytes(array, affine, dtype),
               *(data_bytes[a:b] for a, b in _voxel_spans(array.shape, array.dtype.itemsize))]
     return _compressed(b"".join(_compress_members(pieces)), array.shape, dtype, affine)
+
+
+#: Members a stream of slabs may have in compression at once (:func:`compress_slabs`): its memory.
+SLABS_IN_FLIGHT = 4 * GZIP_THREADS
+
+
+def compress_slabs(slabs: Iterable[np.ndarray], shape: Sequence[int], affine: ArrayLike, *,
+                   dtype: type) -> CompressedNifti:
+    """The ``.nii.gz`` bytes of a volume given as it is made, one member's planes at a time.
+
+    Byte for byte :func:`compress_nifti` of the whole volume, but the volume is
+    never whole in memory: each slab is compressed on a worker thread while the
+    next is made, :data:`SLABS_IN_FLIGHT` at most (a CT of 168 MB costs a few
+    MB, not its size again in fresh memory).
+
+    Parameters
+    ----------
+    slabs
+        The planes of the volume, first to last, as C-ordered arrays indexed
+        (plane, j, i): :func:`member_planes` planes each, fewer in the last.
+        An error raised while they are made is raised here.
+    shape
+        The volume's (i, j, k) shape.
+    affine
+        Voxel -> world (RAS+ mm), 4x4.
+    dtype
+        The voxel type of every slab.
+
+    Returns
+    -------
+    CompressedNifti
+        The bytes and what a record says of them.
+
+    Raises
+    ------
+    ValueError
+        A slab of another type, order or size than the volume's members.
+    """
+    shape = tuple(int(n) for n in shape)
+    spans = _voxel_spans(shape, np.dtype(dtype).itemsize)
+    stand_in = np.broadcast_to(np.zeros((), dtype=dtype), shape)  # the header reads the shape only
+    pool = ThreadPoolExecutor(max_workers=max(1, GZIP_THREADS))
+    try:
+        members: list[Future[bytes]] = [pool.submit(gzip_member, _header_bytes(stand_in, affine, dtype))]
+        count = 0
+        for slab in slabs:
+            if count == len(spans):
+                raise ValueError(f"more slabs than the {len(spans)} members of a {shape} volume")
+            start, stop = spans[count]
+            if slab.dtype != np.dtype(dtype) or not slab.flags.c_contiguous or slab.nbytes != stop - start:
+                raise ValueError(f"slab {count} is {slab.dtype} of {slab.nbytes} bytes, the member is "
+                                 f"{np.dtype(dtype)} of {stop - start} bytes, C-contiguous")
+            if len(members) > SLABS_IN_FLIGHT:  # the oldest done before another slab is handed over
+                members[-SLABS_IN_FLIGHT - 1].result()
+            members.append(pool.submit(gzip_member, memoryview(slab.reshape(-1)).cast("B")))
+            count += 1
+        if count != len(spans):
+            raise ValueError(f"{count} slabs for the {len(spans)} members of a {shape} volume")
+        data = b"".join(member.result() for member in members)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return _compressed(data, shape, dtype, affine)
 
 
 def _compressed(data: bytes, shape: Sequence[int], dtype: type | np.dtype, affine: ArrayLike) -> CompressedNifti:

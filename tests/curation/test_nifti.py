@@ -204,3 +204,36 @@ def test_planes_are_read_and_replaced_member_by_member_giving_the_bytes_of_the_w
     # another writer's file is not indexed (and is read whole instead)
     nib.save(nib.Nifti1Image(volume, AFFINE), tmp_path / "nibabel.nii.gz")
     assert nifti.IndexedNifti.from_bytes((tmp_path / "nibabel.nii.gz").read_bytes(), "nibabel.nii.gz") is None
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((37, 29, 23), np.int16), ((300, 260, 11), np.int16),
+                                              ((50, 41, 9), np.float32), ((8, 8, 1), np.uint8)])
+def test_a_volume_compressed_slab_by_slab_is_the_volume_compressed_whole(shape, dtype) -> None:
+    from curation.nifti import compress_nifti, compress_slabs, member_planes
+
+    rng = np.random.default_rng(3)
+    volume = (rng.normal(0, 300, size=shape)).astype(dtype)  # (i, j, k)
+    affine = np.diag([0.9, 0.9, 2.5, 1.0])
+    planes = member_planes(shape, np.dtype(dtype).itemsize)
+    by_plane = np.ascontiguousarray(volume.transpose(2, 1, 0))  # (k, j, i): a slab's C order
+    slabs = (by_plane[k : k + planes].copy() for k in range(0, shape[2], planes))
+    assert compress_slabs(slabs, shape, affine, dtype=dtype) == compress_nifti(volume, affine, dtype=dtype)
+
+
+def test_slabs_that_do_not_make_the_volume_are_refused_and_a_slab_maker_s_error_comes_through() -> None:
+    from curation.nifti import compress_slabs, member_planes
+
+    shape, affine = (300, 260, 11), np.eye(4)
+    planes = member_planes(shape, 2)
+    slab = np.zeros((planes, 260, 300), dtype=np.int16)
+    with pytest.raises(ValueError, match="slabs for the"):
+        compress_slabs([slab], shape, affine, dtype=np.int16)  # too few
+    with pytest.raises(ValueError, match="slab 0 is float32"):
+        compress_slabs([slab.astype(np.float32)], shape, affine, dtype=np.int16)
+
+    def failing():
+        yield slab
+        raise RuntimeError("slice 7 cannot be read")
+
+    with pytest.raises(RuntimeError, match="slice 7"):
+        compress_slabs(failing(), shape, affine, dtype=np.int16)
