@@ -340,7 +340,7 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
         # read while the conversions finish; a value that cannot be decoded is raised after their problems
         try:
             metadata: tuple[dict[str, Any], dict[str, Any]] | BaseException = (
-                ct_metadata(ct_stack.datasets), pet_metadata(pt_stack.datasets)
+                ct_metadata(ct_stack.datasets, stack=ct_stack), pet_metadata(pt_stack.datasets, stack=pt_stack)
             )
         except LAZY_DECODE_ERRORS as exc:
             metadata = exc

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 
 from curation.compression import LOSSY_FIELDS, lossy_compression
 from curation.dicomtime import date_or_none, datetime_or_none, time_or_none
-from curation.geometry import check_series_geometry
+from curation.geometry import SliceStack, check_series_geometry
 from curation.suv import SUV_FIELDS, suv_fields
 
 logger = logging.getLogger(__name__)
@@ -193,8 +193,9 @@ def _ge_decay(first: Dataset) -> dict[str, Any]:
     return values
 
 
-def _geometry(datasets: Sequence[Dataset], label: str) -> dict[str, Any]:
-    stack = check_series_geometry(datasets, series_label=label)
+def _geometry(datasets: Sequence[Dataset], label: str, stack: SliceStack | None) -> dict[str, Any]:
+    if stack is None:
+        stack = check_series_geometry(datasets, series_label=label)
     return {
         "PixelSpacingRow": stack.pixel_spacing[0],
         "PixelSpacingColumn": stack.pixel_spacing[1],
@@ -224,13 +225,16 @@ def _ordered(fields: tuple[tuple[str, str], ...], values: dict[str, Any]) -> dic
     return {name: values.get(name) for name, _ in fields}
 
 
-def ct_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
+def ct_metadata(datasets: Sequence[Dataset], *, stack: SliceStack | None = None) -> dict[str, Any]:
     """Acquisition metadata of a CT series (keys and order of :data:`CT_FIELDS`).
 
     Parameters
     ----------
     datasets
         Every slice of the selected CT series.
+    stack
+        Their :func:`curation.geometry.check_series_geometry`, when the caller
+        has it already (otherwise it is made here).
 
     Returns
     -------
@@ -253,19 +257,22 @@ def ct_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
         "Exposure": _mean(datasets, "Exposure", "ExposureInmAs"),
         "AcquisitionDate": _date(first.get("AcquisitionDate") or first.get("SeriesDate")),
         "AcquisitionTime": _time(first.get("AcquisitionTime") or first.get("SeriesTime")),
-        **_geometry(datasets, "CT series"),
+        **_geometry(datasets, "CT series", stack),
         **lossy_compression(datasets).fields(),
     }
     return _ordered(CT_FIELDS, values)
 
 
-def pet_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
+def pet_metadata(datasets: Sequence[Dataset], *, stack: SliceStack | None = None) -> dict[str, Any]:
     """Acquisition metadata of a PET series (keys and order of :data:`PT_FIELDS`).
 
     Parameters
     ----------
     datasets
         Every slice of the selected AC PET series.
+    stack
+        Their :func:`curation.geometry.check_series_geometry`, when the caller
+        has it already (otherwise it is made here).
 
     Returns
     -------
@@ -301,7 +308,7 @@ def pet_metadata(datasets: Sequence[Dataset]) -> dict[str, Any]:
         "SliceThickness": _float(first, "SliceThickness"),
         "AcquisitionDate": _date(first.get("AcquisitionDate") or first.get("SeriesDate")),
         "AcquisitionTime": _time(first.get("AcquisitionTime") or first.get("SeriesTime")),
-        **_geometry(datasets, "PET series"),
+        **_geometry(datasets, "PET series", stack),
         **suv_fields(datasets),
         **_ge_decay(first),
         **lossy_compression(datasets).fields(),

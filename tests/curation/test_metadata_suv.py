@@ -175,6 +175,12 @@ def test_phantom_vendor_styles(tmp_path, small_phantom, vendor) -> None:
                         patient_name="Test^Patient", decoys=False)
     datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in study.files["pt"]]
     pm = pet_metadata(datasets)
+    from curation.geometry import check_series_geometry
+    from curation.metadata import ct_metadata
+
+    assert pet_metadata(datasets, stack=check_series_geometry(datasets, series_label="PT")) == pm  # as ingest calls it
+    cts = [pydicom.dcmread(p, stop_before_pixels=True) for p in study.files["ct"]]
+    assert ct_metadata(cts, stack=check_series_geometry(cts, series_label="CT")) == ct_metadata(cts)
     first = datasets[0]
     injection = dt.datetime.strptime(
         first.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalStartDateTime, "%Y%m%d%H%M%S")
