@@ -804,9 +804,13 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _fill(view: np.ndarray, inside: np.ndarray, value: float) -> int:
-    """Set ``view[inside] = value``; returns how many of those voxels were non-zero before."""
-    nonzero = int(np.count_nonzero(view[inside]))
-    view[inside] = value
+    """Set ``view[inside] = value``; returns how many of those voxels were non-zero before.
+
+    Element by element over the box (``inside`` broadcasts to ``view``), without
+    gathering the voxels inside into a copy: ``view`` is a strided box of planes.
+    """
+    nonzero = int(np.count_nonzero(np.logical_and(view != 0, inside)))
+    np.copyto(view, np.array(value).astype(view.dtype), where=inside)
     return nonzero
 
 

@@ -299,10 +299,14 @@ def _prepare(
         later = {c: pool.submit(finish, c) for c in CATEGORIES if c not in landmarks}
         try:
             found = {category: future.result() for category, future in landmarks.items()}
+            landmarks.clear()  # a future keeps its result: the maps and masks would live to the end
             early = {category: loaded for category, (loaded, _) in found.items()}
+            masks = [found[c][1] if c in found else None for c in LANDMARK_CATEGORIES]
+            del found
             lesion = lesion_future.result()
             if site.deface:
-                brain, skull = (found[c][1] if c in found else None for c in LANDMARK_CATEGORIES)
+                brain, skull = masks
+                masks.clear()
                 try:
                     cylinder = plan_cylinder(
                         ct_img, pt_img, brain, skull,
@@ -324,7 +328,9 @@ def _prepare(
                     future.cancel()
             planned.set()
 
-        submitted = {**later, **{c: pool.submit(finish, c, early.pop(c)) for c in list(early)}}
+        # the landmarks' maps, read already, are queued for the workers too; this thread writes the
+        # CT and the PET, then finishes those the workers have not started
+        submitted: dict[str, Future[_Written]] = {**later, **{c: pool.submit(finish, c, m) for c, m in early.items()}}
         defaced: tuple[tuple[ImageFile, ImageFile], tuple[ImageFile, np.ndarray | None]] | BaseException | None = None
         if cylinder is None:
             # not defaced: the converted files are released as they are
@@ -338,6 +344,15 @@ def _prepare(
                            write_image(pt_img, pt_indexed, case.pt, pt_out, PET_FILL, np.float32))
             except Exception as exc:  # raised below, after the maps' errors
                 defaced = exc
+        for category, loaded in early.items():
+            if submitted[category].cancel():  # still queued: finished here
+                done: Future[_Written] = Future()
+                try:
+                    done.set_result(finish(category, loaded))
+                except Exception as exc:  # raised in the maps' order below
+                    done.set_exception(exc)
+                submitted[category] = done
+        early.clear()
         written: dict[str, _Written] = _results_in_order({c: submitted[c] for c in CATEGORIES})
         if isinstance(defaced, BaseException):
             raise defaced
