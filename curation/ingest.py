@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -73,7 +74,7 @@ from curation.nifti import CompressedNifti, write_compressed
 from curation.select import select_series
 from curation.stage import CaseStage, StudySubject, read_record
 from curation.state import StatePaths
-from curation.uids import check_uid, iter_uids, shown
+from curation.uids import check_uid, iter_uids, raw_element_key, shown
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +126,19 @@ def _read_series_for_conversion(series: SeriesRecord) -> tuple[list[Dataset], li
 def sensitive_values(datasets: Iterable[Dataset], *, uids: bool = True) -> set[str]:
     """Every UID (unless ``uids`` is False) and identifying value (:data:`SENSITIVE_KEYWORDS`) in ``datasets``."""
     found: set[str] = set()
+    seen: set[Hashable] = set()  # an element every instance repeats is decoded once
     for ds in datasets:
         if uids:
             found.update(iter_uids(ds))
+        charset = ds.original_character_set
+        charset = tuple(charset) if isinstance(charset, list) else charset
         for keyword in SENSITIVE_KEYWORDS:
+            raw = ds.get_item(keyword)
+            if charset and isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+                key = (raw_element_key(raw), charset)
+                if key in seen:
+                    continue
+                seen.add(key)
             value = ds.get(keyword)
             if value in (None, ""):
                 continue

@@ -1199,3 +1199,27 @@ def test_a_studys_header_dates_are_every_instances_dates(
     assert {dt.date(2024, 1, k) for k in range(1, 5)} <= each
     if case == "date-in-a-nested-item":
         assert {dt.date(1984, 2, 15), dt.date(1999, 12, 31)} <= each
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case", sorted(MEMO_CASES))
+def test_a_studys_sensitive_values_are_every_instances_values(
+    case: str, make_clean_ds: Callable[[], Dataset], tmp_path: Path
+) -> None:
+    """``sensitive_values`` decodes an identifying element the instances share once, and finds every value."""
+    from curation.dicomfile import read_dicom_header
+    from curation.ingest import sensitive_values
+
+    write = MEMO_CASES[case][0]
+    paths = []
+    for k in range(4):
+        ds = _memo_base(make_clean_ds)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.1001{k}"
+        if k == 1:
+            ds.PatientName = "Müller^Jörg"  # under ISO_IR 100 in some cases: other text from the same bytes
+            ds.OtherPatientIDs = ["SITE-0042", "MRN-77"]
+        paths.append(tmp_path / f"{k}.dcm")
+        paths[-1].write_bytes(write(ds, k))
+    each = set().union(*(sensitive_values([read_dicom_header(p)[0]], uids=False) for p in paths))
+    assert sensitive_values([read_dicom_header(p)[0] for p in paths], uids=False) == each
+    assert {"SITE-0042", "MRN-77"} <= each
