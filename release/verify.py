@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import io
 import json
 import logging
@@ -748,10 +749,12 @@ def _cut(refs: Sequence[MemberRef], works: Sequence[int], chunks: int | None) ->
     count = max(1, min(count, len(refs)))
     bins: list[list[int]] = [[] for _ in range(count)]
     loads = [0] * count
+    emptiest = [(0, k) for k in range(count)]  # a heap of (work so far, chunk): ties go to the first chunk
     for at in sorted(range(len(refs)), key=lambda i: (-works[i], i)):
-        emptiest = min(range(count), key=lambda k: (loads[k], k))
-        bins[emptiest].append(at)
-        loads[emptiest] += works[at]
+        load, k = heapq.heappop(emptiest)
+        bins[k].append(at)
+        loads[k] = load + works[at]
+        heapq.heappush(emptiest, (loads[k], k))
     out = [VerifyChunk(tuple(refs[i] for i in sorted(members)), load)
            for members, load in zip(bins, loads, strict=True) if members]
     return tuple(sorted(out, key=lambda chunk: (-chunk.work, chunk.members[0].order)))
