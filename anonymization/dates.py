@@ -47,13 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from curation.config import DatePolicy
 from curation.dicomtime import parse_date, parse_datetime, parse_time
-from curation.uids import element_vr, elements_in_tag_order, raw_element_key
+from curation.uids import element_vr, elements_in_tag_order, read_character_set, seen_before
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ def iter_dates(ds: Dataset, *, seen: set[Hashable] | None = None) -> Iterator[dt
         A dataset (or sequence item); it is not modified.
     seen
         For the instances of one study, one set for all: a top-level element
-        still undecoded whose bytes (:func:`curation.uids.raw_element_key`),
+        still undecoded whose bytes (:func:`curation.uids.seen_before`),
         in a dataset of the same character set, were looked at in an earlier
         instance is passed over (its dates were yielded then), and the keys
         of those looked at are added.  Most elements of a study, its
@@ -162,14 +161,10 @@ def iter_dates(ds: Dataset, *, seen: set[Hashable] | None = None) -> Iterator[dt
         Each DA value and the date part of each DT value (:func:`dates_in_value`),
         possibly repeated.
     """
-    charset = ds.original_character_set if seen is not None else None
-    charset = tuple(charset) if isinstance(charset, list) else charset
+    charset = read_character_set(ds) if seen is not None else None
     for tag, raw in elements_in_tag_order(ds):
-        if charset and isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
-            key = (raw_element_key(raw), charset)
-            if key in seen:  # type: ignore[operator]
-                continue
-            seen.add(key)  # type: ignore[union-attr]
+        if seen is not None and seen_before(raw, charset, seen):
+            continue
         vr = element_vr(ds, tag, raw)
         if vr in ("DA", "DT"):
             value = raw.value

@@ -100,7 +100,7 @@ from curation.errors import (
     RejectReason,
     UnreadableError,
 )
-from curation.uids import element_vr, iter_uids, raw_element_key, uid_strings
+from curation.uids import element_vr, iter_uids, raw_element_key, read_character_set, uid_strings
 
 logger = logging.getLogger(__name__)
 
@@ -672,8 +672,8 @@ def _decoding_context(ds: pydicom.Dataset) -> Hashable | None:
         sequence decodes it, and :func:`curation.uids.iter_uids` would read
         a UI one), or when a part cannot be hashed.
     """
-    charset = ds.original_character_set
-    if not charset:
+    charset = read_character_set(ds)
+    if charset is None:
         return None
     pixel_representation = ds.get_item(_PIXEL_REPRESENTATION)
     own: Any = _ABSENT
@@ -683,7 +683,7 @@ def _decoding_context(ds: pydicom.Dataset) -> Hashable | None:
         own = raw_element_key(pixel_representation)
     elif pixel_representation is not None:
         own = pixel_representation.value
-    context = (charset if isinstance(charset, str) else tuple(charset), own, getattr(ds, "_pixel_rep", None))
+    context = (charset, own, getattr(ds, "_pixel_rep", None))
     try:
         hash(context)
     except TypeError:

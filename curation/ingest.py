@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -74,7 +73,7 @@ from curation.nifti import CompressedNifti, write_compressed
 from curation.select import select_series
 from curation.stage import CaseStage, StudySubject, read_record
 from curation.state import StatePaths
-from curation.uids import check_uid, iter_uids, raw_element_key, shown
+from curation.uids import check_uid, iter_uids, read_character_set, seen_before, shown
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +129,10 @@ def sensitive_values(datasets: Iterable[Dataset], *, uids: bool = True) -> set[s
     for ds in datasets:
         if uids:
             found.update(iter_uids(ds))
-        charset = ds.original_character_set
-        charset = tuple(charset) if isinstance(charset, list) else charset
+        charset = read_character_set(ds)
         for keyword in SENSITIVE_KEYWORDS:
-            raw = ds.get_item(keyword)
-            if charset and isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
-                key = (raw_element_key(raw), charset)
-                if key in seen:
-                    continue
-                seen.add(key)
+            if seen_before(ds.get_item(keyword), charset, seen):
+                continue
             value = ds.get(keyword)
             if value in (None, ""):
                 continue

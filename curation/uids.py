@@ -24,7 +24,7 @@ the folder once symbolic links are resolved.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,32 @@ def raw_element_key(raw: RawDataElement) -> tuple[Any, ...]:
         Hashable when the value is bytes (a deferred element's is None).
     """
     return (raw.tag, raw.VR, raw.length, raw.value, raw.is_implicit_VR, raw.is_little_endian)
+
+
+def read_character_set(ds: Dataset) -> str | tuple[str, ...] | None:
+    """The character set ``ds`` was read with (hashable), or None for a dataset not read from bytes."""
+    charset = ds.original_character_set
+    if not charset:
+        return None
+    return charset if isinstance(charset, str) else tuple(charset)
+
+
+def seen_before(element: DataElement | RawDataElement | None, charset: Hashable | None, seen: set[Hashable]) -> bool:
+    """Whether an undecoded element with these bytes, read with ``charset``, was looked at already; else noted in ``seen``.
+
+    For the instances of one study, whose elements are mostly the same bytes:
+    such an element decodes alike in every instance (:func:`raw_element_key`),
+    so what was found in it once need not be looked for again.  A decoded or
+    deferred element, or one of a dataset not read from bytes (``charset``
+    None), is never passed over.
+    """
+    if charset is None or not isinstance(element, RawDataElement) or not isinstance(element.value, bytes):
+        return False
+    key = (raw_element_key(element), charset)
+    if key in seen:
+        return True
+    seen.add(key)
+    return False
 
 
 def _tag_number(item: tuple[BaseTag, Any]) -> int:

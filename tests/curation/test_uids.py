@@ -295,3 +295,22 @@ def test_a_symlink_leaving_its_configured_folder_is_refused(
         named.unlink()
         named.symlink_to(store / uid, target_is_directory=True)
         assert isinstance(_prepare(converted, site, tmp_path), PreparedCase)
+
+
+def test_an_element_is_seen_before_only_with_the_same_bytes_encoding_and_character_set() -> None:
+    from pydicom.dataelem import DataElement, RawDataElement
+
+    from curation.uids import seen_before
+
+    def raw(value: bytes, implicit: bool = False) -> RawDataElement:
+        return RawDataElement(0x00100010, "PN", len(value), value, 0, implicit, True)
+
+    seen: set = set()
+    assert not seen_before(raw(b"Doe^J"), "ISO_IR 100", seen)
+    assert seen_before(raw(b"Doe^J"), "ISO_IR 100", seen)
+    assert not seen_before(raw(b"Doe^J"), "ISO_IR 192", seen)  # other text from the same bytes
+    assert not seen_before(raw(b"Doe^K"), "ISO_IR 100", seen)
+    assert not seen_before(raw(b"Doe^J", implicit=True), "ISO_IR 100", seen)
+    assert not seen_before(raw(b"Doe^J"), None, seen)  # a dataset not read from bytes
+    decoded = DataElement(0x00100010, "PN", "Doe^J")
+    assert not seen_before(decoded, "ISO_IR 100", seen) and not seen_before(decoded, "ISO_IR 100", seen)
