@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     data
         Its whole content.
     """
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
+    atomic_write_pieces(path, (data,))
+
+
+def atomic_write_pieces(path: str | Path, pieces: Iterable[bytes | memoryview]) -> None:
+    """Write the concatenation of ``pieces`` to ``path`` atomically, without joining them first.
+
+    Parameters
+    ----------
+    path
+        The file to write (see :func:`atomic_output`).
+    pieces
+        Its content, in order (bytes, or any buffer such as a memoryview of a mapped file).
+    """
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        fh.writelines(pieces)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -63,7 +63,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import ArrayLike
 
-from curation.atomic import atomic_write_bytes
+from curation.atomic import atomic_write_pieces
 from curation.model import ImageFile
 
 #: ISA-L compression level of every written .nii.gz.  Measured on the bench phantom's CT
@@ -186,19 +186,31 @@ class CompressedNifti:
 
     Attributes
     ----------
-    data
-        The file's bytes.
+    pieces
+        The file's bytes, in the pieces they were made in (its gzip members, or
+        the members of a file read before): never joined, so a volume's file is
+        not held twice (:attr:`data` joins them for a caller that needs one buffer).
     sha256
         Their sha256.
     shape, dtype, affine
         As :class:`~curation.model.ImageFile` records them.
     """
 
-    data: bytes
+    pieces: tuple[bytes | memoryview, ...]
     sha256: str
     shape: tuple[int, ...]
     dtype: str
     affine: tuple[tuple[float, ...], ...]
+
+    @property
+    def data(self) -> bytes:
+        """The file's bytes in one buffer (a copy of :attr:`pieces`)."""
+        return b"".join(self.pieces)
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+        return sum(memoryview(piece).nbytes for piece in self.pieces)
 
 
 def compress_nifti(data: ArrayLike, affine: ArrayLike, *, dtype: type) -> CompressedNifti:
@@ -229,7 +241,7 @@ def compress_nifti(data: ArrayLike, affine: ArrayLike, *, dtype: type) -> Compre
     data_bytes = _voxel_bytes(array)
     pieces = [_header_bytes(array, affine, dtype),
               *(data_bytes[a:b] for a, b in _voxel_spans(array.shape, array.dtype.itemsize))]
-    return _compressed(b"".join(_compress_members(pieces)), array.shape, dtype, affine)
+    return _compressed(_compress_members(pieces), array.shape, dtype, affine)
 
 
 #: Members a stream of slabs may have in compression at once (:func:`compress_slabs`): its memory.
@@ -288,17 +300,21 @@ def compress_slabs(slabs: Iterable[np.ndarray], shape: Sequence[int], affine: Ar
             count += 1
         if count != len(spans):
             raise ValueError(f"{count} slabs for the {len(spans)} members of a {shape} volume")
-        data = b"".join(member.result() for member in members)
+        pieces = [member.result() for member in members]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return _compressed(data, shape, dtype, affine)
+    return _compressed(pieces, shape, dtype, affine)
 
 
-def _compressed(data: bytes, shape: Sequence[int], dtype: type | np.dtype, affine: ArrayLike) -> CompressedNifti:
-    """The :class:`CompressedNifti` of a file's bytes ``data`` (its sha256 and what its record says)."""
+def _compressed(pieces: Sequence[bytes | memoryview], shape: Sequence[int], dtype: type | np.dtype,
+                affine: ArrayLike) -> CompressedNifti:
+    """The :class:`CompressedNifti` of a file's bytes in ``pieces`` (their sha256 and what its record says)."""
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
     return CompressedNifti(
-        data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
+        pieces=tuple(pieces),
+        sha256=digest.hexdigest(),
         shape=tuple(int(n) for n in shape),
         dtype=str(np.dtype(dtype)),
         affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64)),
@@ -320,7 +336,7 @@ def write_compressed(volume: CompressedNifti, path: str | Path) -> ImageFile:
     ImageFile
         Path, sha256 of the written bytes, shape, dtype and affine.
     """
-    atomic_write_bytes(path, volume.data)
+    atomic_write_pieces(path, volume.pieces)
     return ImageFile(path=str(path), sha256=volume.sha256, shape=volume.shape, dtype=volume.dtype,
                      affine=volume.affine)
 
@@ -640,9 +656,8 @@ class IndexedNifti:
         def copied(members: Sequence[GzipMember]) -> list[memoryview]:
             return [view[m.offset : m.offset + m.size] for m in members]
 
-        compressed = b"".join([fresh[0], *copied(self.members[1 : 1 + first]), *fresh[1:],
-                               *copied(self.members[1 + last :])])
-        return _compressed(compressed, self.shape, self.dtype, affine)
+        pieces = [fresh[0], *copied(self.members[1 : 1 + first]), *fresh[1:], *copied(self.members[1 + last :])]
+        return _compressed(pieces, self.shape, self.dtype, affine)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,6 +106,19 @@ def _input_files(case: ConvertedCase, site: SiteConfig) -> tuple[list[Path], Pat
 # the step
 
 
+def _mapped(path: str) -> mmap.mmap | bytes:
+    """A file's bytes, mapped read-only rather than copied into fresh memory.
+
+    A converted volume is only ever replaced by a rename, never changed in
+    place, so the mapping keeps the bytes that were hashed; the members
+    defacing does not change are written from it as they are.
+    """
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""  # an empty file cannot be mapped; it is refused as unreadable below
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def _load_converted(image: ImageFile, what: str, *, voxels: bool) -> tuple[nib.Nifti1Image, IndexedNifti | None]:
     """Read a converted volume (one read), checking it is still the file ingest recorded.
 
@@ -115,7 +130,7 @@ def _load_converted(image: ImageFile, what: str, *, voxels: bool) -> tuple[nib.N
     of an undefaced case).
     """
     try:
-        raw = Path(image.path).read_bytes() if voxels else None
+        raw = _mapped(image.path) if voxels else None
         indexed = IndexedNifti.from_bytes(raw, image.path) if raw is not None else None
         if indexed is not None:
             img, digest = indexed.image, hashlib.sha256(raw).hexdigest()  # type: ignore[arg-type]
@@ -303,7 +318,9 @@ def _prepare(
             early = {category: loaded for category, (loaded, _) in found.items()}
             masks = [found[c][1] if c in found else None for c in LANDMARK_CATEGORIES]
             del found
-            lesion = lesion_future.result()
+            # the cylinder is planned while the lesion mask is still being read (planning does not
+            # need it); a problem with the lesion mask is still reported before one with the head
+            head_problem: Exception | None = None
             if site.deface:
                 brain, skull = masks
                 masks.clear()
@@ -312,15 +329,19 @@ def _prepare(
                         ct_img, pt_img, brain, skull,
                         height_voxels=defacing.height_voxels, margin_mm=defacing.margin_mm,
                     )
-                except HeadNotFoundError as exc:
-                    if site.deface_missing_head is not MissingHeadPolicy.RELEASE:
-                        raise
-                    head_missing_released = True
-                    logger.warning(
-                        "case %s: released without defacing (deface_missing_head = release): %s",
-                        case.key, exc.message,
-                    )
+                except Exception as exc:  # raised below, after the lesion mask's problem if it has one
+                    head_problem = exc
                 del brain, skull
+            lesion = lesion_future.result()
+            if head_problem is not None:
+                if not isinstance(head_problem, HeadNotFoundError) \
+                        or site.deface_missing_head is not MissingHeadPolicy.RELEASE:
+                    raise head_problem
+                head_missing_released = True
+                logger.warning(
+                    "case %s: released without defacing (deface_missing_head = release): %s",
+                    case.key, head_problem.message,
+                )
             done_planning = True
         finally:
             if not done_planning:

@@ -440,3 +440,28 @@ def test_deface_planes_changes_a_slab_as_deface_array_changes_the_whole(small_ph
     np.testing.assert_array_equal(whole[:, :, :start], np.asarray(small_phantom.ct_hu)[:, :, :start])
     with pytest.raises(ValueError, match="do not hold the cylinder's planes"):
         deface_planes(cylinder, slab[:, :, 4:], ct.affine, shape, first + 4, CT_FILL_HU)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "c", "flipped", "permuted"])
+@pytest.mark.parametrize("values", [[3], [3, 9], [3, 9, 200]])
+def test_landmark_masks_match_a_comparison_of_every_voxel(layout: str, values: list[int]) -> None:
+    # the masks are written a block of planes at a time, only where the label is; every memory
+    # order of the map (NIfTI's Fortran order, C order, flipped and permuted views) gives the same mask
+    rng = np.random.default_rng(7)
+    base = np.zeros((23, 19, 37), dtype=np.uint8)
+    base[4:9, 2:15, 3:6] = 3
+    base[10:20, 5:9, 17:29] = 9
+    base[rng.random(base.shape) < 0.01] = 200
+    base[0, 0, 36] = 3  # in the last, partial block of planes
+    arrays = {
+        "fortran": np.asfortranarray(base),
+        "c": np.ascontiguousarray(base),
+        "flipped": np.asfortranarray(base)[::-1, :, ::-1],
+        "permuted": np.asfortranarray(base).transpose(2, 0, 1),
+    }
+    labels = arrays[layout]
+    names = {str(v): "brain" for v in values}
+    brain, skull = landmark_masks({"Organs": labels}, {"Organs": names, "Peripheral-Bones": {}})
+    assert skull is None
+    assert brain is not None and brain.dtype == bool and brain.shape == labels.shape
+    np.testing.assert_array_equal(brain, np.isin(labels, values))

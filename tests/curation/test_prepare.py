@@ -280,6 +280,36 @@ def test_head_not_found(small_phantom, ingested: ConvertedCase, tmp_path: Path, 
         assert got.ct == ingested.ct and got.pt == ingested.pt
 
 
+def test_a_bad_lesion_mask_is_reported_before_a_missing_head(
+    small_phantom, ingested: ConvertedCase, tmp_path: Path
+) -> None:
+    # the cylinder is planned while the lesion mask is read; the reporting order stays
+    # landmarks, lesion mask, head
+    site = make_site(tmp_path, deface=True)
+    write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID)
+    path = site.segmentations_dir / ingested.StudyInstanceUID / "Peripheral-Bones.nii.gz"
+    img = nib.load(path)
+    bones = np.asanyarray(img.dataobj).copy()
+    skull = RELEASE.values_by_name("Peripheral-Bones")["skull"]
+    bones[bones == skull] = 0
+    bones[30:34, 30:34, 5:8] = skull  # a skull that ends below the brain: no head
+    nib.save(nib.Nifti1Image(bones, img.affine), path)
+    lesion = write_lesion(small_phantom, site.lesions_dir, ingested.StudyInstanceUID)
+    mask = nib.load(lesion)
+    good = np.asanyarray(mask.dataobj).astype(np.uint8)
+    values = good.copy()
+    values[0, 0, 0] = 7  # not a binary mask
+    nib.save(nib.Nifti1Image(values, mask.affine), lesion)
+    got = prepare(ingested, site, tmp_path)
+    assert isinstance(got, Rejection)
+    assert got.reason.value == "segmentation-invalid", got
+    assert "lesion mask holds only 0 and 1" in got.message
+
+    nib.save(nib.Nifti1Image(good, mask.affine), lesion)  # the mask mended
+    got = prepare(ingested, site, tmp_path)
+    assert isinstance(got, Rejection) and got.reason.value == "head-not-found", got
+
+
 def _release_named_moose_values(small_phantom, site, uid: str) -> None:
     """MOOSE's files renamed to the release categories, MOOSE values inside (trachea 19 in Organs)."""
     for path in write_segmentations(small_phantom, site.segmentations_dir, uid, moose_names=True):
