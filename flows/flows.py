@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,15 +200,20 @@ class _Pipeline:
 # the phases
 
 
-def _index(
+def _indexed(
     sites: Sequence[SiteConfig], state: StatePaths, tally: Tally, audit: AuditLog, *, rehash: bool = False
-) -> dict[str, SiteIndex]:
-    """Index every site (one task each; ``rehash``: every file read); record what changed; a failed site is skipped."""
+) -> Iterator[tuple[SiteConfig, SiteIndex]]:
+    """Index every site (one task each; ``rehash``: every file read) and yield each index as it is ready.
+
+    The sites are indexed at once and yielded in their order, each as soon as it
+    and the sites before it are done, so a site's cases start while later sites
+    are still indexed; what changed is recorded in that order.  A failed site is
+    logged and skipped.
+    """
     futures = {site.id: index_task.submit(site.id, str(site.dicom_dir), str(state.root), rehash) for site in sites}
-    indexes: dict[str, SiteIndex] = {}
     for site in sites:
         try:
-            index, changed = futures[site.id].result()
+            index, changed = futures.pop(site.id).result()
         except Exception as error:  # the site's other work cannot start; the other sites go on
             text = f"{type(error).__name__}: {error}"
             logger.error("site %s: indexing %s failed: %s", site.id, site.dicom_dir, text)
@@ -216,7 +221,6 @@ def _index(
             audit.append(AuditEvent.INDEX_FAILED, site=site.id, parameters={"error": text}, outcome="failed",
                          flow_run_id=_flow_run_id())
             continue
-        indexes[site.id] = index
         tally.studies[site.id] = len(index.studies)
         for study in index.studies:
             tally.sensitive.update(index_identifiers(study))
@@ -228,7 +232,7 @@ def _index(
                             "files_skipped": len(index.skipped), "studies": len(index.studies)},
                 flow_run_id=_flow_run_id(),
             )
-    return indexes
+        yield site, index
 
 
 def _ingest(
@@ -239,16 +243,18 @@ def _ingest(
     withdrawn: frozenset[str] = frozenset(),
     rehash: bool = False,
 ) -> None:
-    """Index the sites, then submit every study's ingest followed by the stages ``then(site)``.
+    """Index the sites and submit every study's ingest followed by the stages ``then(site)``.
 
-    A withdrawn study is ingested (its identifiers are recorded) but goes no further.
+    A site's studies are submitted as soon as it is indexed, while later sites
+    are indexed still (a worker never waits for the slowest site's index).  A
+    withdrawn study is ingested (its identifiers are recorded) but goes no further.
     """
-    indexes = _index(sites, state, pipeline.tally, pipeline.audit, rehash=rehash)
-    progress.start(sum(len(i.studies) for i in indexes.values()), "ingest " + ", ".join(indexes))
-    for site in sites:
-        if site.id in indexes and indexes[site.id].studies:
+    progress.start(0, "ingest " + ", ".join(site.id for site in sites))
+    for site, index in _indexed(sites, state, pipeline.tally, pipeline.audit, rehash=rehash):
+        progress.grow(len(index.studies), f"{site.id} indexed")
+        if index.studies:
             ingest, later = _ingest_stage(site, state), then(site)
-            for study in indexes[site.id].studies:
+            for study in index.studies:
                 stages = (ingest,) if study.StudyInstanceUID in withdrawn else (ingest, *later)
                 pipeline.submit(stages, (study,))
     pipeline.drain()
@@ -344,7 +350,7 @@ def _build(
     if isinstance(result, PartsResult):
         plan = verify_parts_plan_task.submit(zip_name, result.locations(), str(state.root)).result()
     else:
-        plan = verify_plan_task.submit(result.zip_path, str(state.root)).result()
+        plan = verify_plan_task.submit(result.zip_path, str(state.root), config.execution.workers).result()
     problems = _verify(plan)
     tally.zip_reused = tally.zip_reused and not problems
     verified = audit.append(AuditEvent.RELEASE_VERIFIED, inputs=hashes,

@@ -5,6 +5,7 @@ whatever the front end::
 
     from flows import progress
     progress.start(total=len(studies), label="ingest leipzig")
+    progress.grow(5, "vienna indexed")  # more cases found while the phase runs
     progress.advance("convert")      # one case done; "convert" was its last step
     progress.step("zip")             # say what is running now, without counting
     progress.finish()
@@ -44,6 +45,13 @@ class LogProgress:
         with self._lock:
             self._label, self._total, self._done = label, max(0, int(total)), 0
         logger.info("%s: %d cases to do", label, self._total)
+
+    def grow(self, more: int, why: str) -> None:
+        """Add ``more`` cases to the current phase (``why``: what found them)."""
+        with self._lock:
+            self._total += max(0, int(more))
+            total = self._total
+        logger.info("%s: %s, %d cases to do in all", self._label, why, total)
 
     def step(self, step: str) -> None:
         """Report a step of the current phase."""
@@ -99,6 +107,13 @@ class BarProgress:
                 self._bar.start()
                 self._running = True
             self._task = self._bar.add_task(label, total=max(0, int(total)), step="")
+
+    def grow(self, more: int, why: str) -> None:
+        """Add ``more`` cases to the current phase (``why``: what found them)."""
+        with self._lock:
+            if self._task is not None:
+                total = next(t.total for t in self._bar.tasks if t.id == self._task) or 0
+                self._bar.update(self._task, total=total + max(0, int(more)), step=why)
 
     def step(self, step: str) -> None:
         """Report a step of the current phase."""
@@ -160,6 +175,11 @@ def use_reporter(new: LogProgress | BarProgress) -> Iterator[LogProgress | BarPr
 def start(total: int, label: str) -> None:
     """Begin a phase of ``total`` cases called ``label`` (e.g. ``"ingest leipzig"``)."""
     _reporter.start(total, label)
+
+
+def grow(more: int, why: str) -> None:
+    """Add ``more`` cases to the current phase, found while it runs (``why``: ``"leipzig indexed"``)."""
+    _reporter.grow(more, why)
 
 
 def step(step: str) -> None:

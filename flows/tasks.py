@@ -157,12 +157,13 @@ def verify_parts_plan_task(release: str, files: dict[str, str], state_dir: str |
 
 
 @task(name="verify-plan", **TASK_OPTIONS)
-def verify_plan_task(zip_path: str, state_dir: str | None) -> VerifyPlan:
-    """Read a release's directory and small files, check them, cut the members into chunks (:func:`release.verify.plan_verify`)."""
+def verify_plan_task(zip_path: str, state_dir: str | None, workers: int = 1) -> VerifyPlan:
+    """Read a release's directory and small files, check them, cut the members into chunks for ``workers``
+    (:func:`release.verify.plan_verify`)."""
     from release.verify import plan_verify
 
 
-    return plan_verify(Path(zip_path), state_dir=Path(state_dir) if state_dir else None)
+    return plan_verify(Path(zip_path), state_dir=Path(state_dir) if state_dir else None, workers=workers)
 
 
 @task(name="verify", task_run_name="verify-{index}", **TASK_OPTIONS)

@@ -732,8 +732,13 @@ def _work(fh: Any, ref: MemberRef, size: int) -> int:
     return work + inflated
 
 
-def _cut(refs: Sequence[MemberRef], works: Sequence[int], chunks: int | None) -> tuple[VerifyChunk, ...]:
+def _cut(refs: Sequence[MemberRef], works: Sequence[int], chunks: int | None,
+         workers: int = 1) -> tuple[VerifyChunk, ...]:
     """Members into chunks of about equal work (``chunks`` of them, or :data:`CHUNK_BYTES` each).
+
+    Without ``chunks``, their number is rounded up to a multiple of ``workers``,
+    so the workers finish together (7 chunks on 2 workers would leave one
+    worker idle for the last).
 
     The members go largest first, each to the chunk with the least work so far
     (a chunk's members need not be neighbours: each is read on its own), so a
@@ -745,7 +750,11 @@ def _cut(refs: Sequence[MemberRef], works: Sequence[int], chunks: int | None) ->
     if not refs:
         return ()
     total = sum(works)
-    count = chunks if chunks is not None else max(1, -(-total // CHUNK_BYTES))
+    if chunks is not None:
+        count = chunks
+    else:
+        workers = max(1, int(workers))
+        count = -(-max(1, -(-total // CHUNK_BYTES)) // workers) * workers
     count = max(1, min(count, len(refs)))
     bins: list[list[int]] = [[] for _ in range(count)]
     loads = [0] * count
@@ -845,7 +854,8 @@ def _release_facts(top: str, images: dict[tuple[str, str], Any], small: dict[str
 
 
 def plan_verify(
-    zip_path: Path, *, state_dir: Path | None = None, leak_scan: bool = True, chunks: int | None = None
+    zip_path: Path, *, state_dir: Path | None = None, leak_scan: bool = True, chunks: int | None = None,
+    workers: int = 1,
 ) -> VerifyPlan:
     """Read a release zip's directory and small files, check what they show, and cut the rest into chunks.
 
@@ -859,7 +869,9 @@ def plan_verify(
         With ``state_dir``: scan for the state's identifying values.
     chunks
         How many chunks to cut the members into; None for one per
-        :data:`CHUNK_BYTES` of work.
+        :data:`CHUNK_BYTES` of work, rounded up to a multiple of ``workers``.
+    workers
+        How many workers will check the chunks at once.
 
     Returns
     -------
@@ -898,7 +910,7 @@ def plan_verify(
                                       small, unreadable, top, 0) if matcher is not None else [])
         facts = _release_facts(top, images, small, zip_path, state, scan, problems)
         rest = [r for r in refs if r.order not in planned and r.order not in folders]
-        chunk_list = _cut(rest, [_work(fh, r, size) for r in rest], chunks)
+        chunk_list = _cut(rest, [_work(fh, r, size) for r in rest], chunks, workers)
     return VerifyPlan(
         zip_path=str(zip_path), state_dir=str(state) if state else None, leak_scan=scan and matcher is not None,
         top=top, members=len(infos), cases=facts.cases,

@@ -186,6 +186,33 @@ def test_log_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
     ]
 
 
+def test_progress_grows_as_sites_are_indexed(caplog: pytest.LogCaptureFixture) -> None:
+    # a site's cases start while later sites are indexed: the phase's total grows
+    with caplog.at_level(logging.INFO, logger="flows.progress"), progress.use_reporter(progress.LogProgress()):
+        progress.start(0, "ingest s1, s2")
+        progress.grow(2, "s1 indexed")
+        progress.advance("ingest")
+        progress.grow(1, "s2 indexed")
+        progress.finish()
+    assert [r.getMessage() for r in caplog.records] == [
+        "ingest s1, s2: 0 cases to do",
+        "ingest s1, s2: s1 indexed, 2 cases to do in all",
+        "ingest s1, s2: 1/2 cases done (ingest)",
+        "ingest s1, s2: s2 indexed, 3 cases to do in all",
+        "ingest s1, s2: finished, 1/3 cases done",
+    ]
+    stream = io.StringIO()
+    bar = progress.BarProgress(stream)
+    bar._console.width = 120
+    with progress.use_reporter(bar):
+        progress.start(0, "ingest s1, s2")
+        progress.grow(2, "s1 indexed")
+        progress.advance("ingest")
+        progress.grow(2, "s2 indexed")
+        progress.advance("ingest")
+    assert "2/4" in stream.getvalue()
+
+
 def test_bar_progress_draws_cases_and_step() -> None:
     stream = io.StringIO()
     bar = progress.BarProgress(stream)

@@ -401,3 +401,18 @@ def test_members_go_largest_first_to_the_chunk_with_the_least_work() -> None:
     assert [c.work for c in chunks] == [300, 180, 170]
     assert _cut(refs, works, 1)[0].members == tuple(refs)  # one chunk: the zip's order
     assert len(_cut(refs, works, 100)) == len(refs)
+
+
+def test_chunk_count_is_a_multiple_of_the_workers() -> None:
+    # 7 chunks' worth of work on 2 workers would leave one worker alone with the last
+    from release.verify import CHUNK_BYTES, MemberRef, _cut
+
+    works = [CHUNK_BYTES // 2] * 14  # 7 chunks' worth
+    refs = [MemberRef(f"m{i}", i, i, i + 1, 0, w, w, 0) for i, w in enumerate(works)]
+    assert len(_cut(refs, works, None)) == 7
+    assert len(_cut(refs, works, None, workers=1)) == 7
+    assert len(_cut(refs, works, None, workers=2)) == 8
+    assert len(_cut(refs, works, None, workers=4)) == 8
+    assert len(_cut(refs, works, None, workers=16)) == 14  # never more chunks than members
+    assert len(_cut(refs, works, 3, workers=2)) == 3  # a count asked for is kept
+    assert len(_cut(refs[:1], works[:1], None, workers=2)) == 1
