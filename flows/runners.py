@@ -90,15 +90,46 @@ def prefect_api(state_dir: Path | None = None) -> Iterator[str]:
     if url:
         discard_early()  # a server started before Prefect's settings were read (a profile's URL)
         logger.debug("using the Prefect API at %s", url)
-        with temporary_settings(updates={**quiet, PREFECT_API_URL: url}):
+        with temporary_settings(updates={**quiet, PREFECT_API_URL: url}), _process_wide_api_url(url):
             yield url
         return
     home = {PREFECT_HOME: Path(state_dir) / "prefect"} if state_dir is not None else {}
     # one per process and home, stopped at exit; launched early by the CLI, before its imports
     server = temporary_server(Path(state_dir) / "prefect" if state_dir is not None else Path(PREFECT_HOME.value()))
     logger.debug("using the temporary Prefect API at %s", server.api_url)
-    with temporary_settings(updates={**quiet, **home, PREFECT_API_URL: server.api_url}):
+    with (
+        temporary_settings(updates={**quiet, **home, PREFECT_API_URL: server.api_url}),
+        _process_wide_api_url(server.api_url),
+    ):
         yield server.api_url
+
+
+@contextlib.contextmanager
+def _process_wide_api_url(url: str) -> Iterator[None]:
+    """Name ``url`` in the process's environment and global settings too, not only in this context.
+
+    Prefect starts some threads without a copy of the caller's context, and they
+    read the process-global settings, which Prefect took from the environment at
+    import.  The process pool's message forwarder is one: it sends the workers'
+    logs and events on to the API.  Without the URL there, its log and event
+    clients each started a temporary server of their own at the first process-pool
+    flow of a process (two more servers, about 5 s of start-up and a 3.5 s stall at
+    the flow's end on 2 cores) and the workers' logs went to those servers, not to
+    the one the flow run is in.  The environment is restored on the way out.
+    """
+    from prefect.context import refresh_global_settings_context
+
+    prior = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
+    try:
+        yield
+    finally:
+        if prior is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = prior
+        refresh_global_settings_context()
 
 
 def make_task_runner(execution: ExecutionSettings, *, api_url: str) -> TaskRunner[Any]:

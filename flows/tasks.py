@@ -158,8 +158,10 @@ def verify_parts_plan_task(release: str, files: dict[str, str], state_dir: str |
 
 @task(name="verify-plan", **TASK_OPTIONS)
 def verify_plan_task(zip_path: str, state_dir: str | None, workers: int = 1) -> VerifyPlan:
-    """Read a release's directory and small files, check them, cut the members into chunks for ``workers``
-    (:func:`release.verify.plan_verify`)."""
+    """Read a release's directory and small files, check them, cut the members into chunks.
+
+    The chunk count is a multiple of ``workers`` (:func:`release.verify.plan_verify`).
+    """
     from release.verify import plan_verify
 
 

@@ -279,3 +279,54 @@ def test_the_served_record_is_trusted_only_while_its_server_answers_and_never_th
         server.server_close()
     served_record(tmp_path).write_text(json.dumps({"api_url": url, "pid": os.getpid()}), encoding="utf-8")
     assert served_api_url(tmp_path, timeout=0.5) == ""  # nothing answers any more
+
+
+# A process-pool flow whose workers log; prints which API the flow ran on, the
+# messages that API holds for the run, and the Prefect servers this process started.
+_POOL_LOGS = (
+    "import json, sys, time\n"
+    "from pathlib import Path\n"
+    "from prefect import flow, get_run_logger, task\n"
+    "from prefect.client.orchestration import get_client\n"
+    "from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId\n"
+    "from curation.config import ExecutionSettings, Runner\n"
+    "from flows import localserver\n"
+    "from flows.runners import make_task_runner, prefect_api\n"
+    "@task\n"
+    "def speak(i):\n"
+    "    get_run_logger().info('worker %d was here', i)\n"
+    "    return i\n"
+    "@flow(name='pool-logs')\n"
+    "def pool(n):\n"
+    "    return [f.result() for f in [speak.submit(i) for i in range(n)]]\n"
+    "with prefect_api(Path(sys.argv[1])) as url:\n"
+    "    runner = make_task_runner(ExecutionSettings(Runner.PROCESSES, 2), api_url=url)\n"
+    "    run_id = pool.with_options(task_runner=runner)(2, return_state=True).state_details.flow_run_id\n"
+    "    messages = []\n"
+    "    with get_client(sync_client=True) as client:\n"
+    "        for _ in range(300):  # the log worker sends every 2 s\n"
+    "            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))\n"
+    "            messages = sorted(log.message for log in logs if 'was here' in log.message)\n"
+    "            if len(messages) == 2:\n"
+    "                break\n"
+    "            time.sleep(0.1)\n"
+    "    servers = len(localserver._temporary)\n"
+    "print(json.dumps({'messages': messages, 'servers': servers}))\n"
+)
+
+
+def test_a_process_pool_s_worker_logs_reach_the_flow_s_server_and_no_other_server_starts(tmp_path: Path) -> None:
+    # Prefect forwards the workers' logs and events from a thread that reads the
+    # process-global settings: they must name the flow's server too, or that thread
+    # starts servers of its own and the logs go there.
+    run = run_python(_POOL_LOGS, str(tmp_path / "state"),
+                     env=_env(PETCT_RELEASE_CACHE=str(tmp_path / "cache"), PREFECT_HOME=str(tmp_path / "home"),
+                              PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO", PREFECT_LOGGING_LEVEL="INFO"),
+                     timeout=180)  # without the fix the extra servers' clients could hang at exit
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {
+        "messages": ["worker 0 was here", "worker 1 was here"], "servers": 1,
+    }
+    assert "Starting temporary server" not in run.stderr, run.stderr[-3000:]
+    # nothing used Prefect's own home, where a server of its own keeps its database
+    assert not [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
