@@ -84,7 +84,7 @@ def write_sites(root: Path, *, cases_per_site: int, size: str, runner: str, work
 
 
 def plain_pipeline(config: Config) -> tuple[float, float, int, str]:
-    """Every stage function serially on ``config``; (seconds, CPU seconds, cases, zip sha256)."""
+    """Every stage function serially on ``config``; (seconds, CPU seconds, cases, the zip's path)."""
     from curation.dicomindex import index_site
     from curation.ingest import ingest_study
     from curation.labels import load_release_labels, load_site_tables
@@ -129,11 +129,11 @@ def plain_pipeline(config: Config) -> tuple[float, float, int, str]:
     from flows.report import write_report
 
     write_report(config)
-    return time.perf_counter() - start, cpu_seconds() - cpu, len(entries), result.sha256
+    return time.perf_counter() - start, cpu_seconds() - cpu, len(entries), str(result.zip_path)
 
 
 def flow_pipeline(config_path: Path) -> tuple[float, float, int, str]:
-    """The curate flow; (seconds, CPU seconds, cases, zip sha256)."""
+    """The curate flow; (seconds, CPU seconds, cases, the zip's path)."""
     from flows.flows import run_curate
 
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -141,7 +141,7 @@ def flow_pipeline(config_path: Path) -> tuple[float, float, int, str]:
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if summary.failed or not summary.zip_path:
         raise RuntimeError(f"curate failed: {summary}")
-    return seconds, cpu, summary.released, sha256_file(summary.zip_path)
+    return seconds, cpu, summary.released, str(summary.zip_path)
 
 
 def runner_startup(runner: str, workers: int) -> tuple[float, float]:
@@ -177,6 +177,25 @@ def runner_startup(runner: str, workers: int) -> tuple[float, float]:
     return time.perf_counter() - start, cpu_seconds() - cpu
 
 
+def report_difference(zips: dict[str, str]) -> None:
+    """Print the members whose CRC or size differs between the zips, and keep the zips for a look."""
+    import shutil
+    import zipfile
+
+    kept = Path(tempfile.mkdtemp(prefix="petct-scaling-differ-"))
+    listings = {}
+    for name, path in zips.items():
+        with zipfile.ZipFile(path) as archive:
+            listings[name] = {i.filename: (i.CRC, i.file_size) for i in archive.infolist()}
+        shutil.copy2(path, kept / f"{name.replace(' ', '-')}.zip")
+    names = sorted(set().union(*listings.values()))
+    for member in names:
+        seen = {name: listing.get(member) for name, listing in listings.items()}
+        if len(set(seen.values())) > 1:
+            print(f"  {member}: " + ", ".join(f"{name} {value}" for name, value in seen.items()))
+    print(f"the zips are kept in {kept}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases-per-site", type=int, default=3)
@@ -204,14 +223,16 @@ def main(argv: list[str] | None = None) -> int:
         runner_startup(args.runner, 1)
         fixed_one, fixed_cpu = runner_startup(args.runner, 1)
         fixed_two, _ = runner_startup(args.runner, 2)
-        t_plain, cpu_plain, cases, sha_plain = plain_pipeline(plain_cfg)
-        t_one, cpu_one, cases_one, sha_one = flow_pipeline(one)
-        t_two, cpu_two, cases_two, sha_two = flow_pipeline(two)
-
-    if not (sha_plain == sha_one == sha_two and cases == cases_one == cases_two):
-        print(f"releases differ: plain {sha_plain} ({cases}), 1 worker {sha_one} ({cases_one}), "
-              f"2 workers {sha_two} ({cases_two})")
-        return 1
+        t_plain, cpu_plain, cases, zip_plain = plain_pipeline(plain_cfg)
+        t_one, cpu_one, cases_one, zip_one = flow_pipeline(one)
+        t_two, cpu_two, cases_two, zip_two = flow_pipeline(two)
+        zips = {"plain": zip_plain, "1 worker": zip_one, "2 workers": zip_two}
+        shas = {name: sha256_file(path) for name, path in zips.items()}
+        if len(set(shas.values())) != 1 or not cases == cases_one == cases_two:
+            print(f"releases differ: plain {shas['plain']} ({cases}), 1 worker {shas['1 worker']} ({cases_one}), "
+                  f"2 workers {shas['2 workers']} ({cases_two})")
+            report_difference(zips)
+            return 1
     overhead = t_one - t_plain
     per_case = (overhead - fixed_one) / cases
     print(f"cores available:            {os.cpu_count()}")

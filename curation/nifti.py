@@ -702,10 +702,29 @@ def _image_class(first: bytes) -> type[nib.Nifti1Image] | type[nib.Nifti2Image]:
 
 
 def _read_exact(stream: BinaryIO, size: int, path: str | Path) -> bytes:
-    data = stream.read(size)
-    if len(data) != size:
-        raise EOFError(f"{path}: the file ends after {len(data)} of {size} header bytes")
-    return data
+    data = bytearray(size)
+    got = read_into(stream, memoryview(data))
+    if got != size:
+        raise EOFError(f"{path}: the file ends after {got} of {size} header bytes")
+    return bytes(data)
+
+
+def read_into(stream: BinaryIO, target: memoryview) -> int:
+    """Fill ``target`` from ``stream``; the bytes read (fewer only at the stream's end).
+
+    A stream's end is believed only when it says so twice in a row: ISA-L's
+    threaded reader (:mod:`isal.igzip_threaded`, 1.9) can report its end once too
+    early, when its worker thread puts the last blocks and the end marker and stops
+    between the reader's wait timing out and its check that the worker lives; the
+    blocks are still queued and the next read returns them.  Without the second
+    ask, a valid file read while the machine is busy would be refused as short.
+    """
+    got, ends = 0, 0
+    while got < len(target) and ends < 2:
+        count = stream.readinto(target[got:])
+        got += count or 0
+        ends = ends + 1 if not count else 0
+    return got
 
 
 def load_nifti(
@@ -778,9 +797,9 @@ def load_nifti(
             elif members is not None:  # another layout of members: read them as one stream
                 with igzip.IGzipFile(fileobj=io.BytesIO(raw), mode="rb") as whole:
                     _read_exact(whole, offset, path)
-                    got = whole.readinto(target)
+                    got = read_into(whole, target)
             else:
-                got = stream.readinto(target)
+                got = read_into(stream, target)
             if got != array.nbytes:
                 raise EOFError(f"{path}: {got} bytes of voxel data, the header says {array.nbytes}")
     del raw

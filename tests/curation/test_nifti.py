@@ -5,13 +5,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from curation import nifti
-from curation.nifti import HEADER_TEXT_FIELDS, NIFTI_READ_ERRORS, load_nifti, write_nifti
+from curation.nifti import HEADER_TEXT_FIELDS, NIFTI_READ_ERRORS, load_nifti, read_into, write_nifti
 
 AFFINE = np.array([[-0.98, 0.0, 0.0, 251.3], [0.0, 0.98, 0.0, -240.1], [0.0, 0.0, 2.5, -1203.0], [0, 0, 0, 1.0]])
 
@@ -237,3 +239,42 @@ def test_slabs_that_do_not_make_the_volume_are_refused_and_a_slab_maker_s_error_
 
     with pytest.raises(RuntimeError, match="slice 7"):
         compress_slabs(failing(), shape, affine, dtype=np.int16)
+
+
+class _EndsTooEarlyOnce(io.RawIOBase):
+    """A stream that says "end" once before its last bytes, as ISA-L's threaded reader can when busy."""
+
+    def __init__(self, data: bytes, early_at: int) -> None:
+        self._data, self._pos, self._early_at = data, 0, early_at
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._pos == self._early_at:
+            self._early_at = -1
+            return 0
+        n = min(len(b), len(self._data) - self._pos, 1000)
+        b[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+def test_read_into_believes_a_stream_s_end_only_when_it_says_so_twice() -> None:
+    data = bytes(range(256)) * 20
+    target = bytearray(len(data))
+    assert read_into(_EndsTooEarlyOnce(data, early_at=3000), memoryview(target)) == len(data)
+    assert bytes(target) == data
+    # a stream that really ends short is still short
+    longer = bytearray(len(data) + 10)
+    assert read_into(io.BytesIO(data), memoryview(longer)) == len(data)
+
+
+def test_a_single_stream_gzip_is_read_whole_by_isal_s_threaded_reader(tmp_path: Path) -> None:
+    # nibabel's own .nii.gz (one gzip stream, not our members): read through igzip_threaded
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 40, (64, 48, 200), dtype=np.uint8)
+    path = tmp_path / "seg.nii.gz"
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), path)
+    for _ in range(5):
+        assert np.array_equal(np.asanyarray(load_nifti(path).image.dataobj), arr)
