@@ -76,12 +76,13 @@ def _timed_chunk(job: object) -> tuple[object, float]:
     return result, time.process_time() - cpu
 
 
-def verify_on(pool: ProcessPoolExecutor, zip_path: Path, state_dir: Path) -> tuple[float, list[float], bool]:
+def verify_on(pool: ProcessPoolExecutor, workers: int, zip_path: Path,
+              state_dir: Path) -> tuple[float, list[float], bool]:
     """Wall seconds of one verification with the chunks on ``pool``; each chunk's CPU seconds; ok."""
     from release.verify import finish_verify, plan_verify
 
     started = time.perf_counter()
-    plan = plan_verify(zip_path, state_dir=state_dir)
+    plan = plan_verify(zip_path, state_dir=state_dir, workers=workers)  # cut for the workers, as the flow does
     timed = list(pool.map(_timed_chunk, [plan.job(i) for i in range(len(plan.chunks))]))
     report = finish_verify(plan, [result for result, _ in timed])  # type: ignore[misc]
     return time.perf_counter() - started, [cpu for _, cpu in timed], report.ok
@@ -116,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         costs: list[list[float]] = []
         for rep in range(args.repeats):
             for n in (1, 2):
-                seconds, cpu, ok = verify_on(pools[n], zip_path, state_dir)
+                seconds, cpu, ok = verify_on(pools[n], n, zip_path, state_dir)
                 assert ok
                 walls[n].append(seconds)
-                costs.append(cpu)
+                if n == 2:  # the split the 2 workers got
+                    costs.append(cpu)
                 print(f"rep {rep + 1}: {n} worker(s): {seconds:.2f} s ({len(cpu)} chunks, {sum(cpu):.2f} s CPU)")
         for pool in pools.values():
             pool.shutdown()
