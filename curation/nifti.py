@@ -11,7 +11,8 @@ Compression is ISA-L's (the ``isal`` package), the same gzip format as zlib's
 at 3-4 times the speed, and it releases the GIL.  A file is a series of
 independent gzip members (RFC 1952: concatenated members are one valid gzip
 file, read whole by nibabel, Python's ``gzip``, zlib's ``gzread``, ITK), as
-bgzip writes them: the header (352 bytes) in a member of its own, then the
+bgzip writes them: the header (352 bytes) in a member of its own, stored, not
+compressed (:func:`stored_member`: its bytes depend on nothing else), then the
 voxels in members of whole planes (the last axis: z for the converted volumes)
 of about :data:`GZIP_BLOCK` bytes, so member boundaries follow from the shape
 and the voxel type alone.  Each member carries its own size in an FEXTRA
@@ -37,7 +38,11 @@ every server since 2009) writes the same bytes.  Level 3 is not used: it picks
 another match finder on AVX2 CPUs.  A CPU without SSE4.2 falls back to C code
 with another hash, and aarch64 has kernels of its own; a release built there
 would be valid but not byte-identical (``tests/curation/test_nifti.py`` pins the
-bytes of a known volume, so such a machine fails the test suite loudly).
+bytes of a known volume, so such a machine fails the test suite loudly).  On
+one machine, the header's member was once compressed to other bytes than in the
+other runs (see :func:`stored_member`; the cause inside ISA-L not found), so it is
+stored; no voxel member has been seen to differ (``benchmarks/scaling.py`` names
+any member that does between its three builds of one release).
 
 Reading: :func:`load_nifti` reads a file once (hashing its bytes) and inflates it
 with ISA-L straight into the volume's own buffer, so a volume costs its own size;
@@ -155,7 +160,29 @@ def gzip_member(data: bytes | memoryview) -> bytes:
     """
     # the deflate stream and the trailer (CRC-32, size) in one call, so a thread needs the GIL once
     # per member (a thread waiting for it beside busy Python waits up to 5 ms each time)
-    body = igzip_lib.compress(data, GZIP_LEVEL, flag=igzip_lib.COMP_GZIP_NO_HDR)
+    return _member(igzip_lib.compress(data, GZIP_LEVEL, flag=igzip_lib.COMP_GZIP_NO_HDR))
+
+
+def stored_member(data: bytes | memoryview) -> bytes:
+    """One gzip member holding ``data`` as it is (deflate's stored blocks), its size in the FEXTRA subfield.
+
+    A NIfTI header's member is written so: its 352 bytes would compress to about
+    100, and ISA-L's output for so small an input was seen to differ between two
+    runs of one build on one machine (the same header, a valid stream either way,
+    102 and 103 bytes: two label maps of a 12-case release, once in several
+    runs), which changes the zip.  Stored bytes depend on nothing but the data.
+    """
+    view = memoryview(data).cast("B")
+    body = []
+    for at in range(0, max(len(view), 1), 0xFFFF):  # a stored block holds at most 65,535 bytes
+        block = view[at : at + 0xFFFF]
+        body += [struct.pack("<BHH", at + 0xFFFF >= len(view), len(block), len(block) ^ 0xFFFF), bytes(block)]
+    body.append(_MEMBER_TAIL.pack(isal_zlib.crc32(view), len(view) & 0xFFFFFFFF))
+    return _member(b"".join(body))
+
+
+def _member(body: bytes) -> bytes:
+    """A gzip member of a deflate stream and trailer ``body``: the gzip header with the member's size."""
     size = _MEMBER_HEAD.size + len(body)
     return _MEMBER_HEAD.pack(b"\x1f\x8b", 8, 4, 0, 0, 255, 8, MEMBER_SUBFIELD, 4, size) + body
 
@@ -239,9 +266,9 @@ def compress_nifti(data: ArrayLike, affine: ArrayLike, *, dtype: type) -> Compre
     if array.dtype != np.dtype(dtype):
         raise ValueError(f"the volume is {array.dtype}, expected {np.dtype(dtype)}")
     data_bytes = _voxel_bytes(array)
-    pieces = [_header_bytes(array, affine, dtype),
-              *(data_bytes[a:b] for a, b in _voxel_spans(array.shape, array.dtype.itemsize))]
-    return _compressed(_compress_members(pieces), array.shape, dtype, affine)
+    voxels = [data_bytes[a:b] for a, b in _voxel_spans(array.shape, array.dtype.itemsize)]
+    pieces = [stored_member(_header_bytes(array, affine, dtype)), *_compress_members(voxels)]
+    return _compressed(pieces, array.shape, dtype, affine)
 
 
 #: Members a stream of slabs may have in compression at once (:func:`compress_slabs`): its memory.
@@ -285,7 +312,7 @@ def compress_slabs(slabs: Iterable[np.ndarray], shape: Sequence[int], affine: Ar
     stand_in = np.broadcast_to(np.zeros((), dtype=dtype), shape)  # the header reads the shape only
     pool = ThreadPoolExecutor(max_workers=max(1, GZIP_THREADS))
     try:
-        members: list[Future[bytes]] = [pool.submit(gzip_member, _header_bytes(stand_in, affine, dtype))]
+        members: list[Future[bytes]] = [pool.submit(stored_member, _header_bytes(stand_in, affine, dtype))]
         count = 0
         for slab in slabs:
             if count == len(spans):
@@ -648,8 +675,8 @@ class IndexedNifti:
         stand_in = np.broadcast_to(np.zeros((), dtype=self.dtype), self.shape)  # the header reads the shape only
         data = _voxel_bytes(planes)
         step = self.per_member * self.shape[0] * self.shape[1] * self.dtype.itemsize
-        fresh = _compress_members([_header_bytes(stand_in, affine, dtype),
-                                   *(data[at : at + step] for at in range(0, len(data), step))])
+        fresh = [stored_member(_header_bytes(stand_in, affine, dtype)),
+                 *_compress_members([data[at : at + step] for at in range(0, len(data), step)])]
         first, last = start // self.per_member, -(-stop // self.per_member)
         view = memoryview(self.raw)
 
