@@ -39,10 +39,11 @@ another match finder on AVX2 CPUs.  A CPU without SSE4.2 falls back to C code
 with another hash, and aarch64 has kernels of its own; a release built there
 would be valid but not byte-identical (``tests/curation/test_nifti.py`` pins the
 bytes of a known volume, so such a machine fails the test suite loudly).  On
-one machine, the header's member was once compressed to other bytes than in the
-other runs (see :func:`stored_member`; the cause inside ISA-L not found), so it is
-stored; no voxel member has been seen to differ (``benchmarks/scaling.py`` names
-any member that does between its three builds of one release).
+one machine, ISA-L was seen to compress the same input to other bytes, rarely:
+a header's member (see :func:`stored_member`, hence stored) and, once, one byte
+of a PET's voxel member, each inflating to the same bytes.  The cause is not
+found (not the heap's contents, not threads in isolation); ``benchmarks/scaling.py``
+names any member that differs between its three builds of one release.
 
 Reading: :func:`load_nifti` reads a file once (hashing its bytes) and inflates it
 with ISA-L straight into the volume's own buffer, so a volume costs its own size;
