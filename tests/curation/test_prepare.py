@@ -12,7 +12,7 @@ import pytest
 from nibabel.affines import apply_affine
 
 from anonymization.deface import cylinder_mask, review_box
-from curation.config import MissingHeadPolicy
+from curation.config import MissingHeadPolicy, SiteConfig
 from curation.model import CATEGORIES, CATEGORY_ALIASES, ConvertedCase, PreparedCase, Rejection
 from curation.phantom import write_lesion, write_segmentations
 from curation.stage import read_record
@@ -258,11 +258,9 @@ def test_case_of_another_site_is_a_caller_error(ingested: ConvertedCase, tmp_pat
         prepare(ingested, site, tmp_path)
 
 
-@pytest.mark.parametrize("policy", [MissingHeadPolicy.HOLD, MissingHeadPolicy.RELEASE])
-def test_head_not_found(small_phantom, ingested: ConvertedCase, tmp_path: Path, policy: MissingHeadPolicy) -> None:
-    site = make_site(tmp_path, deface=True, lesions=False, missing_head=policy)
+def _write_segmentations_without_a_head(small_phantom, site: SiteConfig, ingested: ConvertedCase) -> None:
+    """The phantom's maps, but a skull that ends below the brain: no head the cylinder could cover."""
     write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID)
-    # a skull that ends below the brain: no head the cylinder could cover
     path = site.segmentations_dir / ingested.StudyInstanceUID / "Peripheral-Bones.nii.gz"
     img = nib.load(path)
     bones = np.asanyarray(img.dataobj).copy()
@@ -270,6 +268,12 @@ def test_head_not_found(small_phantom, ingested: ConvertedCase, tmp_path: Path, 
     bones[bones == skull] = 0
     bones[30:34, 30:34, 5:8] = skull  # a few voxels far below the head
     nib.save(nib.Nifti1Image(bones, img.affine), path)
+
+
+@pytest.mark.parametrize("policy", [MissingHeadPolicy.HOLD, MissingHeadPolicy.RELEASE])
+def test_head_not_found(small_phantom, ingested: ConvertedCase, tmp_path: Path, policy: MissingHeadPolicy) -> None:
+    site = make_site(tmp_path, deface=True, lesions=False, missing_head=policy)
+    _write_segmentations_without_a_head(small_phantom, site, ingested)
     got = prepare(ingested, site, tmp_path)
     if policy is MissingHeadPolicy.HOLD:
         assert isinstance(got, Rejection)
@@ -286,14 +290,7 @@ def test_a_bad_lesion_mask_is_reported_before_a_missing_head(
     # the cylinder is planned while the lesion mask is read; the reporting order stays
     # landmarks, lesion mask, head
     site = make_site(tmp_path, deface=True)
-    write_segmentations(small_phantom, site.segmentations_dir, ingested.StudyInstanceUID)
-    path = site.segmentations_dir / ingested.StudyInstanceUID / "Peripheral-Bones.nii.gz"
-    img = nib.load(path)
-    bones = np.asanyarray(img.dataobj).copy()
-    skull = RELEASE.values_by_name("Peripheral-Bones")["skull"]
-    bones[bones == skull] = 0
-    bones[30:34, 30:34, 5:8] = skull  # a skull that ends below the brain: no head
-    nib.save(nib.Nifti1Image(bones, img.affine), path)
+    _write_segmentations_without_a_head(small_phantom, site, ingested)
     lesion = write_lesion(small_phantom, site.lesions_dir, ingested.StudyInstanceUID)
     mask = nib.load(lesion)
     good = np.asanyarray(mask.dataobj).astype(np.uint8)
