@@ -90,7 +90,7 @@ def prefect_api(state_dir: Path | None = None) -> Iterator[str]:
     if url:
         discard_early()  # a server started before Prefect's settings were read (a profile's URL)
         logger.debug("using the Prefect API at %s", url)
-        with temporary_settings(updates={**quiet, PREFECT_API_URL: url}), _process_wide_api_url(url):
+        with temporary_settings(updates={**quiet, PREFECT_API_URL: url}), process_wide_api_url(url):
             yield url
         return
     home = {PREFECT_HOME: Path(state_dir) / "prefect"} if state_dir is not None else {}
@@ -99,13 +99,13 @@ def prefect_api(state_dir: Path | None = None) -> Iterator[str]:
     logger.debug("using the temporary Prefect API at %s", server.api_url)
     with (
         temporary_settings(updates={**quiet, **home, PREFECT_API_URL: server.api_url}),
-        _process_wide_api_url(server.api_url),
+        process_wide_api_url(server.api_url),
     ):
         yield server.api_url
 
 
 @contextlib.contextmanager
-def _process_wide_api_url(url: str) -> Iterator[None]:
+def process_wide_api_url(url: str) -> Iterator[None]:
     """Name ``url`` in the process's environment and global settings too, not only in this context.
 
     Prefect starts some threads without a copy of the caller's context, and they
@@ -115,7 +115,9 @@ def _process_wide_api_url(url: str) -> Iterator[None]:
     clients each started a temporary server of their own at the first process-pool
     flow of a process (two more servers, about 5 s of start-up and a 3.5 s stall at
     the flow's end on 2 cores) and the workers' logs went to those servers, not to
-    the one the flow run is in.  The environment is restored on the way out.
+    the one the flow run is in.  ``serve`` names its server so too: its flow runs
+    start in child processes, which find the server through the environment.
+    The environment is restored on the way out.
     """
     from prefect.context import refresh_global_settings_context
 

@@ -66,7 +66,7 @@ def serve(config_path: str) -> None:
     curation.config.ConfigError
         When the configuration is invalid.
     """
-    from flows.runners import configured_api_url
+    from flows.runners import configured_api_url, process_wide_api_url
 
     config = load_config(config_path)
     record = served_record(config.release.state_dir)
@@ -87,12 +87,8 @@ def serve(config_path: str) -> None:
             server.api_url,
         )
         # Flow runs start in child processes: they find the server through the environment.
-        os.environ["PREFECT_API_URL"] = server.api_url
-        try:
-            with _recorded(config.release.state_dir, server.api_url):
-                _serve(config, server.api_url, lambda: (_forget(record), server.stop()))
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+        with process_wide_api_url(server.api_url), _recorded(config.release.state_dir, server.api_url):
+            _serve(config, server.api_url, lambda: (_forget(record), server.stop()))
 
 
 @contextlib.contextmanager
