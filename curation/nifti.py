@@ -39,11 +39,11 @@ another match finder on AVX2 CPUs.  A CPU without SSE4.2 falls back to C code
 with another hash, and aarch64 has kernels of its own; a release built there
 would be valid but not byte-identical (``tests/curation/test_nifti.py`` pins the
 bytes of a known volume, so such a machine fails the test suite loudly).  On
-one machine, ISA-L was seen to compress the same input to other bytes, rarely:
-a header's member (see :func:`stored_member`, hence stored) and, once, one byte
-of a PET's voxel member, each inflating to the same bytes.  The cause is not
-found (not the heap's contents, not threads in isolation); ``benchmarks/scaling.py``
-names any member that differs between its three builds of one release.
+one machine too, ISA-L's one-shot call compressed the same input to other
+(equivalent) bytes, rarely, depending on the calling thread: its level 1-2 loop
+hashes the address of its state for a stream's third byte, so each member's first
+bytes are deflated apart (:func:`gzip_member`); ``benchmarks/scaling.py`` names any
+member that differs between its three builds of one release.
 
 Reading: :func:`load_nifti` reads a file once (hashing its bytes) and inflates it
 with ISA-L straight into the volume's own buffer, so a volume costs its own size;
@@ -64,7 +64,7 @@ from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
-from isal import igzip, igzip_lib, igzip_threaded, isal_zlib
+from isal import igzip, igzip_threaded, isal_zlib
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from numpy.typing import ArrayLike
@@ -146,8 +146,26 @@ def _voxel_spans(shape: Sequence[int], itemsize: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, total)) for start in range(0, total, step)] if total else []
 
 
+#: Bytes of a member deflated, and flushed (Z_SYNC_FLUSH), before the rest of it: see :func:`gzip_member`.
+_PRIMER = 16
+
+
 def gzip_member(data: bytes | memoryview) -> bytes:
     """One gzip member of ``data``: ISA-L at :data:`GZIP_LEVEL`, its size in the FEXTRA subfield.
+
+    ISA-L's level 1-2 match finder (``igzip_icf_body_h1_gr_bt.asm``, label
+    ``write_first_byte``, taken when its loop starts a stream with no history)
+    files the stream's third byte in a hash bucket computed from a register that
+    still holds the address of the compressor's state, not from the data.  A hash
+    bucket is only a hint (every candidate match is compared), so the stream stays
+    valid, but which match is found can then depend on where the state lives: the
+    same bytes compressed on two threads (two stacks) gave two different streams
+    for 20 of 200 small inputs.  The first :data:`_PRIMER` bytes are therefore
+    deflated and flushed on their own, which ISA-L does in its end-of-input code
+    (the loop never runs on 16 bytes and that code hashes the data); the loop then
+    starts with history and never takes that branch.  The same 200 inputs on 150
+    threads: one stream each.  This costs a few bytes per member (an empty stored
+    block) and no time.
 
     Parameters
     ----------
@@ -159,19 +177,21 @@ def gzip_member(data: bytes | memoryview) -> bytes:
     bytes
         The member (header, deflate stream, CRC-32 and size); its bytes depend on ``data`` only.
     """
-    # the deflate stream and the trailer (CRC-32, size) in one call, so a thread needs the GIL once
-    # per member (a thread waiting for it beside busy Python waits up to 5 ms each time)
-    return _member(igzip_lib.compress(data, GZIP_LEVEL, flag=igzip_lib.COMP_GZIP_NO_HDR))
+    view = memoryview(data).cast("B")
+    packer = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, -15)  # raw deflate
+    body = [packer.compress(view[:_PRIMER]), packer.flush(isal_zlib.Z_SYNC_FLUSH),
+            packer.compress(view[_PRIMER:]), packer.flush(),
+            _MEMBER_TAIL.pack(isal_zlib.crc32(view), len(view) & 0xFFFFFFFF)]
+    return _member(b"".join(body))
 
 
 def stored_member(data: bytes | memoryview) -> bytes:
     """One gzip member holding ``data`` as it is (deflate's stored blocks), its size in the FEXTRA subfield.
 
     A NIfTI header's member is written so: its 352 bytes would compress to about
-    100, and ISA-L's output for so small an input was seen to differ between two
-    runs of one build on one machine (the same header, a valid stream either way,
-    102 and 103 bytes: two label maps of a 12-case release, once in several
-    runs), which changes the zip.  Stored bytes depend on nothing but the data.
+    100, and its bytes then depend on no compressor at all (ISA-L's one-shot call
+    once gave 102 and 103 bytes for the same header on two threads: see
+    :func:`gzip_member`).
     """
     view = memoryview(data).cast("B")
     body = []
