@@ -292,16 +292,18 @@ _POOL_LOGS = (
     "from curation.config import ExecutionSettings, Runner\n"
     "from flows import localserver\n"
     "from flows.runners import make_task_runner, prefect_api\n"
+    "from prefect.settings import PREFECT_API_SSL_CERT_FILE\n"
     "@task\n"
     "def speak(i):\n"
     "    get_run_logger().info('worker %d was here', i)\n"
-    "    return i\n"
+    "    return str(PREFECT_API_SSL_CERT_FILE.value())\n"
     "@flow(name='pool-logs')\n"
     "def pool(n):\n"
     "    return [f.result() for f in [speak.submit(i) for i in range(n)]]\n"
     "with prefect_api(Path(sys.argv[1])) as url:\n"
     "    runner = make_task_runner(ExecutionSettings(Runner.PROCESSES, 2), api_url=url)\n"
-    "    run_id = pool.with_options(task_runner=runner)(2, return_state=True).state_details.flow_run_id\n"
+    "    state = pool.with_options(task_runner=runner)(2, return_state=True)\n"
+    "    run_id, ca_files = state.state_details.flow_run_id, sorted(set(state.result()))\n"
     "    messages = []\n"
     "    with get_client(sync_client=True) as client:\n"
     "        for _ in range(300):  # the log worker sends every 2 s\n"
@@ -311,7 +313,7 @@ _POOL_LOGS = (
     "                break\n"
     "            time.sleep(0.1)\n"
     "    servers = len(localserver._temporary)\n"
-    "print(json.dumps({'messages': messages, 'servers': servers}))\n"
+    "print(json.dumps({'messages': messages, 'servers': servers, 'ca_files': ca_files}))\n"
 )
 
 
@@ -326,7 +328,36 @@ def test_a_process_pool_s_worker_logs_reach_the_flow_s_server_and_no_other_serve
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == {
         "messages": ["worker 0 was here", "worker 1 was here"], "servers": 1,
+        # the server is plain HTTP on loopback: no CA bundle is parsed for each client
+        "ca_files": [str(Path(__file__).parents[2] / "flows" / "data" / "trusts-nothing.pem")],
     }
     assert "Starting temporary server" not in run.stderr, run.stderr[-3000:]
     # nothing used Prefect's own home, where a server of its own keeps its database
     assert not [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize(("url", "plain"), [
+    ("http://127.0.0.1:4200/api", True), ("http://localhost:4200/api", True), ("http://[::1]:4200/api", True),
+    ("https://127.0.0.1:4200/api", False), ("http://prefect.example.org/api", False),
+    ("https://prefect.example.org/api", False),
+])
+def test_only_a_plain_http_loopback_api_gets_the_ca_file_that_trusts_nothing(url: str, plain: bool) -> None:
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE
+
+    from flows.runners import TRUSTS_NOTHING, _plain_loopback
+
+    assert _plain_loopback(url) == ({PREFECT_API_SSL_CERT_FILE: str(TRUSTS_NOTHING)} if plain else {})
+
+
+def test_the_ca_file_that_trusts_nothing_is_one_certificate_expired_the_day_it_was_made() -> None:
+    import ssl
+
+    from cryptography import x509  # Prefect's dependency
+
+    from flows.runners import TRUSTS_NOTHING
+
+    context = ssl.create_default_context(cafile=str(TRUSTS_NOTHING))  # what Prefect does with it
+    assert context.cert_store_stats() == {"x509": 1, "crl": 0, "x509_ca": 0}  # not even a CA
+    certificate = x509.load_pem_x509_certificate(TRUSTS_NOTHING.read_bytes())
+    assert certificate.not_valid_before_utc == certificate.not_valid_after_utc
+    assert certificate.subject == certificate.issuer  # self-signed; its key was never kept
