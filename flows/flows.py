@@ -26,12 +26,13 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prefect import Flow, flow
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Failed, State
+from prefect.utilities.annotations import quote
 
 from curation.clinical import read_clinical_sheet
 from curation.config import Config, Packaging, SiteConfig, load_config
@@ -72,6 +73,8 @@ if TYPE_CHECKING:
     from release.verify import VerifyPlan
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 def _pipeline_version() -> str:
@@ -152,6 +155,20 @@ def indications(config: Config) -> dict[tuple[str, str], str]:
     return out
 
 
+def _opaque(value: _T) -> _T:
+    """``value`` as a task argument Prefect passes on without walking through it (``quote``).
+
+    Prefect visits every element of a task's arguments, on submission and again in
+    the worker, looking for futures: a case's stages (label tables of hundreds of
+    rows) and study records cost 35 ms a task in the worker alone.  Not on Dask:
+    Dask rebuilds the tuples it finds in arguments, and ``quote`` is one.
+    """
+    context = FlowRunContext.get()
+    if context is not None and type(context.task_runner).__module__.startswith("prefect_dask"):
+        return value
+    return cast(_T, quote(value))
+
+
 class _Pipeline:
     """Runs each case through its stages (one task per case) and files the results as they complete.
 
@@ -171,7 +188,7 @@ class _Pipeline:
         """Submit one case's stages (a task), the first of which gets ``upstream``."""
         subject = upstream[0]
         self.started.add(subject.key)
-        future = case_task.submit(stages, upstream, subject.site)
+        future = case_task.submit(_opaque(stages), _opaque(upstream), subject.site)
         self.pending[future] = (stages, subject.site, subject.StudyInstanceUID)
 
     def drain(self) -> None:
@@ -302,8 +319,7 @@ def _build(
     if not prepared:
         logger.warning("%s: no case is ready for release; no zip was built", config.path)
         return
-    numbers, new = number_task.submit(str(state.registry),
-                                      numbering_candidates(config, prepared, converted)).result()
+    numbers, new = number_task(str(state.registry), _opaque(numbering_candidates(config, prepared, converted)))
     for uid in new:
         case = next(c for c in converted.values() if c.StudyInstanceUID == uid)
         number = format_case_number(numbers[uid])
@@ -318,7 +334,7 @@ def _build(
         result = _package_parts(config, entries, inputs, force=force)
     else:
         progress.step("spreadsheets, card, checksums, zip")
-        result = package_task.submit(config, entries, inputs.release_labels, force, PIPELINE_VERSION).result()
+        result = package_task(_opaque(config), _opaque(entries), _opaque(inputs.release_labels), force, PIPELINE_VERSION)
     case_numbers = [format_case_number(e.number) for e in entries]
     for entry in entries:
         tally.released.setdefault(entry.prepared.site, []).append(format_case_number(entry.number))
@@ -348,9 +364,9 @@ def _build(
     # zip whose verification the audit log no longer vouches for is verified again
     progress.step("verify")
     if isinstance(result, PartsResult):
-        plan = verify_parts_plan_task.submit(zip_name, result.locations(), str(state.root)).result()
+        plan = verify_parts_plan_task(zip_name, _opaque(result.locations()), str(state.root))
     else:
-        plan = verify_plan_task.submit(result.zip_path, str(state.root), config.execution.workers).result()
+        plan = verify_plan_task(result.zip_path, str(state.root), config.execution.workers)
     problems = _verify(plan)
     tally.zip_reused = tally.zip_reused and not problems
     verified = audit.append(AuditEvent.RELEASE_VERIFIED, inputs=hashes,
@@ -386,12 +402,12 @@ def _build(
 def _package_parts(config: Config, entries: list[ReleaseEntry], inputs: BuildInputs, *, force: bool) -> PartsResult:
     """A release in parts as tasks: the layout, one task per part at once, then the metadata and manifest."""
     progress.step("parts")
-    plan = plan_parts_task.submit(config, entries).result()
-    futures = [part_task.submit(job, job.name) for job in plan.jobs]
+    plan = plan_parts_task(_opaque(config), _opaque(entries))
+    futures = [part_task.submit(_opaque(job), job.name) for job in plan.jobs]
     parts = [future.result() for future in futures]
     progress.step("spreadsheets, card, checksums, metadata")
-    return parts_finish_task.submit(config, entries, inputs.release_labels, parts, plan.layout, force,
-                                    PIPELINE_VERSION).result()
+    return parts_finish_task(_opaque(config), _opaque(entries), _opaque(inputs.release_labels), _opaque(parts),
+                             _opaque(plan.layout), force, PIPELINE_VERSION)
 
 
 def _verify(plan: VerifyPlan) -> tuple[str, ...]:
@@ -403,7 +419,7 @@ def _verify(plan: VerifyPlan) -> tuple[str, ...]:
     """
     from release.verify import finish_verify
 
-    futures = [verify_chunk_task.submit(plan.job(i), i) for i in range(len(plan.chunks))]
+    futures = [verify_chunk_task.submit(_opaque(plan.job(i)), i) for i in range(len(plan.chunks))]
     return finish_verify(plan, [future.result() for future in futures]).problems
 
 
@@ -444,7 +460,7 @@ def _finish(flow_name: str, config: Config, tally: Tally, *, report: bool = Fals
     report_path = None
     if report:
         progress.step("QC report")
-        report_path = report_task.submit(config).result()
+        report_path = report_task(_opaque(config))
     publish(flow_name, config, tally, summary, converted_by=CONVERTED_BY, report=report_path)
     if summary.failed:
         # The run went on with the other cases; its final state says how many failed.
