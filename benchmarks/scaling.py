@@ -27,6 +27,7 @@ cases to amortise start-up (the work per case then weighs as in real data)::
 Usage::
 
     .venv/bin/python benchmarks/scaling.py [--cases-per-site N] [--size small|demo|large] [--runner threads|processes]
+        [--repeat N]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import argparse
 import logging
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -196,11 +198,52 @@ def report_difference(zips: dict[str, str]) -> None:
     print(f"the zips are kept in {kept}")
 
 
+def one_round(root: Path, args: argparse.Namespace) -> tuple[dict[str, float], str] | None:
+    """Start-ups, then the plain pipeline and the two flows on fresh copies of the sites in ``root``.
+
+    Returns the figures and the zip's sha256, or None (after printing what differs) when the
+    three zips differ.
+    """
+    plain_cfg = load_config(write_sites(root / "plain", cases_per_site=args.cases_per_site,
+                                        size=args.size, runner=args.runner, workers=1))
+    one = write_sites(root / "w1", cases_per_site=args.cases_per_site, size=args.size,
+                      runner=args.runner, workers=1)
+    two = write_sites(root / "w2", cases_per_site=args.cases_per_site, size=args.size,
+                      runner=args.runner, workers=2)
+    fixed_one, fixed_cpu = runner_startup(args.runner, 1)
+    fixed_two, _ = runner_startup(args.runner, 2)
+    t_plain, cpu_plain, cases, zip_plain = plain_pipeline(plain_cfg)
+    t_one, cpu_one, cases_one, zip_one = flow_pipeline(one)
+    t_two, cpu_two, cases_two, zip_two = flow_pipeline(two)
+    zips = {"plain": zip_plain, "1 worker": zip_one, "2 workers": zip_two}
+    shas = {name: sha256_file(path) for name, path in zips.items()}
+    if len(set(shas.values())) != 1 or not cases == cases_one == cases_two:
+        print(f"releases differ: plain {shas['plain']} ({cases}), 1 worker {shas['1 worker']} ({cases_one}), "
+              f"2 workers {shas['2 workers']} ({cases_two})")
+        report_difference(zips)
+        return None
+    overhead = t_one - t_plain
+    per_case = (overhead - fixed_one) / cases
+    cpu_case = (cpu_one - cpu_plain - fixed_cpu) / cases
+    figures = {
+        "cases": cases, "plain": t_plain, "one": t_one, "two": t_two, "fixed_one": fixed_one, "fixed_two": fixed_two,
+        "speed_up": t_one / t_two, "speed_up_net": (t_one - fixed_one) / (t_two - fixed_two),
+        "overhead_case": overhead / cases, "overhead_share": overhead / t_plain,
+        "net_case": per_case, "net_share": per_case * cases / t_plain,
+        "cpu_plain": cpu_plain, "cpu_one": cpu_one, "cpu_two": cpu_two, "cpu_fixed": fixed_cpu,
+        "cpu_case": cpu_case, "cpu_share": cpu_case * cases / cpu_plain,
+    }
+    return figures, shas["plain"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases-per-site", type=int, default=3)
     parser.add_argument("--size", default="small", choices=["small", "demo", "large"])
     parser.add_argument("--runner", default="threads", choices=["threads", "processes"])
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of (start-ups, plain, 1 worker, 2 workers), each on fresh sites; "
+                             "the figures are medians over the rounds, and every round's zip must be the same")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -208,49 +251,45 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.runners import prefect_api
 
+    rounds: list[dict[str, float]] = []
+    digests: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="petct-scaling-") as tmp, prefect_api():
         # Warm up: the API server and one flow run (imports, client, database).
         flow(name="warm-up")(lambda: None)()
-        root = Path(tmp)
-        plain_cfg = load_config(write_sites(root / "plain", cases_per_site=args.cases_per_site,
-                                            size=args.size, runner=args.runner, workers=1))
-        one = write_sites(root / "w1", cases_per_site=args.cases_per_site, size=args.size,
-                          runner=args.runner, workers=1)
-        two = write_sites(root / "w2", cases_per_site=args.cases_per_site, size=args.size,
-                          runner=args.runner, workers=2)
         # once, discarded: the process's first pool pays first-use costs (the runner's modules
         # imported, the spawn machinery set up) that neither measured flow pays again
         runner_startup(args.runner, 1)
-        fixed_one, fixed_cpu = runner_startup(args.runner, 1)
-        fixed_two, _ = runner_startup(args.runner, 2)
-        t_plain, cpu_plain, cases, zip_plain = plain_pipeline(plain_cfg)
-        t_one, cpu_one, cases_one, zip_one = flow_pipeline(one)
-        t_two, cpu_two, cases_two, zip_two = flow_pipeline(two)
-        zips = {"plain": zip_plain, "1 worker": zip_one, "2 workers": zip_two}
-        shas = {name: sha256_file(path) for name, path in zips.items()}
-        if len(set(shas.values())) != 1 or not cases == cases_one == cases_two:
-            print(f"releases differ: plain {shas['plain']} ({cases}), 1 worker {shas['1 worker']} ({cases_one}), "
-                  f"2 workers {shas['2 workers']} ({cases_two})")
-            report_difference(zips)
-            return 1
-    overhead = t_one - t_plain
-    per_case = (overhead - fixed_one) / cases
+        for n in range(args.repeat):
+            measured = one_round(Path(tmp) / f"round-{n}", args)
+            if measured is None:
+                return 1
+            figures, digest = measured
+            rounds.append(figures)
+            digests.add(digest)
+            if args.repeat > 1:
+                print(f"round {n + 1}: speed-up {figures['speed_up_net']:.2f} x without start-up, overhead "
+                      f"{figures['net_case']:.3f} s per case ({figures['net_share']:.1%}), CPU "
+                      f"{figures['cpu_case']:.3f} s per case", flush=True)
+    if len(digests) != 1:
+        print("releases differ between rounds: " + ", ".join(sorted(digests)))
+        return 1
+    m = {key: statistics.median(f[key] for f in rounds) for key in rounds[0]}
+    label = f" (medians of {len(rounds)} rounds)" if len(rounds) > 1 else ""
     print(f"cores available:            {os.cpu_count()}")
-    print(f"runner:                     {args.runner}, size {args.size}, {cases} released cases")
-    print(f"plain functions, serial:    {t_plain:8.2f} s")
-    print(f"curate flow, 1 worker:      {t_one:8.2f} s")
-    print(f"curate flow, 2 workers:     {t_two:8.2f} s")
-    print(f"runner start-up (one-off):  {fixed_one:8.2f} s with 1 worker, {fixed_two:.2f} s with 2")
-    print(f"speed-up 1 -> 2 workers:    {t_one / t_two:8.2f} x")
-    print(f"  without the one-off start-up: {(t_one - fixed_one) / (t_two - fixed_two):.2f} x   (target >= 1.8)")
-    print(f"orchestration overhead:     {overhead / cases:8.3f} s per case, {overhead / t_plain:6.1%} of the work")
-    print(f"  without the one-off start-up: {per_case:.3f} s per case, {per_case * cases / t_plain:.1%} of the work"
+    print(f"runner:                     {args.runner}, size {args.size}, {int(m['cases'])} released cases{label}")
+    print(f"plain functions, serial:    {m['plain']:8.2f} s")
+    print(f"curate flow, 1 worker:      {m['one']:8.2f} s")
+    print(f"curate flow, 2 workers:     {m['two']:8.2f} s")
+    print(f"runner start-up (one-off):  {m['fixed_one']:8.2f} s with 1 worker, {m['fixed_two']:.2f} s with 2")
+    print(f"speed-up 1 -> 2 workers:    {m['speed_up']:8.2f} x")
+    print(f"  without the one-off start-up: {m['speed_up_net']:.2f} x   (target >= 1.8)")
+    print(f"orchestration overhead:     {m['overhead_case']:8.3f} s per case, {m['overhead_share']:6.1%} of the work")
+    print(f"  without the one-off start-up: {m['net_case']:.3f} s per case, {m['net_share']:.1%} of the work"
           "   (target < 0.15 s and < 5 %)")
-    cpu_case = (cpu_one - cpu_plain - fixed_cpu) / cases
-    print(f"CPU seconds:                plain {cpu_plain:.2f}, flow 1 worker {cpu_one:.2f}, 2 workers {cpu_two:.2f}, "
-          f"start-up {fixed_cpu:.2f}")
-    print(f"orchestration CPU, 1 worker, without the start-up: {cpu_case:.3f} s per case, "
-          f"{cpu_case * cases / cpu_plain:.1%} of the work's CPU")
+    print(f"CPU seconds:                plain {m['cpu_plain']:.2f}, flow 1 worker {m['cpu_one']:.2f}, "
+          f"2 workers {m['cpu_two']:.2f}, start-up {m['cpu_fixed']:.2f}")
+    print(f"orchestration CPU, 1 worker, without the start-up: {m['cpu_case']:.3f} s per case, "
+          f"{m['cpu_share']:.1%} of the work's CPU")
     return 0
 
 
