@@ -179,10 +179,8 @@ def gzip_member(data: bytes | memoryview) -> bytes:
     """
     view = memoryview(data).cast("B")
     packer = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, -15)  # raw deflate
-    body = [packer.compress(view[:_PRIMER]), packer.flush(isal_zlib.Z_SYNC_FLUSH),
-            packer.compress(view[_PRIMER:]), packer.flush(),
-            _MEMBER_TAIL.pack(isal_zlib.crc32(view), len(view) & 0xFFFFFFFF)]
-    return _member(b"".join(body))
+    return _member([packer.compress(view[:_PRIMER]), packer.flush(isal_zlib.Z_SYNC_FLUSH),
+                    packer.compress(view[_PRIMER:]), packer.flush()], view)
 
 
 def stored_member(data: bytes | memoryview) -> bytes:
@@ -194,16 +192,16 @@ def stored_member(data: bytes | memoryview) -> bytes:
     :func:`gzip_member`).
     """
     view = memoryview(data).cast("B")
-    body = []
+    blocks: list[bytes] = []
     for at in range(0, max(len(view), 1), 0xFFFF):  # a stored block holds at most 65,535 bytes
         block = view[at : at + 0xFFFF]
-        body += [struct.pack("<BHH", at + 0xFFFF >= len(view), len(block), len(block) ^ 0xFFFF), bytes(block)]
-    body.append(_MEMBER_TAIL.pack(isal_zlib.crc32(view), len(view) & 0xFFFFFFFF))
-    return _member(b"".join(body))
+        blocks += [struct.pack("<BHH", at + 0xFFFF >= len(view), len(block), len(block) ^ 0xFFFF), bytes(block)]
+    return _member(blocks, view)
 
 
-def _member(body: bytes) -> bytes:
-    """A gzip member of a deflate stream and trailer ``body``: the gzip header with the member's size."""
+def _member(deflate: list[bytes], data: memoryview) -> bytes:
+    """A gzip member: the header with the member's size, the ``deflate`` stream, the trailer of ``data``."""
+    body = b"".join([*deflate, _MEMBER_TAIL.pack(isal_zlib.crc32(data), len(data) & 0xFFFFFFFF)])
     size = _MEMBER_HEAD.size + len(body)
     return _MEMBER_HEAD.pack(b"\x1f\x8b", 8, 4, 0, 0, 255, 8, MEMBER_SUBFIELD, 4, size) + body
 

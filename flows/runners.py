@@ -114,19 +114,23 @@ def prefect_api(state_dir: Path | None = None) -> Iterator[str]:
     if url:
         discard_early()  # a server started before Prefect's settings were read (a profile's URL)
         logger.debug("using the Prefect API at %s", url)
-        with temporary_settings(updates={**quiet, **_plain_loopback(url), PREFECT_API_URL: url}), \
-                process_wide_api_url(url):
+        with _reporting_to(url, quiet):
             yield url
         return
     home = {PREFECT_HOME: Path(state_dir) / "prefect"} if state_dir is not None else {}
     # one per process and home, stopped at exit; launched early by the CLI, before its imports
     server = temporary_server(Path(state_dir) / "prefect" if state_dir is not None else Path(PREFECT_HOME.value()))
     logger.debug("using the temporary Prefect API at %s", server.api_url)
-    with (
-        temporary_settings(updates={**quiet, **home, **_plain_loopback(server.api_url), PREFECT_API_URL: server.api_url}),
-        process_wide_api_url(server.api_url),
-    ):
+    with _reporting_to(server.api_url, {**quiet, **home}):
         yield server.api_url
+
+
+@contextlib.contextmanager
+def _reporting_to(url: str, settings: dict[Any, Any]) -> Iterator[None]:
+    """``url`` as the API of this context (with ``settings``) and of the whole process (see :func:`prefect_api`)."""
+    with temporary_settings(updates={**settings, **_plain_loopback(url), PREFECT_API_URL: url}), \
+            process_wide_api_url(url):
+        yield
 
 
 @contextlib.contextmanager
