@@ -336,6 +336,49 @@ def test_a_process_pool_s_worker_logs_reach_the_flow_s_server_and_no_other_serve
     assert not [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
 
 
+# A process-pool flow (our runner, 1 worker) whose tasks report the Prefect settings they run
+# under, and whether the worker rebuilt a settings model for them; the last task is submitted
+# under a temporary setting of its own.
+_SETTLED_POOL = (
+    "import json, sys\n"
+    "from pathlib import Path\n"
+    "from prefect import flow, task\n"
+    "from prefect.context import SettingsContext\n"
+    "from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, PREFECT_TASKS_DEFAULT_RETRIES\n"
+    "from prefect.settings import temporary_settings\n"
+    "from curation.config import ExecutionSettings, Runner\n"
+    "from flows.runners import make_task_runner, prefect_api\n"
+    "@task\n"
+    "def seen(i):\n"
+    "    return {'rebuilt': SettingsContext.__var__.get(None) is not None, 'url': str(PREFECT_API_URL.value()),\n"
+    "            'ca_file': str(PREFECT_API_SSL_CERT_FILE.value()), 'retries': PREFECT_TASKS_DEFAULT_RETRIES.value()}\n"
+    "@flow(name='settled-pool')\n"
+    "def pool():\n"
+    "    futures = [seen.submit(i) for i in range(3)]\n"
+    "    with temporary_settings(updates={PREFECT_TASKS_DEFAULT_RETRIES: 7}):\n"
+    "        futures.append(seen.submit(3))\n"
+    "    return [f.result() for f in futures]\n"
+    "with prefect_api(Path(sys.argv[1])) as url:\n"
+    "    runner = make_task_runner(ExecutionSettings(Runner.PROCESSES, 1), api_url=url)\n"
+    "    print(json.dumps({'url': url, 'seen': pool.with_options(task_runner=runner)()}))\n"
+)
+
+
+def test_a_process_pool_worker_takes_the_settings_once_and_a_task_under_other_settings_takes_its_own(
+    tmp_path: Path,
+) -> None:
+    # Prefect would ship every task with the whole settings model and rebuild it in the
+    # worker (40 ms a task); our pool's workers start with the flow's settings instead
+    run = run_python(_SETTLED_POOL, str(tmp_path / "state"),
+                     env=_env(PETCT_RELEASE_CACHE=str(tmp_path / "cache"), PREFECT_HOME=str(tmp_path / "home")),
+                     timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    ca_file = str(Path(__file__).parents[2] / "flows" / "data" / "trusts-nothing.pem")
+    same = {"rebuilt": False, "url": out["url"], "ca_file": ca_file, "retries": 0}
+    assert out["seen"] == [same, same, same, {**same, "rebuilt": True, "retries": 7}]
+
+
 @pytest.mark.parametrize(("url", "plain"), [
     ("http://127.0.0.1:4200/api", True), ("http://localhost:4200/api", True), ("http://[::1]:4200/api", True),
     ("https://127.0.0.1:4200/api", False), ("http://prefect.example.org/api", False),
