@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -171,10 +172,16 @@ def between_tasks(flow_run_id: str) -> dict[str, float]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
+    of_run = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[UUID(flow_run_id)]))
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(UUID(flow_run_id))
-        task_runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[UUID(flow_run_id)])), limit=10_000)
+        for _ in range(300):  # the server records task runs from their events, a moment after they end
+            task_runs: list[Any] = []
+            while batch := client.read_task_runs(task_run_filter=of_run, limit=200, offset=len(task_runs)):
+                task_runs += batch
+            if task_runs and all(t.end_time is not None for t in task_runs):
+                break
+            time.sleep(0.1)
     spans = sorted((t.start_time.timestamp(), t.end_time.timestamp()) for t in task_runs
                    if t.start_time is not None and t.end_time is not None)
     if flow_run.start_time is None or flow_run.end_time is None or not spans:
