@@ -23,6 +23,7 @@ the Dask workers' environment).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from prefect.context import SettingsContext
 from prefect.settings import (
     PREFECT_API_SSL_CERT_FILE,
     PREFECT_API_URL,
@@ -38,6 +40,7 @@ from prefect.settings import (
     temporary_settings,
 )
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from pydantic import PrivateAttr
 
 from curation.config import ExecutionSettings, Runner
 from flows.localserver import discard_early, served_api_url, served_record, temporary_server
@@ -128,9 +131,31 @@ def prefect_api(state_dir: Path | None = None) -> Iterator[str]:
 @contextlib.contextmanager
 def _reporting_to(url: str, settings: dict[Any, Any]) -> Iterator[None]:
     """``url`` as the API of this context (with ``settings``) and of the whole process (see :func:`prefect_api`)."""
-    with temporary_settings(updates={**settings, **_plain_loopback(url), PREFECT_API_URL: url}), \
-            process_wide_api_url(url):
+    with temporary_settings(updates={**settings, **_plain_loopback(url), PREFECT_API_URL: url}) as in_force, \
+            process_wide_api_url(url), \
+            SettingsWrittenOnce(profile=SettingsContext.get().profile, settings=in_force):
         yield
+
+
+class SettingsWrittenOnce(SettingsContext):
+    """Prefect's settings context, written out (:meth:`serialize`) once, not for every task shipped.
+
+    Prefect writes the whole settings model out for every task it ships to a pool
+    worker: 30 ms of the flow's process a task (a model dump and a walk through
+    it).  The settings of a context never change (a change is a new context, as
+    ``temporary_settings`` makes), so the first dump serves them all; each caller
+    gets its own copy.
+    """
+
+    _written: dict[str, Any] | None = PrivateAttr(default=None)
+
+    def serialize(self, include_secrets: bool = True) -> dict[str, Any]:
+        """The settings as Prefect ships them (the first call's dump, copied)."""
+        if not include_secrets:
+            return super().serialize(include_secrets=False)
+        if self._written is None:
+            self._written = super().serialize()
+        return copy.deepcopy(self._written)
 
 
 @contextlib.contextmanager

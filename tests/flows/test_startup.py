@@ -379,6 +379,26 @@ def test_a_process_pool_worker_takes_the_settings_once_and_a_task_under_other_se
     assert out["seen"] == [same, same, same, {**same, "rebuilt": True, "retries": 7}]
 
 
+def test_the_settings_are_written_out_once_for_the_tasks_and_each_caller_gets_its_own_copy() -> None:
+    from prefect.context import SettingsContext, serialize_context
+    from prefect.settings import PREFECT_TASKS_DEFAULT_RETRIES, temporary_settings
+
+    from flows.runners import SettingsWrittenOnce, _reporting_to
+
+    with _reporting_to("http://127.0.0.1:9/api", {}):
+        context = SettingsContext.get()
+        assert isinstance(context, SettingsWrittenOnce)
+        first = serialize_context()["settings_context"]
+        # what Prefect's own context would write out for the same settings
+        assert first == SettingsContext(profile=context.profile, settings=context.settings).serialize()
+        first["settings"]["api"]["url"] = "changed by a caller"
+        second = serialize_context()["settings_context"]
+        assert second["settings"]["api"]["url"] == "http://127.0.0.1:9/api"
+        with temporary_settings(updates={PREFECT_TASKS_DEFAULT_RETRIES: 3}):  # new settings: written anew
+            assert serialize_context()["settings_context"]["settings"]["tasks"]["default_retries"] == 3
+        assert serialize_context()["settings_context"] == second
+
+
 @pytest.mark.parametrize(("url", "plain"), [
     ("http://127.0.0.1:4200/api", True), ("http://localhost:4200/api", True), ("http://[::1]:4200/api", True),
     ("https://127.0.0.1:4200/api", False), ("http://prefect.example.org/api", False),
