@@ -279,7 +279,7 @@ def one_round(root: Path, args: argparse.Namespace, shift: int = 0) -> tuple[dic
     raw = {"cases": cases, "plain": t_plain, "one": t_one, "two": t_two, "fixed_one": fixed_one,
            "fixed_two": fixed_two, "cpu_plain": cpu_plain, "cpu_one": cpu_one, "cpu_two": cpu_two,
            "cpu_fixed": fixed_cpu, "uncovered": timeline["uncovered"], "task_runs": timeline["task_runs"],
-           "before_first": timeline["before_first"]}
+           "before_first": timeline["before_first"], "covered": timeline["covered"]}
     return raw, shas["plain"]
 
 
@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
           "   (target < 0.15 s and < 5 %)")
     print(f"  within the 1-worker run's own timeline: {m['gap_case']:.3f} s per case, {m['gap_share']:.1%} of the "
           f"work, not in any of its {int(m['task_runs'])} task runs after the first began ({m['gap_task'] * 1000:.0f} ms "
-          f"a task run; {m['before_first']:.2f} s before the first: the workers' start)")
+          f"a task run; {m['before_first']:.2f} s before the first: the workers' start; inside its task runs "
+          f"{m['covered']:.2f} s, the plain functions {m['plain']:.2f} s)")
     print(f"CPU seconds:                plain {m['cpu_plain']:.2f}, flow 1 worker {m['cpu_one']:.2f}, "
           f"2 workers {m['cpu_two']:.2f}, start-up {m['cpu_fixed']:.2f}")
     print(f"orchestration CPU, 1 worker, without the start-up: {m['cpu_case']:.3f} s per case, "
