@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from prefect.context import SettingsContext
+from prefect.context import SettingsContext, refresh_global_settings_context, serialize_context
 from prefect.settings import (
     PREFECT_API_SSL_CERT_FILE,
     PREFECT_API_URL,
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
     PREFECT_HOME,
+    get_current_settings,
     temporary_settings,
 )
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
@@ -173,8 +174,6 @@ def process_wide_api_url(url: str) -> Iterator[None]:
     start in child processes, which find the server through the environment.
     The environment is restored on the way out.
     """
-    from prefect.context import refresh_global_settings_context
-
     prior = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     refresh_global_settings_context()
@@ -190,8 +189,6 @@ def process_wide_api_url(url: str) -> Iterator[None]:
 
 def _settle_worker(environment: dict[str, str]) -> None:
     """A process-pool worker's start: Prefect's settings of the flow as the worker's own (its global settings)."""
-    from prefect.context import refresh_global_settings_context
-
     os.environ.update(environment)
     refresh_global_settings_context()
 
@@ -217,9 +214,6 @@ class SettledProcessPoolTaskRunner(ProcessPoolTaskRunner):
     @classmethod
     def settled(cls, max_workers: int) -> SettledProcessPoolTaskRunner:
         """A runner whose workers start with the settings in force now, and whose tasks go without them."""
-        from prefect.context import serialize_context
-        from prefect.settings import get_current_settings
-
         runner = cls(max_workers)
         runner._initargs = (get_current_settings().to_environment_variables(exclude_unset=True),)
         runner._settled = serialize_context()["settings_context"]
