@@ -17,9 +17,10 @@ server together): on a machine other jobs share, the CPU figure is the steadier 
 The Prefect API is started and warmed up before any timing, as it is once per
 process in real use.  The runner's one-off start-up (worker processes spawned,
 imports) is measured on its own and both figures are also printed without it,
-since a release pays it once however many cases it holds.  A third overhead figure needs no other build: in the 1-worker run's
-own timeline (its task runs as the Prefect server recorded them), the time after
-the first task run began that no task run covers (:func:`between_tasks`).
+since a release pays it once however many cases it holds.  A third overhead
+figure needs no other build: in the 1-worker run's own timeline (its task runs
+as the Prefect server recorded them), the time after the first task run began
+that no task run covers (:func:`between_tasks`).
 
 The figures for the record come from clinical in-plane sampling and enough
 cases to amortise start-up (the work per case then weighs as in real data)::
@@ -182,6 +183,8 @@ def between_tasks(flow_run_id: str) -> dict[str, float]:
             if task_runs and all(t.end_time is not None for t in task_runs):
                 break
             time.sleep(0.1)
+        else:
+            raise RuntimeError(f"flow run {flow_run_id}: the server has not recorded the end of every task run")
     spans = sorted((t.start_time.timestamp(), t.end_time.timestamp()) for t in task_runs
                    if t.start_time is not None and t.end_time is not None)
     if flow_run.start_time is None or flow_run.end_time is None or not spans:
@@ -303,6 +306,26 @@ def derived(raw: dict[str, float]) -> dict[str, float]:
     }
 
 
+#: Each configuration's timings, and the one that ranks its rounds: a round's figures of one
+#: configuration are taken together (its wall time, its CPU time, its timeline), never mixed.
+CONFIGURATIONS = {
+    "plain": ("plain", "cpu_plain"),
+    "one": ("one", "cpu_one", "uncovered", "task_runs", "before_first", "covered"),
+    "two": ("two", "cpu_two"),
+    "fixed_one": ("fixed_one", "cpu_fixed"),
+    "fixed_two": ("fixed_two",),
+}
+
+
+def best_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each configuration's figures from its fastest round (the noise of a shared machine only adds time)."""
+    best: dict[str, float] = {"cases": rounds[0]["cases"]}
+    for rank, keys in CONFIGURATIONS.items():
+        fastest = min(rounds, key=lambda r: r[rank])
+        best.update({key: fastest[key] for key in keys})
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases-per-site", type=int, default=3)
@@ -344,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(digests) != 1:
         print("releases differ between rounds: " + ", ".join(sorted(digests)))
         return 1
-    m = derived({key: min(r[key] for r in rounds) for key in rounds[0]})
+    m = derived(best_rounds(rounds))
     spread = {key: (min(r[key] for r in rounds), max(r[key] for r in rounds)) for key in rounds[0]}
 
     def seconds(key: str) -> str:
