@@ -1,13 +1,18 @@
 """Scaling of the curate flow: 1 vs 2 workers, and the orchestration overhead.
 
-Builds the same phantom release three times, each in a fresh folder (same
+Builds the same phantom release five times, each in a fresh folder (same
 seed, so the same DICOM and the same zip):
 
 1. the plain stage functions called one after the other, no Prefect
    (index, ingest, prepare, QC pictures, number, package, verify, the QC
    report): the work itself, the same work the flow does;
 2. the ``curate`` flow with ``workers = 1``;
-3. the ``curate`` flow with ``workers = 2``.
+3. the ``curate`` flow with ``workers = 2``;
+4. and 5. the flow's own split of that work (a job per site's index, a job per
+   case's stage chain, the verification's chunks) on a plain process pool of 1
+   and of 2 processes, no Prefect, the processes started before the clock
+   (:func:`pool_pipeline`): the reference for the flow's speed-up, since it is
+   what two processes give this work on this machine with no orchestration at all.
 
 It prints the speed-up (2) / (3) (issue 14's target: at least 1.8 on 2 cores without
 the runner's one-off start-up) and the orchestration overhead ((2) - (1)) per case and
@@ -144,6 +149,81 @@ def plain_pipeline(config: Config) -> tuple[float, float, int, str]:
     return time.perf_counter() - start, cpu_seconds() - cpu, len(entries), str(result.zip_path)
 
 
+def _worker_ready() -> int:
+    """A pool process's start: the stages' modules and their dependencies imported (what the flow's start-up pays)."""
+    import dicom2nifti.common  # noqa: F401
+    import openpyxl  # noqa: F401
+    import skimage.measure  # noqa: F401
+
+    import curation.ingest
+    import curation.prepare
+    import curation.qc  # noqa: F401
+    import release.verify  # noqa: F401
+
+    return os.getpid()
+
+
+def pool_pipeline(config: Config, workers: int) -> tuple[float, float, int, str]:
+    """The flow's own work on a plain process pool of ``workers`` processes, no Prefect: the reference for its scaling.
+
+    The same split as the flow: one job per site's index, one per case running the
+    same stage chain (:func:`curation.stage.run_chain` of ingest and
+    :func:`flows.flows.build_stages`), each case submitted once its site is indexed,
+    numbering and packaging in this process, the verification's chunks on the pool
+    (:func:`release.verify.plan_verify` with ``workers``), then the QC report.  The
+    pool's processes are started and have imported the stages before the clock
+    starts, so this is the work's own scaling on this machine, start-up excluded;
+    (seconds, CPU seconds, cases, the zip's path).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from curation.dicomindex import index_site
+    from curation.ingest import IngestStage
+    from curation.model import ConvertedCase, PreparedCase, Rejection
+    from curation.prepare import PrepareStage
+    from curation.registry import Registry
+    from curation.stage import run_chain
+    from curation.state import StatePaths
+    from flows.flows import PIPELINE_VERSION, BuildInputs, build_stages
+    from flows.report import write_report
+    from release.assemble import assemble_release, publish_release
+    from release.entries import numbering_candidates, release_entries
+    from release.verify import finish_verify, plan_verify, verify_chunk
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for ready in [pool.submit(_worker_ready) for _ in range(workers)]:
+            ready.result()
+        start, cpu = time.perf_counter(), cpu_seconds()
+        state = StatePaths(config.release.state_dir)
+        state.root.mkdir(parents=True, exist_ok=True)
+        inputs = BuildInputs.load(config, state)
+        indexes = [pool.submit(index_site, site.id, site.dicom_dir) for site in config.sites]
+        chains = []
+        for site, index in zip(config.sites, indexes, strict=True):
+            stages = (IngestStage(site=site, state=state), *build_stages(config, site, state, inputs))
+            chains += [(len(stages), pool.submit(run_chain, stages, (study,))) for study in index.result().studies]
+        converted: dict[str, ConvertedCase] = {}
+        by_key: dict[str, PreparedCase] = {}
+        for length, chain in chains:
+            results = chain.result()
+            if len(results) == length and not any(isinstance(r.outcome, Rejection) for r in results):
+                case = results[0].outcome
+                converted[case.key] = case
+                by_key[case.key] = next(r.outcome for r in results if r.stage == PrepareStage.name)
+        prepared = [by_key[key] for key in sorted(by_key)]  # in the flow's order
+        numbers = Registry(state.registry).assign(numbering_candidates(config, prepared, converted))
+        entries = release_entries(config, prepared, converted, numbers, inputs.indications)
+        result = assemble_release(config, entries, inputs.release_labels, pipeline_version=PIPELINE_VERSION)
+        plan = plan_verify(Path(result.zip_path), state_dir=state.root, workers=workers)
+        report = finish_verify(plan, list(pool.map(verify_chunk, [plan.job(i) for i in range(len(plan.chunks))])))
+        if not report.ok:
+            raise RuntimeError(f"process-pool release fails verify: {report.problems}")
+        result = publish_release(result, config)
+        write_report(config)
+        return time.perf_counter() - start, cpu_seconds() - cpu, len(entries), str(result.zip_path)
+
+
 def flow_pipeline(config_path: Path, timeline: dict[str, float] | None = None) -> tuple[float, float, int, str]:
     """The curate flow; (seconds, CPU seconds, cases, the zip's path).  ``timeline``: filled by :func:`between_tasks`."""
     from flows.flows import run_curate
@@ -262,27 +342,29 @@ def one_round(root: Path, args: argparse.Namespace, shift: int = 0) -> tuple[dic
                       runner=args.runner, workers=1)
     two = write_sites(root / "w2", cases_per_site=args.cases_per_site, size=args.size,
                       runner=args.runner, workers=2)
+    pools = {n: load_config(write_sites(root / f"p{n}", cases_per_site=args.cases_per_site, size=args.size,
+                                        runner=args.runner, workers=n)) for n in (1, 2)}
     fixed_one, fixed_cpu = runner_startup(args.runner, 1)
     fixed_two, _ = runner_startup(args.runner, 2)
     timeline: dict[str, float] = {}
     builds = {"plain": lambda: plain_pipeline(plain_cfg), "1 worker": lambda: flow_pipeline(one, timeline),
-              "2 workers": lambda: flow_pipeline(two)}
+              "2 workers": lambda: flow_pipeline(two), "pool of 1": lambda: pool_pipeline(pools[1], 1),
+              "pool of 2": lambda: pool_pipeline(pools[2], 2)}
     names = list(builds)
-    names = names[shift % 3:] + names[: shift % 3]  # rotated: no build always runs first or after another
+    names = names[shift % len(names):] + names[: shift % len(names)]  # rotated: no build always runs first
     measured = {name: builds[name]() for name in names}
-    (t_plain, cpu_plain, cases, _), (t_one, cpu_one, cases_one, _), (t_two, cpu_two, cases_two, _) = (
-        measured["plain"], measured["1 worker"], measured["2 workers"])
     zips = {name: m[3] for name, m in measured.items()}
     shas = {name: sha256_file(path) for name, path in zips.items()}
-    if len(set(shas.values())) != 1 or not cases == cases_one == cases_two:
-        print(f"releases differ: plain {shas['plain']} ({cases}), 1 worker {shas['1 worker']} ({cases_one}), "
-              f"2 workers {shas['2 workers']} ({cases_two})")
+    if len(set(shas.values())) != 1 or len({m[2] for m in measured.values()}) != 1:
+        print("releases differ: " + ", ".join(f"{name} {shas[name]} ({m[2]} cases)" for name, m in measured.items()))
         report_difference(zips)
         return None
-    raw = {"cases": cases, "plain": t_plain, "one": t_one, "two": t_two, "fixed_one": fixed_one,
-           "fixed_two": fixed_two, "cpu_plain": cpu_plain, "cpu_one": cpu_one, "cpu_two": cpu_two,
-           "cpu_fixed": fixed_cpu, "uncovered": timeline["uncovered"], "task_runs": timeline["task_runs"],
+    raw = {"cases": measured["plain"][2], "fixed_one": fixed_one, "fixed_two": fixed_two, "cpu_fixed": fixed_cpu,
+           "uncovered": timeline["uncovered"], "task_runs": timeline["task_runs"],
            "before_first": timeline["before_first"], "covered": timeline["covered"]}
+    for key, name in (("plain", "plain"), ("one", "1 worker"), ("two", "2 workers"), ("pool_one", "pool of 1"),
+                      ("pool_two", "pool of 2")):
+        raw[key], raw[f"cpu_{key}"] = measured[name][:2]
     return raw, shas["plain"]
 
 
@@ -301,6 +383,12 @@ def derived(raw: dict[str, float]) -> dict[str, float]:
         "cpu_case": cpu_case, "cpu_share": cpu_case * cases / raw["cpu_plain"],
         "gap_case": raw["uncovered"] / cases, "gap_share": raw["uncovered"] / raw["plain"],
         "gap_task": raw["uncovered"] / raw["task_runs"],
+        # the same work on a plain process pool: what 2 processes give on this machine without Prefect
+        "reference": raw["pool_one"] / raw["pool_two"],
+        "pool_cores": raw["cpu_pool_one"] / raw["pool_one"],
+        # the flow against the same work in a pool process (both pay the work in a process of their own)
+        "pool_case": (raw["one"] - raw["fixed_one"] - raw["pool_one"]) / cases,
+        "pool_share": (raw["one"] - raw["fixed_one"] - raw["pool_one"]) / raw["pool_one"],
         # the most 2 cores can give over the 1-worker build, which keeps more than one core busy by itself
         "ceiling": 2 * (raw["one"] - raw["fixed_one"]) / (raw["cpu_one"] - raw["cpu_fixed"]),
     }
@@ -314,6 +402,8 @@ CONFIGURATIONS = {
     "two": ("two", "cpu_two"),
     "fixed_one": ("fixed_one", "cpu_fixed"),
     "fixed_two": ("fixed_two",),
+    "pool_one": ("pool_one", "cpu_pool_one"),
+    "pool_two": ("pool_two", "cpu_pool_two"),
 }
 
 
@@ -362,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {n + 1}: plain {f['plain']:.2f} s, 1 worker {f['one']:.2f} s, 2 workers "
                       f"{f['two']:.2f} s, start-up {f['fixed_one']:.2f}/{f['fixed_two']:.2f} s: speed-up "
                       f"{f['speed_up_net']:.2f} x without start-up, overhead {f['net_case']:.3f} s per case "
-                      f"({f['net_share']:.1%}), between task runs {f['gap_case']:.3f} s per case, CPU "
+                      f"({f['net_share']:.1%}), process pool {f['reference']:.2f} x, between task runs {f['gap_case']:.3f} s per case, CPU "
                       f"{f['cpu_case']:.3f} s per case", flush=True)
     if len(digests) != 1:
         print("releases differ between rounds: " + ", ".join(sorted(digests)))
@@ -385,9 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  without the one-off start-up: {m['speed_up_net']:.2f} x   (target >= 1.8)")
     print(f"  the most 2 cores allow: {m['ceiling']:.2f} x (the 1-worker build keeps "
           f"{2 / m['ceiling']:.2f} cores busy by itself: the stages' own threads, the flow's process, the server)")
+    print(f"the same work on a plain process pool (no Prefect, started before the clock): 1 process "
+          f"{seconds('pool_one').strip()}, 2 processes {seconds('pool_two').strip()}")
+    print(f"  speed-up {m['reference']:.2f} x (1 process keeps {m['pool_cores']:.2f} cores busy): the flow's "
+          f"{m['speed_up_net']:.2f} x is {m['speed_up_net'] / m['reference']:.0%} of it")
     print(f"orchestration overhead:     {m['overhead_case']:8.3f} s per case, {m['overhead_share']:6.1%} of the work")
     print(f"  without the one-off start-up: {m['net_case']:.3f} s per case, {m['net_share']:.1%} of the work"
           "   (target < 0.15 s and < 5 %)")
+    print(f"  against the same work on the 1-process pool: {m['pool_case']:.3f} s per case, {m['pool_share']:.1%} "
+          "of the work")
     print(f"  within the 1-worker run's own timeline: {m['gap_case']:.3f} s per case, {m['gap_share']:.1%} of the "
           f"work, not in any of its {int(m['task_runs'])} task runs after the first began ({m['gap_task'] * 1000:.0f} ms "
           f"a task run; {m['before_first']:.2f} s before the first: the workers' start; inside its task runs "
