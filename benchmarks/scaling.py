@@ -489,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
           f"a task run; {m['before_first']:.2f} s before the first: the workers' start; inside its task runs "
           f"{m['covered']:.2f} s, the plain functions {m['plain']:.2f} s)")
     print(f"CPU seconds:                plain {m['cpu_plain']:.2f}, flow 1 worker {m['cpu_one']:.2f}, "
-          f"2 workers {m['cpu_two']:.2f}, start-up {m['cpu_fixed']:.2f}")
+          f"2 workers {m['cpu_two']:.2f}, start-up {m['cpu_fixed']:.2f}; the plain pool: 1 process "
+          f"{m['cpu_pool_one']:.2f}, 2 processes {m['cpu_pool_two']:.2f}")
     print(f"orchestration CPU, 1 worker, without the start-up: {m['cpu_case']:.3f} s per case, "
           f"{m['cpu_share']:.1%} of the work's CPU")
     return 0
