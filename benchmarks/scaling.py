@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -68,6 +68,14 @@ sys.path.insert(0, str(REPO))
 
 from curation.atomic import sha256_file  # noqa: E402
 from curation.config import Config, load_config  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from curation.labels import ReleaseLabels
+    from curation.model import ConvertedCase, PreparedCase
+    from curation.state import StatePaths
+    from release.verify import ChunkJob, ChunkResult
 
 logger = logging.getLogger("benchmarks.scaling")
 
@@ -108,12 +116,9 @@ def plain_pipeline(config: Config) -> tuple[float, float, int, str]:
     from curation.model import ConvertedCase, PreparedCase
     from curation.prepare import prepare_case
     from curation.qc import render_case_qc
-    from curation.registry import Registry
     from curation.state import StatePaths
-    from flows.flows import PIPELINE_VERSION, indications
-    from release.assemble import assemble_release, publish_release
-    from release.entries import numbering_candidates, release_entries
-    from release.verify import verify_release
+    from flows.flows import indications
+    from release.verify import verify_chunk
 
     start, cpu = time.perf_counter(), cpu_seconds()
     state = StatePaths(config.release.state_dir)
@@ -134,19 +139,41 @@ def plain_pipeline(config: Config) -> tuple[float, float, int, str]:
             render_case_qc(case, result, state.qc_dir(case.key), source_table=source_tables[case.site],
                            release_labels=labels)
             prepared.append((result, case))
-    prepared_cases = [p for p, _ in prepared]
-    by_key = {c.key: c for _, c in prepared}
-    numbers = Registry(state.registry).assign(numbering_candidates(config, prepared_cases, by_key))
-    entries = release_entries(config, prepared_cases, by_key, numbers, indications(config))
-    result = assemble_release(config, entries, labels, pipeline_version=PIPELINE_VERSION)
-    report = verify_release(Path(result.zip_path), state_dir=state.root)
-    if not report.ok:
-        raise RuntimeError(f"plain pipeline release fails verify: {report.problems}")
-    result = publish_release(result, config)
-    from flows.report import write_report
+    cases, zip_path = release_end(config, state, [p for p, _ in prepared], {c.key: c for _, c in prepared}, labels,
+                                  indications(config), run_chunks=lambda jobs: [verify_chunk(job) for job in jobs])
+    return time.perf_counter() - start, cpu_seconds() - cpu, cases, zip_path
 
+
+def release_end(
+    config: Config, state: StatePaths, prepared: list[PreparedCase], converted: dict[str, ConvertedCase],
+    labels: ReleaseLabels, indications: dict[tuple[str, str], str],
+    run_chunks: Callable[[list[ChunkJob]], list[ChunkResult]], *, workers: int = 1,
+) -> tuple[int, str]:
+    """The end of a build as the flow does it: number, package, verify (the chunks' jobs run by
+    ``run_chunks``, cut for ``workers``), publish, the QC report; (cases released, the zip's path).
+
+    Raises
+    ------
+    RuntimeError
+        When the zip fails its verification (the builds of a benchmark must be sound).
+    """
+    from curation.registry import Registry
+    from flows.flows import PIPELINE_VERSION
+    from flows.report import write_report
+    from release.assemble import assemble_release, publish_release
+    from release.entries import numbering_candidates, release_entries
+    from release.verify import finish_verify, plan_verify
+
+    numbers = Registry(state.registry).assign(numbering_candidates(config, prepared, converted))
+    entries = release_entries(config, prepared, converted, numbers, indications)
+    result = assemble_release(config, entries, labels, pipeline_version=PIPELINE_VERSION)
+    plan = plan_verify(Path(result.zip_path), state_dir=state.root, workers=workers)
+    report = finish_verify(plan, run_chunks([plan.job(i) for i in range(len(plan.chunks))]))
+    if not report.ok:
+        raise RuntimeError(f"{result.zip_path} fails verify: {report.problems}")
+    result = publish_release(result, config)
     write_report(config)
-    return time.perf_counter() - start, cpu_seconds() - cpu, len(entries), str(result.zip_path)
+    return len(entries), str(result.zip_path)
 
 
 def _worker_ready() -> int:
@@ -180,16 +207,12 @@ def pool_pipeline(config: Config, workers: int) -> tuple[float, float, int, str]
 
     from curation.dicomindex import index_site
     from curation.ingest import IngestStage
-    from curation.model import ConvertedCase, PreparedCase, Rejection
+    from curation.model import Rejection
     from curation.prepare import PrepareStage
-    from curation.registry import Registry
     from curation.stage import run_chain
     from curation.state import StatePaths
-    from flows.flows import PIPELINE_VERSION, BuildInputs, build_stages
-    from flows.report import write_report
-    from release.assemble import assemble_release, publish_release
-    from release.entries import numbering_candidates, release_entries
-    from release.verify import finish_verify, plan_verify, verify_chunk
+    from flows.flows import BuildInputs, build_stages
+    from release.verify import verify_chunk
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for ready in [pool.submit(_worker_ready) for _ in range(workers)]:
@@ -212,16 +235,9 @@ def pool_pipeline(config: Config, workers: int) -> tuple[float, float, int, str]
                 converted[case.key] = case
                 by_key[case.key] = next(r.outcome for r in results if r.stage == PrepareStage.name)
         prepared = [by_key[key] for key in sorted(by_key)]  # in the flow's order
-        numbers = Registry(state.registry).assign(numbering_candidates(config, prepared, converted))
-        entries = release_entries(config, prepared, converted, numbers, inputs.indications)
-        result = assemble_release(config, entries, inputs.release_labels, pipeline_version=PIPELINE_VERSION)
-        plan = plan_verify(Path(result.zip_path), state_dir=state.root, workers=workers)
-        report = finish_verify(plan, list(pool.map(verify_chunk, [plan.job(i) for i in range(len(plan.chunks))])))
-        if not report.ok:
-            raise RuntimeError(f"process-pool release fails verify: {report.problems}")
-        result = publish_release(result, config)
-        write_report(config)
-        return time.perf_counter() - start, cpu_seconds() - cpu, len(entries), str(result.zip_path)
+        cases, zip_path = release_end(config, state, prepared, converted, inputs.release_labels, inputs.indications,
+                                      run_chunks=lambda jobs: list(pool.map(verify_chunk, jobs)), workers=workers)
+        return time.perf_counter() - start, cpu_seconds() - cpu, cases, zip_path
 
 
 def flow_pipeline(config_path: Path, timeline: dict[str, float] | None = None) -> tuple[float, float, int, str]:
