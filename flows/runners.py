@@ -207,15 +207,15 @@ class SettledProcessPoolTaskRunner(ProcessPoolTaskRunner):
     its own.
     """
 
-    def __init__(self, max_workers: int) -> None:
-        super().__init__(max_workers=max_workers, initializer=_settle_worker)
+    def __init__(self, max_workers: int, initargs: tuple[Any, ...] = ({},)) -> None:
+        # initargs: the environment each worker starts with (none by default; see settled())
+        super().__init__(max_workers=max_workers, initializer=_settle_worker, initargs=initargs)
         self._settled: dict[str, Any] | None = None  # no settings are left out: see settled()
 
     @classmethod
     def settled(cls, max_workers: int) -> SettledProcessPoolTaskRunner:
         """A runner whose workers start with the settings in force now, and whose tasks go without them."""
-        runner = cls(max_workers)
-        runner._initargs = (get_current_settings().to_environment_variables(exclude_unset=True),)
+        runner = cls(max_workers, (get_current_settings().to_environment_variables(exclude_unset=True),))
         runner._settled = serialize_context()["settings_context"]
         return runner
 
