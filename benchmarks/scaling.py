@@ -176,6 +176,11 @@ def release_end(
     return len(entries), str(result.zip_path)
 
 
+def _worker_environment(environment: dict[str, str]) -> None:
+    """A pool process's initializer: the environment a flow's worker starts with (its stages' share of the cores)."""
+    os.environ.update(environment)
+
+
 def _worker_ready() -> int:
     """A pool process's start: the stages' modules and their dependencies imported (what the flow's start-up pays)."""
     import dicom2nifti.common  # noqa: F401
@@ -197,8 +202,9 @@ def pool_pipeline(config: Config, workers: int) -> tuple[float, float, int, str]
     same stage chain (:func:`curation.stage.run_chain` of ingest and
     :func:`flows.flows.build_stages`), each case submitted once its site is indexed,
     numbering and packaging in this process, the verification's chunks on the pool
-    (:func:`release.verify.plan_verify` with ``workers``), then the QC report.  The
-    pool's processes are started and have imported the stages before the clock
+    (:func:`release.verify.plan_verify` with ``workers``), then the QC report.  Its
+    processes share the cores for the stages' threads as the flow's workers do
+    (:func:`curation.threads.worker_environment`), and are started and have imported the stages before the clock
     starts, so this is the work's own scaling on this machine, start-up excluded;
     (seconds, CPU seconds, cases, the zip's path).
     """
@@ -211,10 +217,12 @@ def pool_pipeline(config: Config, workers: int) -> tuple[float, float, int, str]
     from curation.prepare import PrepareStage
     from curation.stage import run_chain
     from curation.state import StatePaths
+    from curation.threads import worker_environment
     from flows.flows import BuildInputs, build_stages
     from release.verify import verify_chunk
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_environment, initargs=(worker_environment(workers),)) as pool:
         for ready in [pool.submit(_worker_ready) for _ in range(workers)]:
             ready.result()
         start, cpu = time.perf_counter(), cpu_seconds()

@@ -73,6 +73,7 @@ from curation.nifti import CompressedNifti, write_compressed
 from curation.select import select_series
 from curation.stage import CaseStage, StudySubject, read_record
 from curation.state import StatePaths
+from curation.threads import stage_threads
 from curation.uids import check_uid, iter_uids, read_character_set, seen_before, shown
 
 logger = logging.getLogger(__name__)
@@ -302,7 +303,8 @@ def _convert(study: StudyRecord, site: SiteConfig, state: StatePaths, fingerprin
     # headers are read (a conversion thread beside the reading would take the GIL at every file
     # the reader opens), while the other series are read and the gate runs. A conversion is
     # written only once every check passed, and its errors come after the gate's and the geometry's.
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conversion")
+    # (one thread when the run's workers already fill the cores: curation.threads)
+    pool = ThreadPoolExecutor(max_workers=stage_threads(), thread_name_prefix="conversion")
     jobs: list[Future[CompressedNifti]] = []
     try:
         ct_datasets, ct_pixels = _read_series_for_conversion(selection.ct)

@@ -19,8 +19,9 @@ and the voxel type alone.  Each member carries its own size in an FEXTRA
 subfield (:data:`MEMBER_SUBFIELD`, like BGZF's ``BC`` but 32 bits; readers skip
 unknown subfields), so a reader finds every member without inflating any:
 
-* members are compressed and inflated on :data:`GZIP_THREADS` threads, and the
-  bytes do not depend on the number of threads;
+* members are compressed and inflated on the stage's threads
+  (:func:`curation.threads.stage_threads`), and the bytes do not depend on the
+  number of threads;
 * a member's bytes depend only on its own uncompressed bytes, so a stage that
   changes a few planes (defacing: the head's slab) re-compresses only the
   members holding them and copies the others (:class:`IndexedNifti`), and the
@@ -71,6 +72,7 @@ from numpy.typing import ArrayLike
 
 from curation.atomic import atomic_write_pieces
 from curation.model import ImageFile
+from curation.threads import stage_threads
 
 #: ISA-L compression level of every written .nii.gz.  Measured on the bench phantom's CT
 #: (512x512x320 int16): 62.8 MB at level 2 against 61.5 MB for zlib at level 1, in a
@@ -79,8 +81,6 @@ GZIP_LEVEL = 2
 #: Uncompressed bytes per gzip member of voxels, at most (a member holds whole planes, at least
 #: one); 0.6 % larger than one stream, about as large as 1 MiB blocks sharing a dictionary.
 GZIP_BLOCK = 1 << 20
-#: Threads compressing or inflating the members of one file (the bytes do not depend on it).
-GZIP_THREADS = 2
 #: The FEXTRA subfield of every member written: its id, then the member's size in bytes (4, little-endian).
 MEMBER_SUBFIELD = b"PC"
 #: A member's gzip header: magic, CM 8, FLG FEXTRA, MTIME 0, XFL 0, OS 255, XLEN 8, the subfield.
@@ -207,10 +207,11 @@ def _member(deflate: list[bytes], data: memoryview) -> bytes:
 
 
 def _compress_members(pieces: Sequence[bytes | memoryview]) -> list[bytes]:
-    """:func:`gzip_member` of each piece, on :data:`GZIP_THREADS` threads (ISA-L releases the GIL)."""
-    if GZIP_THREADS <= 1 or len(pieces) <= 1:
+    """:func:`gzip_member` of each piece, on the stage's threads (ISA-L releases the GIL)."""
+    threads = stage_threads()
+    if threads <= 1 or len(pieces) <= 1:
         return [gzip_member(piece) for piece in pieces]
-    with ThreadPoolExecutor(max_workers=GZIP_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(gzip_member, pieces))
 
 
@@ -290,8 +291,8 @@ def compress_nifti(data: ArrayLike, affine: ArrayLike, *, dtype: type) -> Compre
     return _compressed(pieces, array.shape, dtype, affine)
 
 
-#: Members a stream of slabs may have in compression at once (:func:`compress_slabs`): its memory.
-SLABS_IN_FLIGHT = 4 * GZIP_THREADS
+#: Members a stream of slabs may have in compression at once per thread (:func:`compress_slabs`): its memory.
+SLABS_PER_THREAD = 4
 
 
 def compress_slabs(slabs: Iterable[np.ndarray], shape: Sequence[int], affine: ArrayLike, *,
@@ -300,7 +301,7 @@ def compress_slabs(slabs: Iterable[np.ndarray], shape: Sequence[int], affine: Ar
 
     Byte for byte :func:`compress_nifti` of the whole volume, but the volume is
     never whole in memory: each slab is compressed on a worker thread while the
-    next is made, :data:`SLABS_IN_FLIGHT` at most (a CT of 168 MB costs a few
+    next is made, :data:`SLABS_PER_THREAD` per thread at most (a CT of 168 MB costs a few
     MB, not its size again in fresh memory).
 
     Parameters
@@ -329,7 +330,9 @@ def compress_slabs(slabs: Iterable[np.ndarray], shape: Sequence[int], affine: Ar
     shape = tuple(int(n) for n in shape)
     spans = _voxel_spans(shape, np.dtype(dtype).itemsize)
     stand_in = np.broadcast_to(np.zeros((), dtype=dtype), shape)  # the header reads the shape only
-    pool = ThreadPoolExecutor(max_workers=max(1, GZIP_THREADS))
+    threads = stage_threads()
+    in_flight = SLABS_PER_THREAD * threads
+    pool = ThreadPoolExecutor(max_workers=threads)
     try:
         members: list[Future[bytes]] = [pool.submit(stored_member, _header_bytes(stand_in, affine, dtype))]
         count = 0
@@ -340,8 +343,8 @@ def compress_slabs(slabs: Iterable[np.ndarray], shape: Sequence[int], affine: Ar
             if slab.dtype != np.dtype(dtype) or not slab.flags.c_contiguous or slab.nbytes != stop - start:
                 raise ValueError(f"slab {count} is {slab.dtype} of {slab.nbytes} bytes, the member is "
                                  f"{np.dtype(dtype)} of {stop - start} bytes, C-contiguous")
-            if len(members) > SLABS_IN_FLIGHT:  # the oldest done before another slab is handed over
-                members[-SLABS_IN_FLIGHT - 1].result()
+            if len(members) > in_flight:  # the oldest done before another slab is handed over
+                members[-in_flight - 1].result()
             members.append(pool.submit(gzip_member, memoryview(slab.reshape(-1)).cast("B")))
             count += 1
         if count != len(spans):
@@ -530,8 +533,9 @@ def inflate_member(raw: bytes | memoryview, member: GzipMember) -> bytes:
 
 
 def _inflate_into(raw: bytes | memoryview, members: Sequence[GzipMember], target: memoryview, base: int,
-                  threads: int = GZIP_THREADS) -> None:
-    """Inflate ``members`` into ``target`` (which starts at uncompressed offset ``base``) on ``threads`` threads."""
+                  threads: int | None = None) -> None:
+    """Inflate ``members`` into ``target`` (from uncompressed offset ``base``) on ``threads`` (None: the stage's)."""
+    threads = stage_threads() if threads is None else threads
 
     def one(member: GzipMember) -> None:
         at = member.start - base
@@ -545,7 +549,7 @@ def _inflate_into(raw: bytes | memoryview, members: Sequence[GzipMember], target
         list(pool.map(one, members))
 
 
-def gunzip(raw: bytes | memoryview, *, threads: int = GZIP_THREADS) -> memoryview:
+def gunzip(raw: bytes | memoryview, *, threads: int | None = None) -> memoryview:
     """Every member of a gzip file inflated (any writer's; a file written here on ``threads`` threads).
 
     Parameters
@@ -554,7 +558,8 @@ def gunzip(raw: bytes | memoryview, *, threads: int = GZIP_THREADS) -> memoryvie
         The gzip file's bytes.
     threads
         Threads inflating the members of a file written here (1: the caller's
-        thread only, for a caller that is itself one of several workers).
+        thread only, for a caller that is itself one of several workers; None:
+        :func:`curation.threads.stage_threads`).
 
     Returns
     -------
@@ -779,7 +784,7 @@ def load_nifti(
     """Read a ``.nii.gz`` (or ``.nii``) file: its bytes once, hashed, inflated by ISA-L.
 
     The voxels are inflated straight into the array's own buffer (the members of
-    a file written here on :data:`GZIP_THREADS` threads, any other gzip 1 MiB at a
+    a file written here on the stage's threads, any other gzip 1 MiB at a
     time on a second thread), so a volume costs its own size in memory (plus the
     compressed file while it is read).
 

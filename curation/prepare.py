@@ -12,7 +12,7 @@
    ``deface_missing_head = "release"``;
 2. deface the converted CT and PET in place, only the voxels of the cylinder's
    box, and write ``CT.nii.gz`` (int16) and ``PT.nii.gz`` (float32);
-3. one category at a time (:data:`LABEL_WORKERS` at once): read the map, remap
+3. one category at a time (the stage's threads at once): read the map, remap
    it to release values, subtract the lesion mask (the released labels describe
    healthy tissue only), clear the cylinder (with ``clear_labels``), write
    ``<Category>.nii.gz`` (uint8) and let it go, so memory holds the CT, the PET
@@ -88,6 +88,7 @@ from curation.segmentations import (
 )
 from curation.stage import CaseStage, StudySubject
 from curation.state import StatePaths
+from curation.threads import stage_threads
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +165,6 @@ def _typed(data: np.ndarray, dtype: type, what: str) -> np.ndarray:
     return array.astype(dtype)
 
 
-#: Category maps read, remapped and written at once: each holds one CT-sized uint8 volume
-#: (84 MB at 512x512x320), and most of the work (inflating, remapping, compressing) runs
-#: outside the GIL, so two use two cores.
-LABEL_WORKERS = 2
 #: A defaced case's head cube of the converted CT before defacing (state only, never released).
 HEAD_BEFORE = "CT-head-before.nii.gz"
 #: The categories holding the defacing landmarks (Organs ``brain``, Peripheral-Bones ``skull``).
@@ -305,7 +302,10 @@ def _prepare(
     done_planning = False
     # one category at a time per worker: read, remap, lesion out, cylinder cleared, written, dropped;
     # the maps that are not landmarks are read while the landmarks plan the cylinder
-    with ThreadPoolExecutor(max_workers=LABEL_WORKERS) as pool:
+    # category maps read, remapped and written at once (curation.threads.stage_threads, 2 alone):
+    # each holds one CT-sized uint8 volume (84 MB at 512x512x320), and most of the work
+    # (inflating, remapping, compressing) runs outside the GIL, so two use two cores
+    with ThreadPoolExecutor(max_workers=stage_threads()) as pool:
         # landmarks come from the maps before the lesion is subtracted: a lesion in the head is still head
         landmarks = {c: pool.submit(load_landmark, c) for c in LANDMARK_CATEGORIES} if site.deface else {}
         lesion_future = pool.submit(

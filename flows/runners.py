@@ -26,7 +26,7 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -44,6 +44,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from pydantic import PrivateAttr
 
 from curation.config import ExecutionSettings, Runner
+from curation.threads import worker_environment
 from flows.localserver import discard_early, served_api_url, served_record, temporary_server
 
 __all__ = ["configured_api_url", "make_task_runner", "prefect_api", "served_api_url", "served_record"]
@@ -213,9 +214,10 @@ class SettledProcessPoolTaskRunner(ProcessPoolTaskRunner):
         self._settled: dict[str, Any] | None = None  # no settings are left out: see settled()
 
     @classmethod
-    def settled(cls, max_workers: int) -> SettledProcessPoolTaskRunner:
-        """A runner whose workers start with the settings in force now, and whose tasks go without them."""
-        runner = cls(max_workers, (get_current_settings().to_environment_variables(exclude_unset=True),))
+    def settled(cls, max_workers: int, environment: Mapping[str, str] | None = None) -> SettledProcessPoolTaskRunner:
+        """A runner whose workers start with the settings in force now (and ``environment``); its tasks go without."""
+        settings = get_current_settings().to_environment_variables(exclude_unset=True)
+        runner = cls(max_workers, ({**settings, **(environment or {})},))
         runner._settled = serialize_context()["settings_context"]
         return runner
 
@@ -250,11 +252,12 @@ def make_task_runner(execution: ExecutionSettings, *, api_url: str) -> TaskRunne
         else owning a local cluster of ``workers`` single-threaded processes.
     """
     if execution.runner is Runner.THREADS:
+        # one process: its stages keep their own threads (the GIL bounds this runner anyway)
         return ThreadPoolTaskRunner(max_workers=execution.workers)
     if execution.runner is Runner.PROCESSES:
         # The pool copies this process's settings (including the API URL from
-        # prefect_api) into every worker's environment.
-        return SettledProcessPoolTaskRunner.settled(execution.workers)
+        # prefect_api) into every worker's environment, and the stages' share of the cores.
+        return SettledProcessPoolTaskRunner.settled(execution.workers, worker_environment(execution.workers))
     from prefect_dask import DaskTaskRunner
 
     if execution.dask_address:
@@ -273,6 +276,7 @@ def make_task_runner(execution: ExecutionSettings, *, api_url: str) -> TaskRunne
         return DaskTaskRunner(address=execution.dask_address)
     env = {key: os.environ[key] for key in _WORKER_ENV_KEYS if key in os.environ}
     env["PREFECT_API_URL"] = api_url
+    env.update(worker_environment(execution.workers))
     return DaskTaskRunner(
         cluster_kwargs={
             "n_workers": execution.workers,

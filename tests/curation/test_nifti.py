@@ -15,6 +15,7 @@ import pytest
 
 from curation import nifti
 from curation.nifti import HEADER_TEXT_FIELDS, NIFTI_READ_ERRORS, load_nifti, read_into, write_nifti
+from curation.threads import ENVIRONMENT
 
 AFFINE = np.array([[-0.98, 0.0, 0.0, 251.3], [0.0, 0.98, 0.0, -240.1], [0.0, 0.0, 2.5, -1203.0], [0, 0, 0, 1.0]])
 
@@ -62,7 +63,7 @@ def test_the_bytes_do_not_depend_on_threads_or_memory_order(tmp_path, monkeypatc
     volume = _volume()
     digests = set()
     for threads in (1, 2, 3):
-        monkeypatch.setattr(nifti, "GZIP_THREADS", threads)
+        monkeypatch.setenv(ENVIRONMENT, str(threads))
         for n, array in enumerate((volume, np.asfortranarray(volume), np.ascontiguousarray(volume))):
             digests.add(write_nifti(array, AFFINE, tmp_path / f"{threads}-{n}.nii.gz", dtype=np.int16).sha256)
     assert len(digests) == 1

@@ -17,7 +17,8 @@ from curation.model import CATEGORIES, CATEGORY_ALIASES, ConvertedCase, Prepared
 from curation.phantom import write_lesion, write_segmentations
 from curation.stage import read_record
 from curation.state import StatePaths
-from tests.curation.conftest import DEFACING, RELEASE, make_site, prepare
+from curation.threads import ENVIRONMENT
+from tests.curation.conftest import DEFACING, RELEASE, ingest_one, make_site, prepare
 
 CATEGORY_ALIASES_BY_CATEGORY = {category: alias for alias, category in CATEGORY_ALIASES.items()
                                 if alias.startswith("clin_ct_")}
@@ -133,6 +134,27 @@ def test_converted_volumes_in_one_gzip_stream_are_defaced_to_the_same_bytes(
     assert (members.ct.sha256, members.pt.sha256) == (whole.ct.sha256, whole.pt.sha256)
     assert members.head_before is not None and whole.head_before is not None
     assert members.head_before.sha256 == whole.head_before.sha256
+
+
+def test_a_case_s_files_do_not_depend_on_the_stage_threads(
+    small_phantom, small_study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ingest and prepare on one thread (a worker beside another on 2 cores) write what two threads write."""
+    files = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv(ENVIRONMENT, threads)
+        root = tmp_path / threads
+        case = ingest_one(small_study.root, small_study.StudyInstanceUID, root)
+        site = make_site(root, deface=True)
+        write_segmentations(small_phantom, site.segmentations_dir, case.StudyInstanceUID)
+        write_lesion(small_phantom, site.lesions_dir, case.StudyInstanceUID)
+        prepared = prepare(case, site, root)
+        assert isinstance(prepared, PreparedCase), prepared
+        out = Path(prepared.ct.path).parent
+        files.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.nii.gz"))}
+                     | {"converted-" + name: image.sha256 for name, image in (("ct", case.ct), ("pt", case.pt))})
+    assert len(files[0]) >= 2 + 2 + len(CATEGORIES)
+    assert files[0] == files[1]
 
 
 def test_undefaced_site_moose_names_permuted(small_phantom, ingested: ConvertedCase, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from curation.threads import threads_per_worker
 from tests.flows.conftest import CuratedDemo, run_python
 
 #: Heavy packages and what should import them: Prefect for flows only, Dask for
@@ -293,17 +294,19 @@ _POOL_LOGS = (
     "from flows import localserver\n"
     "from flows.runners import make_task_runner, prefect_api\n"
     "from prefect.settings import PREFECT_API_SSL_CERT_FILE\n"
+    "from curation.threads import stage_threads\n"
     "@task\n"
     "def speak(i):\n"
     "    get_run_logger().info('worker %d was here', i)\n"
-    "    return str(PREFECT_API_SSL_CERT_FILE.value())\n"
+    "    return str(PREFECT_API_SSL_CERT_FILE.value()), stage_threads()\n"
     "@flow(name='pool-logs')\n"
     "def pool(n):\n"
     "    return [f.result() for f in [speak.submit(i) for i in range(n)]]\n"
     "with prefect_api(Path(sys.argv[1])) as url:\n"
     "    runner = make_task_runner(ExecutionSettings(Runner.PROCESSES, 2), api_url=url)\n"
     "    state = pool.with_options(task_runner=runner)(2, return_state=True)\n"
-    "    run_id, ca_files = state.state_details.flow_run_id, sorted(set(state.result()))\n"
+    "    run_id, seen = state.state_details.flow_run_id, state.result()\n"
+    "    ca_files, threads = sorted({ca for ca, _ in seen}), sorted({n for _, n in seen})\n"
     "    messages = []\n"
     "    with get_client(sync_client=True) as client:\n"
     "        for _ in range(300):  # the log worker sends every 2 s\n"
@@ -313,7 +316,7 @@ _POOL_LOGS = (
     "                break\n"
     "            time.sleep(0.1)\n"
     "    servers = len(localserver._temporary)\n"
-    "print(json.dumps({'messages': messages, 'servers': servers, 'ca_files': ca_files}))\n"
+    "print(json.dumps({'messages': messages, 'servers': servers, 'ca_files': ca_files, 'threads': threads}))\n"
 )
 
 
@@ -330,6 +333,8 @@ def test_a_process_pool_s_worker_logs_reach_the_flow_s_server_and_no_other_serve
         "messages": ["worker 0 was here", "worker 1 was here"], "servers": 1,
         # the server is plain HTTP on loopback: no CA bundle is parsed for each client
         "ca_files": [str(Path(__file__).parents[2] / "flows" / "data" / "trusts-nothing.pem")],
+        # two workers share the cores for their stages' threads (one each on 2 cores)
+        "threads": [threads_per_worker(2)],
     }
     assert "Starting temporary server" not in run.stderr, run.stderr[-3000:]
     # nothing used Prefect's own home, where a server of its own keeps its database
@@ -350,8 +355,10 @@ _SETTLED_POOL = (
     "from flows.runners import make_task_runner, prefect_api\n"
     "@task\n"
     "def seen(i):\n"
+    "    from curation.threads import stage_threads\n"
     "    return {'rebuilt': SettingsContext.__var__.get(None) is not None, 'url': str(PREFECT_API_URL.value()),\n"
-    "            'ca_file': str(PREFECT_API_SSL_CERT_FILE.value()), 'retries': PREFECT_TASKS_DEFAULT_RETRIES.value()}\n"
+    "            'ca_file': str(PREFECT_API_SSL_CERT_FILE.value()), 'retries': PREFECT_TASKS_DEFAULT_RETRIES.value(),\n"
+    "            'threads': stage_threads()}\n"
     "@flow(name='settled-pool')\n"
     "def pool():\n"
     "    futures = [seen.submit(i) for i in range(3)]\n"
@@ -375,7 +382,8 @@ def test_a_process_pool_worker_takes_the_settings_once_and_a_task_under_other_se
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     ca_file = str(Path(__file__).parents[2] / "flows" / "data" / "trusts-nothing.pem")
-    same = {"rebuilt": False, "url": out["url"], "ca_file": ca_file, "retries": 0}
+    # one worker: its stages keep two threads where the machine has two cores
+    same = {"rebuilt": False, "url": out["url"], "ca_file": ca_file, "retries": 0, "threads": threads_per_worker(1)}
     assert out["seen"] == [same, same, same, {**same, "rebuilt": True, "retries": 7}]
 
 
