@@ -51,6 +51,7 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -376,13 +377,19 @@ def one_round(root: Path, args: argparse.Namespace, shift: int = 0) -> tuple[dic
               "pool of 2": lambda: pool_pipeline(pools[2], 2)}
     names = list(builds)
     names = names[shift % len(names):] + names[: shift % len(names)]  # rotated: no build always runs first
-    measured = {name: builds[name]() for name in names}
+    measured = {}
+    for name in names:
+        # the sites written and the builds before it reach the disk first, not during its clock
+        # (a build writes about 2 GB at the large size; their writeback slowed whatever ran next)
+        os.sync()
+        measured[name] = builds[name]()
     zips = {name: m[3] for name, m in measured.items()}
     shas = {name: sha256_file(path) for name, path in zips.items()}
     if len(set(shas.values())) != 1 or len({m[2] for m in measured.values()}) != 1:
         print("releases differ: " + ", ".join(f"{name} {shas[name]} ({m[2]} cases)" for name, m in measured.items()))
         report_difference(zips)
         return None
+    shutil.rmtree(root)  # the next round's disk writes land on a disk no fuller than this one's did
     raw = {"cases": measured["plain"][2], "fixed_one": fixed_one, "fixed_two": fixed_two, "cpu_fixed": fixed_cpu,
            "uncovered": timeline["uncovered"], "task_runs": timeline["task_runs"],
            "before_first": timeline["before_first"], "covered": timeline["covered"]}
