@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 
+from curation.config import ConfigError
+
 __all__ = ["DEFAULT_THREADS", "ENVIRONMENT", "stage_threads", "threads_per_worker", "usable_cores", "worker_environment"]
 
 #: The environment variable a process's stages read; a steward may set it too.
@@ -34,8 +36,9 @@ def stage_threads() -> int:
 
     Raises
     ------
-    ValueError
-        When the variable is set to anything but a whole number of at least 1.
+    curation.config.ConfigError
+        When the variable is set to anything but a whole number of at least 1
+        (the flows and the CLI check it before a run starts).
     """
     text = os.environ.get(ENVIRONMENT, "").strip()
     if not text:
@@ -43,9 +46,9 @@ def stage_threads() -> int:
     try:
         threads = int(text)
     except ValueError:
-        raise ValueError(f"{ENVIRONMENT}={text!r}: not a whole number of threads") from None
+        raise ConfigError(f"{ENVIRONMENT}={text!r}: not a whole number of threads") from None
     if threads < 1:
-        raise ValueError(f"{ENVIRONMENT}={text!r}: a stage needs at least 1 thread")
+        raise ConfigError(f"{ENVIRONMENT}={text!r}: a stage needs at least 1 thread")
     return threads
 
 

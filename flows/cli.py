@@ -241,8 +241,10 @@ def _state(config: Config) -> StatePaths:
 
 def _start_api(config: Config) -> None:
     """Start the temporary Prefect server now, when the flow will need one, so that it starts while Prefect is imported."""
+    from curation.threads import stage_threads
     from flows.localserver import launch_early
 
+    stage_threads()  # a bad PETCT_RELEASE_STAGE_THREADS is refused before anything starts (exit 2)
     launch_early(config.release.state_dir)
 
 

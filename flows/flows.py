@@ -41,6 +41,7 @@ from curation.model import ConvertedCase, PreparedCase, SiteIndex, index_identif
 from curation.registry import Registry, format_case_number
 from curation.stage import CaseStage, ChainError, StageResult
 from curation.state import StatePaths, site_outcomes
+from curation.threads import stage_threads
 from flows import progress
 from flows.artifacts import publish
 from flows.audit import AuditEvent, AuditLog, check_verification_record
@@ -508,6 +509,7 @@ def curate_flow(config_path: str, force: bool = False, rehash: bool = False) -> 
 def _run(flow_obj: Any, config_path: str, **parameters: Any) -> RunSummary:
     config = load_config(config_path)  # a ConfigError surfaces before Prefect starts
     indications(config)  # and so does an unreadable clinical sheet
+    stage_threads()  # and a bad PETCT_RELEASE_STAGE_THREADS, not once in every case
     with prefect_api(config.release.state_dir) as api_url:
         runner = make_task_runner(config.execution, api_url=api_url)
         run_flow = _json_parameters(flow_obj.with_options(task_runner=runner))

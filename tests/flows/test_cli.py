@@ -85,6 +85,21 @@ def test_unknown_key_exits_2(tmp_path: Path, demo_toml: str, capsys: pytest.Capt
     assert "unknown key defacing.height_mm = 3" in err and "height_voxels" in err
 
 
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_a_bad_stage_thread_count_exits_2_before_a_run_starts(
+    tmp_path: Path, demo_toml: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str,
+) -> None:
+    from curation.threads import ENVIRONMENT
+
+    config = _config_with(tmp_path, demo_toml, "[defacing]\n", "[defacing]\n")
+    monkeypatch.setenv(ENVIRONMENT, value)
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"petct-release: error: {ENVIRONMENT}='{value}'" in err
+    state_dir = load_config(config).release.state_dir
+    assert not (state_dir / "prefect").exists() and not (state_dir / "audit.jsonl").exists()  # nothing started
+
+
 def test_missing_config_and_zip_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nope.toml"
     assert main(["status", str(missing)]) == 2
