@@ -40,6 +40,7 @@ from typing import Any
 
 from curation.atomic import atomic_write_json
 from curation.config import Config, load_config
+from curation.threads import stage_threads
 from flows.localserver import local_prefect_server, served_record
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,12 @@ def serve(config_path: str) -> None:
     Raises
     ------
     curation.config.ConfigError
-        When the configuration is invalid.
+        When the configuration (or ``PETCT_RELEASE_STAGE_THREADS``) is invalid.
     """
     from flows.runners import configured_api_url, process_wide_api_url
 
     config = load_config(config_path)
+    stage_threads()  # a bad PETCT_RELEASE_STAGE_THREADS is refused here, not in every case of every scheduled run
     record = served_record(config.release.state_dir)
     if threading.current_thread() is threading.main_thread():
         faulthandler.register(signal.SIGUSR1, all_threads=True)
