@@ -21,23 +21,26 @@ CLI calls.
 
 from __future__ import annotations
 
+import heapq
 import importlib.metadata
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prefect import Flow, flow
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 
 from curation.clinical import read_clinical_sheet
 from curation.config import Config, Packaging, SiteConfig, load_config
 from curation.labels import ReleaseLabels, SourceLabelTable, load_release_labels, load_site_tables
-from curation.model import ConvertedCase, PreparedCase, SiteIndex, index_identifiers
+from curation.model import ConvertedCase, PreparedCase, SiteIndex, StudyRecord, index_identifiers
 from curation.registry import Registry, format_case_number
 from curation.stage import CaseStage, ChainError, StageResult
 from curation.state import StatePaths, site_outcomes
@@ -170,48 +173,97 @@ def _opaque(value: _T) -> _T:
     return cast(_T, quote(value))
 
 
+def work_estimate(subject: Any) -> int:
+    """A case's relative cost, for ordering: a study's files (a slice each, mostly), or a converted case's slices.
+
+    Only compares cases of one phase with each other (a run's ingest chains, or a
+    build's chains of cases converted before); a wrong guess costs a little idle
+    time at the end of the phase, never a result.
+    """
+    if isinstance(subject, StudyRecord):
+        return sum(len(series.files) for series in subject.series)
+    if isinstance(subject, ConvertedCase):
+        return int(subject.ct.shape[-1]) + int(subject.pt.shape[-1])
+    return 0
+
+
 class _Pipeline:
     """Runs each case through its stages (one task per case) and files the results as they complete.
+
+    Cases wait in this process, the largest first (:func:`work_estimate`), and
+    ``window`` of them are on the runner at a time: two per worker, so a worker
+    that finishes a case finds the next one queued.  So the phase ends on small
+    cases, not with one worker busy with a large one while the others idle; and a
+    release of thousands of studies is not pickled onto the runner all at once.
 
     Parameters
     ----------
     tally, audit
         Where results are filed and decisions recorded.
+    workers
+        The runner's workers (``[execution] workers``).
     """
 
-    def __init__(self, tally: Tally, audit: AuditLog) -> None:
+    def __init__(self, tally: Tally, audit: AuditLog, workers: int) -> None:
         self.tally = tally
         self.audit = audit
+        self.window = 2 * max(1, workers)
+        self.waiting: list[tuple[int, int, tuple[CaseStage[Any], ...], tuple[Any, ...]]] = []  # a heap
         self.pending: dict[PrefectFuture[Any], tuple[tuple[CaseStage[Any], ...], str, str]] = {}
+        self.completed: SimpleQueue[PrefectFuture[Any]] = SimpleQueue()  # futures as they finish
         self.started: set[str] = set()  # study keys submitted in this run
+        self._order = itertools.count()  # equal estimates keep their submission order
 
     def submit(self, stages: tuple[CaseStage[Any], ...], upstream: tuple[Any, ...]) -> None:
-        """Submit one case's stages (a task), the first of which gets ``upstream``."""
+        """Queue one case's stages (a task), the first of which gets ``upstream``.
+
+        It goes to the runner, the largest waiting case first, when this process next
+        waits (:meth:`wait_for`, :meth:`drain`): queue a batch, then wait.
+        """
         subject = upstream[0]
         self.started.add(subject.key)
-        future = case_task.submit(_opaque(stages), _opaque(upstream), subject.site)
-        self.pending[future] = (stages, subject.site, subject.StudyInstanceUID)
+        heapq.heappush(self.waiting, (-work_estimate(subject), next(self._order), stages, upstream))
+
+    def _fill(self) -> None:
+        while self.waiting and len(self.pending) < self.window:
+            _, _, stages, upstream = heapq.heappop(self.waiting)
+            subject = upstream[0]
+            future = case_task.submit(_opaque(stages), _opaque(upstream), subject.site)
+            self.pending[future] = (stages, subject.site, subject.StudyInstanceUID)
+            future.add_done_callback(self.completed.put)
+
+    def wait_for(self, future: PrefectFuture[Any]) -> None:
+        """Wait until ``future`` (not a case's) is done, filing the cases that finish meanwhile."""
+        self._fill()
+        future.add_done_callback(self.completed.put)
+        while (done := self.completed.get()) is not future:
+            self._file(done)
 
     def drain(self) -> None:
         """Wait for every case, filing each stage's result in order (and a failure after them)."""
-        for future in as_completed(list(self.pending)):
-            stages, site, study = self.pending.pop(future)
-            try:
-                results: tuple[StageResult[Any], ...] = future.result()
-                failure: ChainError | None = None
-            except ChainError as error:
-                results, failure = error.results, error
-            except Exception as error:  # the task could not run at all
-                results, failure = (), ChainError(stages[0].name, f"{type(error).__name__}: {error}", (), False)
-            by_name = {stage.name: stage for stage in stages}
-            for result in results:
-                record_result(by_name[result.stage], result, self.tally, self.audit, flow_run_id=_flow_run_id())
-                progress.advance(result.stage)
-            if failure is not None:
-                record_failure(self.tally, self.audit, site=site, study=study, step=failure.stage,
-                               error=failure.error, flow_run_id=_flow_run_id())
-                logger.error("site %s: %s of study %s failed: %s", site, failure.stage, study, failure.error)
-                progress.advance(failure.stage)
+        self._fill()
+        while self.pending:
+            self._file(self.completed.get())
+
+    def _file(self, future: PrefectFuture[Any]) -> None:
+        stages, site, study = self.pending.pop(future)
+        self._fill()  # the next case goes to the runner before this one's results are filed
+        try:
+            results: tuple[StageResult[Any], ...] = future.result()
+            failure: ChainError | None = None
+        except ChainError as error:
+            results, failure = error.results, error
+        except Exception as error:  # the task could not run at all
+            results, failure = (), ChainError(stages[0].name, f"{type(error).__name__}: {error}", (), False)
+        by_name = {stage.name: stage for stage in stages}
+        for result in results:
+            record_result(by_name[result.stage], result, self.tally, self.audit, flow_run_id=_flow_run_id())
+            progress.advance(result.stage)
+        if failure is not None:
+            record_failure(self.tally, self.audit, site=site, study=study, step=failure.stage,
+                           error=failure.error, flow_run_id=_flow_run_id())
+            logger.error("site %s: %s of study %s failed: %s", site, failure.stage, study, failure.error)
+            progress.advance(failure.stage)
 
 
 # ---------------------------------------------------------------------------
@@ -219,7 +271,7 @@ class _Pipeline:
 
 
 def _indexed(
-    sites: Sequence[SiteConfig], state: StatePaths, tally: Tally, audit: AuditLog, *, rehash: bool = False
+    sites: Sequence[SiteConfig], state: StatePaths, pipeline: _Pipeline, *, rehash: bool = False
 ) -> Iterator[tuple[SiteConfig, SiteIndex]]:
     """Index every site (one task each; ``rehash``: every file read) and yield each index as it is ready.
 
@@ -228,8 +280,10 @@ def _indexed(
     are still indexed; what changed is recorded in that order.  A failed site is
     logged and skipped.
     """
+    tally, audit = pipeline.tally, pipeline.audit
     futures = {site.id: index_task.submit(site.id, str(site.dicom_dir), str(state.root), rehash) for site in sites}
     for site in sites:
+        pipeline.wait_for(futures[site.id])  # the cases of the sites before it go on meanwhile
         try:
             index, changed = futures.pop(site.id).result()
         except Exception as error:  # the site's other work cannot start; the other sites go on
@@ -268,7 +322,7 @@ def _ingest(
     withdrawn study is ingested (its identifiers are recorded) but goes no further.
     """
     progress.start(0, "ingest " + ", ".join(site.id for site in sites))
-    for site, index in _indexed(sites, state, pipeline.tally, pipeline.audit, rehash=rehash):
+    for site, index in _indexed(sites, state, pipeline, rehash=rehash):
         progress.grow(len(index.studies), f"{site.id} indexed")
         if index.studies:
             ingest, later = _ingest_stage(site, state), then(site)
@@ -475,7 +529,7 @@ def ingest_site_flow(config_path: str, site_id: str | None = None, rehash: bool 
     """Index, gate, select, check and convert the studies of one site (or all sites); ``rehash``: read every file."""
     config, state, audit, tally = _context(config_path)
     sites = list(config.sites) if site_id is None else [config.site(site_id)]
-    _ingest(sites, state, _Pipeline(tally, audit), rehash=rehash)
+    _ingest(sites, state, _Pipeline(tally, audit, config.execution.workers), rehash=rehash)
     return _finish("ingest_site", config, tally)
 
 
@@ -485,7 +539,7 @@ def build_release_flow(config_path: str, force: bool = False) -> RunSummary | St
     config, state, audit, tally = _context(config_path)
     with BuildLock(state):
         inputs = BuildInputs.load(config, state)
-        _build(config, state, _Pipeline(tally, audit), inputs, force=force)
+        _build(config, state, _Pipeline(tally, audit, config.execution.workers), inputs, force=force)
     return _finish("build_release", config, tally, report=True)
 
 
@@ -495,7 +549,7 @@ def curate_flow(config_path: str, force: bool = False, rehash: bool = False) -> 
     config, state, audit, tally = _context(config_path)
     with BuildLock(state):
         inputs = BuildInputs.load(config, state)
-        pipeline = _Pipeline(tally, audit)
+        pipeline = _Pipeline(tally, audit, config.execution.workers)
         _ingest(config.sites, state, pipeline, then=lambda site: build_stages(config, site, state, inputs),
                 withdrawn=inputs.withdrawn, rehash=rehash)
         _build(config, state, pipeline, inputs, force=force)
